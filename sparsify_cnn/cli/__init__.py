@@ -1,0 +1,1 @@
+"""The ``sparsify`` command line: commands parse options and delegate to the library."""

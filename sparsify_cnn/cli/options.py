@@ -1,0 +1,71 @@
+"""Options shared by several commands, defined once. Validation happens in callbacks so that
+bad values are usage errors (exit code 2) before any work starts."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+
+def _shape(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a list of integers such as 1,3,32,32") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise click.BadParameter(f"'{value}' must be four positive integers N,C,H,W")
+    return shape
+
+
+def model_options(command):
+    """MODEL plus the options that say how to load and capture it."""
+    decorators = [
+        click.argument("model"),
+        click.option(
+            "--arch",
+            metavar="MODULE:FACTORY",
+            help="Architecture of a state-dict MODEL: package.module:factory, or zoo:NAME.",
+        ),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow MODEL files that unpickle Python objects (this runs code from the file).",
+        ),
+        click.option(
+            "--input-shape",
+            callback=_shape,
+            metavar="N,C,H,W",
+            help="Input shape; default: from the model file, the zoo entry or the data.",
+        ),
+        click.option(
+            "--leaf",
+            "leaf_modules",
+            multiple=True,
+            metavar="NAME",
+            help="Module class or path that tracing keeps whole (repeatable).",
+        ),
+        click.option(
+            "--capture",
+            "capture_method",
+            type=click.Choice(["auto", "fx", "export"]),
+            default="auto",
+            show_default=True,
+            help="How to capture the graph: torch.fx, torch.export, or fx falling back to export.",
+        ),
+    ]
+    return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
+
+
+def data_option(default: str | None):
+    return click.option(
+        "--data",
+        default=default,
+        show_default=True,
+        help="'digits' (built in), an .npz file with arrays x and y, or an image folder.",
+    )
+
+
+seed_option = click.option("--seed", default=0, show_default=True, help="Seed for data splits and initial weights.")

@@ -1,0 +1,28 @@
+"""Errors a user can cause. Each carries a one-line message that names what was wrong and where.
+
+The CLI prints the message alone (no traceback) and exits with ``exit_code``.
+"""
+
+
+class SparsifyError(Exception):
+    """Base class: a failure the user can act on."""
+
+    exit_code = 1
+
+
+class InputError(SparsifyError):
+    """Bad input: a model file, data set, option or shape that cannot be used."""
+
+    exit_code = 2
+
+
+class ModelLoadError(InputError):
+    """A model file or name that cannot be loaded (missing, corrupt, unsafe, wrong kind)."""
+
+
+class DataError(InputError):
+    """A data set that cannot be used (empty, wrong shape, labels out of range, unreadable)."""
+
+
+class CaptureError(InputError):
+    """A model that neither torch.fx nor torch.export can capture as a graph."""

@@ -1,0 +1,52 @@
+"""Accuracy of a model on a split: top-1 against labels, or, for label-free data, agreement
+with a reference (dense) model's top-1 predictions. Every score says which metric it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .data import Split
+from .errors import DataError
+from .transform.capture import set_eval
+
+METRICS = {"top1": "top-1 accuracy", "agreement": "top-1 agreement with the dense model"}
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str  # a key of METRICS
+    value: float
+    count: int
+
+    def __str__(self) -> str:
+        return f"{METRICS[self.metric]} {100 * self.value:.2f}% ({self.count} images)"
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Top-1 class of every image of ``x``."""
+    set_eval(model)
+    return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def evaluate(
+    model: nn.Module, split: Split, reference: nn.Module | None = None, metric: str | None = None
+) -> Score:
+    """Score ``model`` on ``split``: ``top1`` when it has labels, else ``agreement`` with
+    ``reference``. ``metric`` forces one (agreement needs ``reference``)."""
+    metric = metric or ("top1" if split.y is not None else "agreement")
+    if metric not in METRICS:
+        raise DataError(f"unknown metric '{metric}'; choose one of: {', '.join(METRICS)}")
+    if metric == "top1":
+        if split.y is None:
+            raise DataError("top-1 accuracy needs labels; this data has none (use metric 'agreement')")
+        target = split.y
+    else:
+        if reference is None:
+            raise DataError("agreement needs a reference model to agree with")
+        target = predict(reference, split.x)
+    hits = (predict(model, split.x) == target).sum().item()
+    return Score(metric, hits / len(split), len(split))

@@ -1,0 +1,273 @@
+"""Models in and out: zoo names, torch.export programs, state dicts and (trusted) pickles.
+
+Loading is safe by default: nothing that runs code from the file is unpickled unless the user
+says they trust it (``trust_pickle``). Every failure is a :class:`ModelLoadError` whose one-line
+message names the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import models
+from .errors import ModelLoadError
+
+METADATA_FILE = "sparsify.json"
+_EXPECTED = (
+    "expected a torch.export program (.pt2), a state dict with --arch, "
+    "a pickled nn.Module with --trust-pickle, or zoo:NAME"
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to capture, with what is known about its input."""
+
+    module: nn.Module
+    source: str
+    format: str  # "zoo", "export", "state_dict" or "pickle"
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) when the source tells
+    metadata: dict = field(default_factory=dict)
+
+
+def load_model(spec: str, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+    """Load ``spec``: ``zoo:NAME`` or a file path. Examples::
+
+        load_model("zoo:lenet")
+        load_model("lenet.pt2")
+        load_model("weights.pt", arch="mypackage.nets:build")
+    """
+    if spec.startswith("zoo:"):
+        if arch is not None:
+            raise ModelLoadError(f"'{spec}' is a zoo model: --arch applies to state dict files only")
+        entry = models.get_entry(spec)
+        return LoadedModel(entry.factory(), spec, "zoo", entry.input_shape, {"zoo": entry.name})
+    path = Path(spec)
+    if not path.exists():
+        raise ModelLoadError(f"model file '{spec}' does not exist ({_EXPECTED})")
+    if path.is_dir():
+        raise ModelLoadError(f"'{spec}' is a directory, not a model file ({_EXPECTED})")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file '{spec}' is empty ({_EXPECTED})")
+    kind = _archive_kind(path)
+    if kind == "torchscript":
+        raise ModelLoadError(
+            f"'{spec}' is a TorchScript archive, which sparsify cannot rewrite; "
+            "save the model with torch.export.save (.pt2) or save its state dict"
+        )
+    if kind == "pt2":
+        if arch is not None:
+            raise ModelLoadError(f"'{spec}' is a torch.export program: --arch applies to state dicts only")
+        return _load_program(path, trust_pickle)
+    if kind == "zip":
+        raise ModelLoadError(f"'{spec}' is a zip archive but not a PyTorch file ({_EXPECTED})")
+    return _load_pickle(path, arch, trust_pickle)
+
+
+def save_program(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, metadata: Mapping | None = None
+) -> None:
+    """Save ``model`` as a torch.export program with a dynamic batch dimension.
+
+    ``input_shape`` is (C, H, W); ``metadata`` (JSON-serialisable) travels inside the file.
+    """
+    model = model.eval()
+    example = torch.zeros((2, *input_shape))  # batch 2: a batch of 1 would be specialised
+    program = torch.export.export(
+        model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=False
+    )
+    info = {"input_shape": list(input_shape), **(metadata or {})}
+    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(info)})
+
+
+def _archive_kind(path: Path) -> str:
+    if not zipfile.is_zipfile(path):
+        return "pickle"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "pickle"
+    if any(name.endswith("/archive_format") or name == "archive_format" for name in names):
+        return "pt2"
+    if any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        return "torchscript"
+    if any(name.endswith("data.pkl") for name in names):
+        return "pickle"
+    return "zip"
+
+
+def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
+    if not trust_pickle:
+        pickled = _pickled_payloads(path)
+        if pickled:
+            raise ModelLoadError(
+                f"'{path}' is a torch.export program that carries pickled objects ({pickled[0]}); "
+                "unpickling runs code from the file: pass --trust-pickle if you trust its source"
+            )
+    extra = {METADATA_FILE: ""}
+    try:
+        with _weights_only_loads(not trust_pickle):
+            program = torch.export.load(str(path), extra_files=extra)
+    except Exception as error:  # noqa: BLE001 - any failure here means a broken file
+        raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(error)}") from error
+    metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
+    return LoadedModel(program.module(), str(path), "export", input_shape, metadata)
+
+
+def _pickled_payloads(path: Path) -> list[str]:
+    """Names of the payloads in a .pt2 archive that would be unpickled when loaded."""
+    found = []
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith("_config.json"):
+                continue
+            try:
+                config = json.loads(archive.read(name)).get("config", {})
+            except (ValueError, AttributeError):
+                continue
+            for fqn, payload in config.items():
+                path_name = str(payload.get("path_name", ""))
+                if payload.get("use_pickle") or path_name.startswith(("custom_obj", "opaque_obj")):
+                    found.append(fqn)
+    return found
+
+
+@contextlib.contextmanager
+def _weights_only_loads(enabled: bool):
+    """Make every torch.load inside torch.export.load weights-only (some fall back to pickle)."""
+    if not enabled:
+        yield
+        return
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _program_input_shape(program) -> tuple[int, ...] | None:
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            node = next(n for n in program.graph.nodes if n.name == spec.arg.name)
+            shape = node.meta["val"].shape[1:]
+            if all(isinstance(s, int) for s in shape):
+                return tuple(shape)
+    return None
+
+
+def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedModel:
+    if trust_pickle:
+        obj = _torch_load(path, weights_only=False)
+        if isinstance(obj, nn.Module):
+            if arch is not None:
+                raise ModelLoadError(f"'{path}' holds a whole nn.Module: --arch applies to state dicts only")
+            return LoadedModel(obj, str(path), "pickle")
+    else:
+        obj = _torch_load(path, weights_only=True)
+    state = _state_dict_of(obj)
+    if state is None:
+        what = "a tensor" if isinstance(obj, torch.Tensor) else f"a {type(obj).__name__}"
+        raise ModelLoadError(f"'{path}' holds {what}, not a model ({_EXPECTED})")
+    if arch is None:
+        raise ModelLoadError(
+            f"'{path}' holds a state dict; name its architecture with --arch package.module:factory "
+            "or --arch zoo:NAME"
+        )
+    module, input_shape, info = _build_arch(arch, state)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelLoadError(f"'{path}' does not fit --arch {arch}: {_mismatch(error)}") from error
+    return LoadedModel(module, str(path), "state_dict", input_shape, info)
+
+
+def _torch_load(path: Path, weights_only: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as error:
+        names = re.findall(r"GLOBAL ([\w.]+)", str(error))
+        if weights_only and "Weights only load failed" in str(error):
+            named = f" (it names {names[0]})" if names else ""
+            raise ModelLoadError(
+                f"'{path}' is a pickled Python object{named}; loading it runs code from the file: "
+                "pass --trust-pickle if you trust its source, or save a state dict or a "
+                "torch.export program instead"
+            ) from error
+        raise ModelLoadError(f"'{path}' is not a readable PyTorch file: {_first_line(error)}") from error
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt or foreign files
+        raise ModelLoadError(
+            f"'{path}' is not a readable PyTorch file ({_first_line(error)}); {_EXPECTED}"
+        ) from error
+
+
+def _state_dict_of(obj) -> dict | None:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint layouts
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return dict(obj)
+    return None
+
+
+def _build_arch(arch: str, state: dict) -> tuple[nn.Module, tuple[int, ...] | None, dict]:
+    if arch.startswith("zoo:"):
+        entry = models.get_entry(arch)
+        weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() >= 2]
+        # Zoo models end in their classifier and start with their stem: read both off the weights.
+        num_classes = weights[-1].shape[0] if weights else 10
+        in_channels = weights[0].shape[1] if weights else entry.input_shape[0]
+        module = entry.factory(num_classes=num_classes, in_channels=in_channels)
+        shape = (in_channels, *entry.input_shape[1:])
+        return module, shape, {"zoo": entry.name, "num_classes": num_classes}
+    module_name, _, factory_name = arch.partition(":")
+    if not module_name or not factory_name:
+        raise ModelLoadError(f"--arch '{arch}' is not of the form package.module:factory or zoo:NAME")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # let users name a module in the current directory
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise ModelLoadError(f"cannot import --arch '{arch}': {_first_line(error)}") from error
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
+    return module, None, {"arch": arch}
+
+
+def _mismatch(error: RuntimeError) -> str:
+    text = str(error)
+    parts = []
+    for label in ("Missing key(s)", "Unexpected key(s)"):
+        match = re.search(label + r" in state_dict: ([^.]*)\.", text)
+        if match:
+            parts.append(f"{label.lower()}: {match.group(1)}")
+    sizes = re.findall(r"size mismatch for ([\w.]+)", text)
+    if sizes:
+        parts.append(f"size mismatch for {', '.join(sizes)}")
+    return "; ".join(parts) or _first_line(error)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -1,0 +1,48 @@
+"""Render accounting tables as Markdown (printed by the CLI and written into reports)."""
+
+from __future__ import annotations
+
+from .accounting import Accounting
+
+
+def human(count: float) -> str:
+    """1234567 -> '1.23 M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count:.0f}"
+
+
+def accounting_markdown(acc: Accounting) -> str:
+    """A per-layer table (shapes per image) and a totals row; performed MACs appear when a
+    layer performs fewer than its dense MACs."""
+    transformed = any(row.performed_macs != row.macs for row in acc.layers)
+    header = ["layer", "kind", "output", "params", "MACs", "% of MACs"]
+    if transformed:
+        header += ["performed MACs", "saved"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    total = acc.total_macs or 1
+    for row in acc.layers:
+        cells = [
+            f"`{row.name}`",
+            row.kind,
+            "x".join(map(str, row.output_shape[1:])),
+            f"{row.params:,}",
+            f"{row.macs:,}",
+            f"{100 * row.macs / total:.1f}",
+        ]
+        if transformed:
+            measured = "" if row.exact else " (measured)"
+            cells += [f"{row.performed_macs:,}{measured}", f"{100 * row.saved_fraction:.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    totals = ["**total**", "", "", f"{acc.total_params:,}", f"{acc.total_macs:,}", "100.0"]
+    if transformed:
+        saved = 1 - acc.total_performed_macs / total
+        totals += [f"{acc.total_performed_macs:,}", f"{100 * saved:.1f}%"]
+    lines.append("| " + " | ".join(totals) + " |")
+    lines.append("")
+    lines.append(
+        f"{len(acc.layers)} conv/linear layers, {human(acc.total_params)} parameters "
+        f"(all, batch norm included), {human(acc.total_macs)} MACs per image."
+    )
+    return "\n".join(lines)

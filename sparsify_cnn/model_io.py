@@ -259,13 +259,19 @@ def _mismatch(error: RuntimeError) -> str:
     text = str(error)
     parts = []
     for label in ("Missing key(s)", "Unexpected key(s)"):
-        match = re.search(label + r" in state_dict: ([^.]*)\.", text)
+        match = re.search(re.escape(label) + r" in state_dict: (.*?)\.\s*(?:\n|$)", text)
         if match:
-            parts.append(f"{label.lower()}: {match.group(1)}")
+            names = re.findall(r'"([^"]+)"', match.group(1))
+            parts.append(f"{label.lower()}: {_few(names)}")
     sizes = re.findall(r"size mismatch for ([\w.]+)", text)
     if sizes:
-        parts.append(f"size mismatch for {', '.join(sizes)}")
+        parts.append(f"size mismatch for {_few(sizes)}")
     return "; ".join(parts) or _first_line(error)
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _first_line(error: Exception) -> str:

@@ -6,7 +6,7 @@ MACs are counted per image for conv and linear layers, the layers that hold the 
 Pooling, activations, batch norm (folded into convs for deployment) and additions are not
 counted, as in the papers this tool reproduces.
 
-An op that a pass inserts reports its own cost by implementing :class:`CostedOp`: dense MACs
+An op that a pass inserts reports its own cost (``sparsify_cnn.ops.CostedOp``): dense MACs
 (what the layer it replaced would do) and performed MACs (exact for static structure, measured
 on the data that flowed through it for data-dependent ops).
 """
@@ -15,30 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
 
 from torch import fx
 
+from ..ops.base import CostedOp
 from ..transform.capture import Captured
 from ..transform.layers import Layer, find_layers, tensor_shape
-
-
-@dataclass(frozen=True)
-class OpCost:
-    """What an inserted op costs per image."""
-
-    dense_macs: int
-    performed_macs: int
-    exact: bool  # False when measured on data
-
-
-@runtime_checkable
-class CostedOp(Protocol):
-    """An inserted op module that reports its cost (``kind`` names it in reports)."""
-
-    kind: str
-
-    def cost(self, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> OpCost: ...
 
 
 @dataclass(frozen=True)
@@ -101,10 +83,11 @@ def account(captured: Captured | fx.GraphModule) -> Accounting:
     rows = []
     layers = {layer.node: layer for layer in find_layers(gm)}
     for node in gm.graph.nodes:
-        if node in layers:
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if isinstance(module, CostedOp):  # before layers: an inserted op may subclass a conv
+            rows.append(_op_cost(node, module))
+        elif node in layers:
             rows.append(_layer_cost(layers[node]))
-        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), CostedOp):
-            rows.append(_op_cost(node, gm.get_submodule(node.target)))
     total_params = sum(p.numel() for p in gm.parameters())
     return Accounting(tuple(rows), total_params)
 

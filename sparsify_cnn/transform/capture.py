@@ -20,6 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import CaptureError
+from ..ops.base import CostedOp
 
 METHODS = ("auto", "fx", "export")
 
@@ -115,7 +116,8 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (
-            qualname in self.leaves
+            isinstance(m, CostedOp)  # inserted ops stay whole when a rewritten model is traced
+            or qualname in self.leaves
             or type(m).__name__ in self.leaves
             or super().is_leaf_module(m, qualname)
         )

@@ -1,0 +1,25 @@
+"""What every inserted op provides: a ``kind`` for reports and its cost per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """What an inserted op costs per image: the dense MACs of the layer it replaces and the MACs
+    it performs (exact for static structure, measured on data when ``exact`` is False)."""
+
+    dense_macs: int
+    performed_macs: int
+    exact: bool
+
+
+@runtime_checkable
+class CostedOp(Protocol):
+    """An inserted op module that reports its cost (``kind`` names it in reports)."""
+
+    kind: str
+
+    def cost(self, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> OpCost: ...

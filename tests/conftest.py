@@ -1,0 +1,51 @@
+"""Shared fixtures: small trained models and model files of every kind, made once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsify_cnn import models
+from sparsify_cnn.data import load_data
+from sparsify_cnn.model_io import save_program
+from sparsify_cnn.training import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def digits28():
+    return load_data("digits", (1, 28, 28))
+
+
+@pytest.fixture(scope="session")
+def trained_lenet(digits28):
+    """LeNet trained briefly on digits (well above chance, seconds to make)."""
+    torch.manual_seed(0)
+    model = models.build("lenet")
+    train(model, digits28, TrainConfig(epochs=3, seed=0))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory, trained_lenet):
+    """One file of each kind the loader meets, keyed by kind."""
+    root = tmp_path_factory.mktemp("model_files")
+    files = {}
+    files["pt2"] = root / "lenet.pt2"
+    save_program(trained_lenet, (1, 28, 28), files["pt2"], {"zoo": "lenet"})
+    files["state_dict"] = root / "lenet_state.pt"
+    torch.save(trained_lenet.state_dict(), files["state_dict"])
+    files["checkpoint"] = root / "checkpoint.pt"
+    torch.save({"epoch": 3, "state_dict": trained_lenet.state_dict()}, files["checkpoint"])
+    files["pickle"] = root / "lenet_module.pt"
+    torch.save(trained_lenet, files["pickle"])
+    files["torchscript"] = root / "lenet_script.pt"
+    torch.jit.save(torch.jit.trace(trained_lenet, torch.zeros(1, 1, 28, 28)), files["torchscript"])
+    files["tensor"] = root / "tensor.pt"
+    torch.save(torch.zeros(3), files["tensor"])
+    files["empty"] = root / "empty.pt"
+    files["empty"].write_bytes(b"")
+    files["corrupt"] = root / "corrupt.pt"
+    files["corrupt"].write_bytes(b"this is not a model file at all")
+    files["truncated"] = root / "truncated.pt2"
+    files["truncated"].write_bytes(files["pt2"].read_bytes()[:2000])
+    return files

@@ -1,0 +1,96 @@
+import pytest
+import torch
+from torch import fx, nn
+
+from sparsify_cnn.errors import CaptureError
+from sparsify_cnn.transform.capture import capture
+from sparsify_cnn.transform.layers import tensor_shape
+
+
+class ShapeGate(nn.Module):
+    """Python control flow on a shape: fx cannot trace it, torch.export can."""
+
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            return torch.relu(x)
+        return x
+
+
+class DataGate(nn.Module):
+    """Control flow on values: neither fx nor torch.export can capture it."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class Net(nn.Module):
+    def __init__(self, gate: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.BatchNorm2d(4), gate)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(self.conv(x)).flatten(1))
+
+
+def _check_equal(net, captured):
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(captured.graph_module(x), net.eval()(x))
+
+
+def test_fx_first_with_shapes_on_every_node():
+    net = Net(nn.ReLU())
+    captured = capture(net, (1, 1, 8, 8))
+    assert captured.method == "fx"
+    assert captured.input_shape == (1, 1, 8, 8)
+    conv = next(n for n in captured.graph_module.graph.nodes if n.target == "conv")
+    assert tensor_shape(conv) == (1, 4, 8, 8)
+    _check_equal(net, captured)
+
+
+def test_falls_back_to_export_on_shape_dependent_control_flow():
+    net = Net(ShapeGate())
+    captured = capture(net, (1, 1, 8, 8))
+    assert captured.method == "export"
+    _check_equal(net, captured)  # batch 5: the exported batch dimension is dynamic
+
+
+def test_both_failing_names_module_node_and_remedies():
+    with pytest.raises(CaptureError) as error:
+        capture(Net(DataGate()), (1, 1, 8, 8))
+    message = str(error.value)
+    assert "module 'block.1' (DataGate)" in message
+    assert "after node 'gt'" in message  # the comparison whose truth value tracing needed
+    assert "torch.export failed" in message
+    assert "--leaf" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("leaf", ["DataGate", "block.1"])
+def test_leaf_modules_by_class_or_path(leaf):
+    net = Net(DataGate())
+    captured = capture(net, (1, 1, 8, 8), leaf_modules=[leaf])
+    assert captured.method == "fx"
+    assert any(n.op == "call_module" and n.target == "block.1" for n in captured.graph_module.graph.nodes)
+    _check_equal(net, captured)
+
+
+def test_forced_methods():
+    assert capture(Net(nn.ReLU()), (1, 1, 8, 8), method="export").method == "export"
+    with pytest.raises(CaptureError, match="torch.fx failed in module 'block.1'"):
+        capture(Net(ShapeGate()), (1, 1, 8, 8), method="fx")
+    with pytest.raises(CaptureError, match="unknown capture method 'jit'"):
+        capture(Net(nn.ReLU()), (1, 1, 8, 8), method="jit")
+
+
+def test_graph_module_is_taken_as_is():
+    gm = fx.symbolic_trace(Net(nn.ReLU()))
+    captured = capture(gm, (2, 1, 8, 8))
+    assert captured.method == "graph" and captured.graph_module is gm
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    with pytest.raises(CaptureError, match=r"does not run on inputs of shape \(1, 3, 8, 8\).*--input-shape"):
+        capture(Net(nn.ReLU()), (1, 3, 8, 8))

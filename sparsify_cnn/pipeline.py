@@ -42,8 +42,8 @@ def prepare(
 ) -> Prepared:
     """Load ``model`` (a path or ``zoo:NAME``), load ``data`` to fit it, and capture it.
 
-    The input shape comes from ``input_shape`` (N, C, H, W), else from the model file, else
-    from the data. Example::
+    The input shape comes from ``input_shape`` (N, C, H, W), else from the model file (for a
+    zoo model: from the data, else its default), else from the data. Example::
 
         prepared = prepare("zoo:lenet", data="digits")
         prepared.captured.input_shape  # (1, 1, 28, 28)
@@ -54,6 +54,8 @@ def prepare(
         raise InputError(f"input shape must be N,C,H,W (4 numbers), got {','.join(map(str, shape))}")
     image_shape = shape[1:] if shape else loaded.input_shape
     dataset = load_data(data, image_shape, seed=seed) if data is not None else None
+    if dataset is not None and loaded.format == "zoo" and shape is None:
+        image_shape = dataset.input_shape  # an untrained zoo model adapts to the data
     if image_shape is None:
         if dataset is None:
             raise InputError(
@@ -61,7 +63,7 @@ def prepare(
             )
         image_shape = dataset.input_shape
     if loaded.format == "zoo":
-        _fit_zoo_model(loaded, image_shape[0], dataset.num_classes if dataset else None)
+        _fit_zoo_model(loaded, image_shape, dataset.num_classes if dataset else None)
     captured = capture(loaded.module, shape or (1, *image_shape), leaf_modules, capture_method)
     prepared = Prepared(loaded, captured, dataset)
     if dataset is not None:
@@ -69,13 +71,16 @@ def prepare(
     return prepared
 
 
-def _fit_zoo_model(loaded: LoadedModel, in_channels: int, num_classes: int | None) -> None:
-    """Rebuild a zoo model for the input channels and classes at hand (zoo models are untrained,
-    so nothing is lost)."""
+def _fit_zoo_model(loaded: LoadedModel, image_shape: tuple[int, ...], num_classes: int | None) -> None:
+    """Rebuild a zoo model for the input and classes at hand (zoo models are untrained, so
+    nothing is lost). Models whose classifier width depends on the input size get it."""
     name = loaded.metadata["zoo"]
     default = models.get_entry(name)
     num_classes = num_classes or 10
-    if in_channels != default.input_shape[0] or num_classes != 10:
-        loaded.module = models.build(name, num_classes=num_classes, in_channels=in_channels)
-        loaded.input_shape = (in_channels, *loaded.input_shape[1:])
+    options = {}
+    if tuple(image_shape[1:]) != default.input_shape[1:] and default.sized:
+        options["input_size"] = tuple(image_shape[1:])
+    if image_shape[0] != default.input_shape[0] or num_classes != 10 or options:
+        loaded.module = models.build(name, num_classes=num_classes, in_channels=image_shape[0], **options)
+    loaded.input_shape = tuple(image_shape)
     loaded.metadata["num_classes"] = num_classes

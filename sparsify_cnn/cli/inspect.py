@@ -34,7 +34,7 @@ def inspect_command(model, arch, trust_pickle, input_shape, leaf_modules, captur
     )
     captured = prepared.captured
     acc = account(captured)
-    click.echo(f"model {model}: {prepared.loaded.format}, captured with {captured.method}, input {captured.input_shape}")
+    click.echo(f"{model} ({prepared.loaded.format}): graph {captured.description}, input {captured.input_shape}")
     click.echo("")
     click.echo(accounting_markdown(acc))
     result = {"model": model, "capture": captured.method, "input_shape": list(captured.input_shape), **acc.to_dict()}

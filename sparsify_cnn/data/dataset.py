@@ -97,6 +97,8 @@ def make_dataset(name: str, x: np.ndarray, y: np.ndarray | None, seed: int = 0) 
     first, rest = FRACTIONS[0], FRACTIONS[1] + FRACTIONS[2]
     train, other = train_test_split(index, train_size=first, test_size=rest, random_state=seed, stratify=stratify)
     strat_other = y[other] if stratify is not None else None
+    if strat_other is not None and np.unique(strat_other, return_counts=True)[1].min() < 2:
+        strat_other = None  # too few of some class left to stratify the calib / test halves
     calib, test = train_test_split(other, test_size=0.5, random_state=seed, stratify=strat_other)
     splits = [_split(x, y, np.sort(part)) for part in (train, calib, test)]
     num_classes = int(y.max()) + 1 if y is not None else None

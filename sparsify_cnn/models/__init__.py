@@ -32,30 +32,31 @@ class ZooEntry:
     input_shape: tuple[int, int, int]  # default (C, H, W)
     description: str
     source: str
+    sized: bool = False  # the factory takes ``input_size``: its classifier width depends on it
 
 
 _CAFFE_CIFAR = "Caffe examples/cifar10/"
 _ENTRIES = [
     ZooEntry("lenet", lenet, (1, 28, 28), "Caffe's MNIST LeNet, ReLU after each conv",
-             "Caffe examples/mnist/lenet_train_test.prototxt (+ conv ReLUs)"),
+             "Caffe examples/mnist/lenet_train_test.prototxt (+ conv ReLUs)", sized=True),
     ZooEntry("lenet_caffe", lenet_caffe, (1, 28, 28), "Caffe's MNIST LeNet exactly (no conv ReLUs)",
-             "Caffe examples/mnist/lenet_train_test.prototxt"),
+             "Caffe examples/mnist/lenet_train_test.prototxt", sized=True),
     ZooEntry("mlp", mlp, (1, 28, 28), "one-hidden-layer MLP, 500 ReLU units",
-             "the meProp / STAN seeds' MNIST MLP"),
+             "the meProp / STAN seeds' MNIST MLP", sized=True),
     ZooEntry("cq", cq, (3, 32, 32), "Caffe's CIFAR-10 quick net (3 conv 5x5, 2 linear)",
-             _CAFFE_CIFAR + "cifar10_quick_train_test.prototxt"),
+             _CAFFE_CIFAR + "cifar10_quick_train_test.prototxt", sized=True),
     ZooEntry("alexlrn", alexlrn, (3, 32, 32), "Caffe's CIFAR-10 full net, within-channel LRN",
-             _CAFFE_CIFAR + "cifar10_full_train_test.prototxt"),
+             _CAFFE_CIFAR + "cifar10_full_train_test.prototxt", sized=True),
     ZooEntry("alexbn", alexbn, (3, 32, 32), "CIFAR-10 full net with ReLU and batch norm",
-             _CAFFE_CIFAR + "cifar10_full_sigmoid_train_test_bn.prototxt, as the STAN seed"),
+             _CAFFE_CIFAR + "cifar10_full_sigmoid_train_test_bn.prototxt, as the STAN seed", sized=True),
     ZooEntry("nin", nin, (3, 32, 32), "Network in Network for CIFAR-10",
              "Lin, Chen & Yan, Network In Network, ICLR 2014"),
     ZooEntry("alexnet", alexnet, (3, 224, 224), "AlexNet, torchvision's one-GPU variant",
              "Krizhevsky et al., NIPS 2012; torchvision.models.alexnet"),
     ZooEntry("vgg16", vgg16, (3, 32, 32), "VGG-16 with batch norm for CIFAR",
-             "GraSP (Wang et al., ICLR 2020) models/base/vgg.py"),
+             "GraSP (Wang et al., ICLR 2020) models/base/vgg.py", sized=True),
     ZooEntry("vgg19", vgg19, (3, 32, 32), "VGG-19 with batch norm for CIFAR",
-             "GraSP (Wang et al., ICLR 2020) models/base/vgg.py"),
+             "GraSP (Wang et al., ICLR 2020) models/base/vgg.py", sized=True),
     ZooEntry("resnet18", resnet18, (3, 224, 224), "ImageNet ResNet-18",
              "He et al., CVPR 2016; torchvision.models.resnet18"),
     ZooEntry("resnet34", resnet34, (3, 224, 224), "ImageNet ResNet-34",

@@ -1,10 +1,12 @@
 """VGG-16/19 for CIFAR as the pruning papers use it (GraSP, Wang et al. ICLR 2020,
-``models/base/vgg.py``): 3x3 convs with batch norm, one linear classifier on 512 features.
+``models/base/vgg.py``): 3x3 convs, each with batch norm and ReLU, and one linear classifier
+on 512 features.
 
-GraSP's configs end with the last conv stage and reduce its 2x2 map with a 2x2 average pool;
-so does this module (``features`` then ``avgpool``). Convs carry no bias when followed by
-batch norm, as in GraSP; with ``batch_norm=False`` they get one (GraSP drops it there too,
-leaving a plain VGG with no shift at all). Weights start as GraSP initialises them.
+Decisions: GraSP's configs end with the last conv stage and reduce its 2x2 map with a 2x2
+average pool, and so does this module (a config ending in a 2x2 max pool, as some CIFAR VGGs
+do, has the same weights and MACs). Convs have no bias when batch norm follows, as in GraSP;
+with ``batch_norm=False`` they get one, where GraSP would leave the network with no shift
+at all. Weights start as GraSP initialises them.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from ..errors import CaptureError
 from ..ops.base import CostedOp
 
 METHODS = ("auto", "fx", "export")
+DESCRIPTIONS = {
+    "fx": "traced with torch.fx",
+    "export": "captured with torch.export",
+    "graph": "taken as given (already a graph)",
+}
 
 
 @dataclass
@@ -33,6 +39,10 @@ class Captured:
     graph_module: fx.GraphModule
     input_shape: tuple[int, ...]
     method: str
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.method]
 
     def example_input(self, batch: int | None = None, seed: int = 0) -> torch.Tensor:
         """A seeded random input of the captured shape (with ``batch`` images if given)."""
@@ -93,12 +103,15 @@ def set_eval(model: nn.Module) -> nn.Module:
 def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
     """Record every node's output shape (``node.meta['tensor_meta']``) by running ``example``."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet():  # ShapeProp prints a traceback before it raises
             ShapeProp(gm).propagate(example)
-    except Exception as error:  # noqa: BLE001 - the model rejects this input: say which shape
+    except Exception as error:  # noqa: BLE001 - the model rejects this input: say where
+        cause = error.__cause__ or error
+        node = re.search(r"ShapeProp error for: node=%(\w+)", str(error))
+        at = f" (node '{node.group(1)}')" if node else ""
         raise CaptureError(
-            f"the model does not run on inputs of shape {tuple(example.shape)}: "
-            f"{_first_line(error)}; give the right one with --input-shape N,C,H,W"
+            f"the model does not run on inputs of shape {tuple(example.shape)}{at}: "
+            f"{_first_line(cause)}; give the right one with --input-shape N,C,H,W"
         ) from error
 
 

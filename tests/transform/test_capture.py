@@ -91,6 +91,7 @@ def test_graph_module_is_taken_as_is():
     assert captured.method == "graph" and captured.graph_module is gm
 
 
-def test_wrong_input_shape_is_a_clear_error():
-    with pytest.raises(CaptureError, match=r"does not run on inputs of shape \(1, 3, 8, 8\).*--input-shape"):
+def test_wrong_input_shape_is_a_clear_error_and_prints_nothing(capfd):
+    with pytest.raises(CaptureError, match=r"inputs of shape \(1, 3, 8, 8\) \(node 'conv'\).*--input-shape"):
         capture(Net(nn.ReLU()), (1, 3, 8, 8))
+    assert capfd.readouterr().err == ""

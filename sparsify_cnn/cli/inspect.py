@@ -38,7 +38,9 @@ def inspect_command(model, arch, trust_pickle, input_shape, leaf_modules, captur
     click.echo("")
     click.echo(accounting_markdown(acc))
     result = {"model": model, "capture": captured.method, "input_shape": list(captured.input_shape), **acc.to_dict()}
-    if prepared.data is not None:
+    if prepared.data is not None and not prepared.data.labeled:
+        click.echo(f"{prepared.data.name} has no labels: transformed models are scored by agreement with this one")
+    elif prepared.data is not None:
         score = evaluate(prepared.loaded.module, prepared.data.test)
         click.echo(f"test split of {prepared.data.name}: {score}")
         result["test"] = {"metric": score.metric, "value": score.value, "count": score.count}

@@ -119,17 +119,17 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
         return _functional_conv(gm, node)
     if node.target in _LINEAR_FUNCTIONS:
         weight_node = _arg(node, 1, "weight")
-        weight = _constant(gm, weight_node)
+        weight = constant(gm, weight_node)
         if weight is None:
             return None
-        bias = _constant(gm, _arg(node, 2, "bias"))
+        bias = constant(gm, _arg(node, 2, "bias"))
         return Layer(_layer_name(weight_node, node), "linear", node, weight, bias)
     return None
 
 
 def _functional_conv(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
     weight_node = _arg(node, 1, "weight")
-    weight = _constant(gm, weight_node)
+    weight = constant(gm, weight_node)
     if weight is None:  # weights computed at run time: not a layer we can transform
         return None
     spatial = weight.dim() - 2
@@ -138,7 +138,7 @@ def _functional_conv(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
         kind="conv",
         node=node,
         weight=weight,
-        bias=_constant(gm, _arg(node, 2, "bias")),
+        bias=constant(gm, _arg(node, 2, "bias")),
         stride=_expand(_arg(node, 3, "stride", 1), spatial),
         padding=_padding(_arg(node, 4, "padding", 0), spatial),
         dilation=_expand(_arg(node, 5, "dilation", 1), spatial),
@@ -152,7 +152,8 @@ def _arg(node: fx.Node, index: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
-def _constant(gm: fx.GraphModule, node) -> torch.Tensor | None:
+def constant(gm: fx.GraphModule, node) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node reads, or None for any other node."""
     if isinstance(node, fx.Node) and node.op == "get_attr":
         value = gm
         for part in str(node.target).split("."):

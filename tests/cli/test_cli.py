@@ -117,3 +117,10 @@ def test_capture_failure_names_the_module(tmp_path, monkeypatch):
     args = ("inspect", tmp_path / "gated.pt", "--arch", "gated:build", "--input-shape", "1,1,8,8")
     _assert_user_error(run(*args), "module '1' (Gate)", "--leaf")
     assert run(*args, "--leaf", "Gate").exit_code == 0
+
+
+def test_inspect_with_label_free_data_says_how_it_will_score(tmp_path, model_files):
+    np.savez(tmp_path / "free.npz", x=np.zeros((9, 1, 28, 28), np.float32))
+    result = run("inspect", model_files["pt2"], "--data", tmp_path / "free.npz")
+    assert result.exit_code == 0, result.output
+    assert "has no labels: transformed models are scored by agreement" in result.output

@@ -1,0 +1,218 @@
+"""Cross-neuron zero prediction (Shomron & Weiser; seed 002): the Spatial op.
+
+The post-ReLU output map of a conv is tiled into p x p patches from (0, 0). A *pattern* marks
+with 1 the positions computed first. When all of them are zero after ReLU, the 0-positions of
+the patch are predicted zero and their MACs are skipped; otherwise they are computed too. A
+*full mask* holds a pattern for every patch of every channel (all ones: no prediction).
+
+This module is the reference semantics: it computes the dense conv, then zeroes what the rule
+predicts, and counts what the prediction saved and what it got wrong. Compiled kernels
+(codegen) skip the work for real and must match it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import OpCost
+
+EDGES = ("pad", "compute")
+
+
+def all_patterns(p: int, ones_range: tuple[int, int] | None = None) -> torch.Tensor:
+    """Every non-degenerate p x p pattern (neither all ones nor all zeros) whose number of ones
+    lies in ``ones_range`` (inclusive), as a (K, p, p) bool tensor, fewest ones first.
+
+    ``all_patterns(2).shape == (14, 2, 2)``; p = 3 gives 510.
+    """
+    low, high = ones_range or (1, p * p - 1)
+    low, high = max(low, 1), min(high, p * p - 1)
+    patterns = [
+        torch.tensor(bits, dtype=torch.bool).view(p, p)
+        for bits in itertools.product((False, True), repeat=p * p)
+        if low <= sum(bits) <= high
+    ]
+    if not patterns:
+        return torch.zeros((0, p, p), dtype=torch.bool)
+    stacked = torch.stack(patterns)
+    order = sorted(range(len(patterns)), key=lambda i: (int(stacked[i].sum()), _bits_key(stacked[i])))
+    return stacked[order]
+
+
+def _bits_key(pattern: torch.Tensor) -> tuple:
+    return tuple(int(b) for b in pattern.flatten().tolist())
+
+
+def diagonal(p: int) -> torch.Tensor:
+    """The baseline pattern of the paper: ones on the diagonal."""
+    return torch.eye(p, dtype=torch.bool)
+
+
+def padded_size(n: int, p: int) -> int:
+    return -(-n // p) * p
+
+
+def tile(patterns: torch.Tensor, channels: int, height: int, width: int, p: int) -> torch.Tensor:
+    """A full mask (C, Hp, Wp) from patterns of shape (p, p) [one for all], (C, p, p) [per
+    channel], (Hb, Wb, p, p) [per patch position] or (C, Hb, Wb, p, p) [per channel and patch]."""
+    hb, wb = padded_size(height, p) // p, padded_size(width, p) // p
+    leading = {2: (), 3: (channels,), 4: (hb, wb), 5: (channels, hb, wb)}.get(patterns.dim())
+    if leading is None or tuple(patterns.shape) != (*leading, p, p):
+        raise ValueError(f"patterns of shape {tuple(patterns.shape)} do not tile a {channels}x{height}x{width} map")
+    if patterns.dim() == 3:
+        patterns = patterns[:, None, None]
+    elif patterns.dim() == 4:
+        patterns = patterns[None]
+    patterns = patterns.expand(channels, hb, wb, p, p)
+    return patterns.permute(0, 1, 3, 2, 4).reshape(channels, hb * p, wb * p).contiguous()
+
+
+def predicted_zero(
+    out: torch.Tensor, mask: torch.Tensor, p: int, edge: str = "pad", channel_group: int = 1
+) -> torch.Tensor:
+    """Positions (N, C, H, W) that the rule predicts zero, for a post-ReLU map ``out``.
+
+    ``mask`` is the full mask (C or 1, Hp, Wp). ``edge="pad"`` pads the map with zeros to a
+    multiple of p (padding counts as zero); ``"compute"`` never predicts edge patches that
+    stick out of the map. With ``channel_group`` g > 1, a patch is predicted zero in g
+    consecutive channels only when the computed positions are zero in all g of them.
+    """
+    n, c, h, w = out.shape
+    hp, wp = padded_size(h, p), padded_size(w, p)
+    padded = F.pad(out, (0, wp - w, 0, hp - h))
+    probe = padded.masked_fill(~mask, 0.0)
+    fires = F.max_pool2d(probe, p) <= 0  # post-ReLU values are >= 0: max 0 means all zero
+    if channel_group > 1:
+        fires = fires.view(n, c // channel_group, channel_group, hp // p, wp // p)
+        fires = fires.all(dim=2, keepdim=True).expand_as(fires).reshape(n, c, hp // p, wp // p)
+    if edge == "compute":
+        fires = fires.clone()
+        if h % p:
+            fires[..., -1, :] = False
+        if w % p:
+            fires[..., :, -1] = False
+    predicted = fires.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3) & ~mask
+    return predicted[..., :h, :w]
+
+
+@dataclass
+class SpatialStats:
+    """What prediction did on the data that flowed through the op (counts of activations)."""
+
+    images: int = 0
+    positions: int = 0  # activations in the real map, all images
+    predicted: int = 0  # predicted zero: their MACs are saved
+    mispredicted: int = 0  # predicted zero but truly non-zero: these cost accuracy
+    computed_zeros: int = 0  # computed although zero: these cost only MACs
+
+    def add(self, out: torch.Tensor, predicted: torch.Tensor) -> None:
+        self.images += out.shape[0]
+        self.positions += out.numel()
+        self.predicted += int(predicted.sum())
+        self.mispredicted += int((predicted & (out > 0)).sum())
+        self.computed_zeros += int((~predicted & (out <= 0)).sum())
+
+
+class SpatialConv(nn.Module):
+    """conv [+ bias] [-> batch norm] [+ residual] -> ReLU, with zero prediction on the output.
+
+    It runs the same ops as the layers it replaces, so with an all-ones mask its output equals
+    theirs exactly. ``residual`` (given to ``forward``) is a tensor added before the ReLU, as
+    in residual blocks.
+    """
+
+    kind = "spatial"
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        out_hw: tuple[int, int],
+        patch_size: int = 2,
+        norm: nn.Module | None = None,
+        bias: torch.Tensor | None = None,
+        edge: str = "pad",
+        channel_group: int = 1,
+        layer_name: str = "",
+    ):
+        super().__init__()
+        if patch_size < 2:
+            raise ValueError(f"patch size must be >= 2, got {patch_size}")
+        if edge not in EDGES:
+            raise ValueError(f"edge must be one of {EDGES}, got '{edge}'")
+        if conv.out_channels % channel_group:
+            raise ValueError(f"channel group {channel_group} does not divide {conv.out_channels} channels")
+        self.conv = conv
+        self.norm = norm
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.patch_size = patch_size
+        self.edge = edge
+        self.channel_group = channel_group
+        self.layer_name = layer_name
+        self.out_hw = tuple(out_hw)
+        hp, wp = (padded_size(s, patch_size) for s in out_hw)
+        self.register_buffer("mask", torch.ones(conv.out_channels, hp, wp, dtype=torch.bool))
+        self.stats = SpatialStats()
+        self.track_stats = True
+
+    def dense(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The output of the replaced layers, without prediction."""
+        y = self.conv(x)
+        if self.bias is not None:
+            y = y + self.bias
+        if self.norm is not None:
+            y = self.norm(y)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.dense(x, residual)
+        if tuple(out.shape[-2:]) != self.out_hw:
+            raise ValueError(
+                f"Spatial op '{self.layer_name}' was built for {self.out_hw[0]}x{self.out_hw[1]} "
+                f"output maps, got {out.shape[-2]}x{out.shape[-1]}"
+            )
+        if bool(self.mask.all()):
+            if self.track_stats:
+                self.stats.add(out, torch.zeros_like(out, dtype=torch.bool))
+            return out
+        predicted = predicted_zero(out, self.mask, self.patch_size, self.edge, self.channel_group)
+        if self.track_stats:
+            self.stats.add(out, predicted)
+        return out.masked_fill(predicted, 0.0)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Install a full mask (C, Hp, Wp), or one (Hp, Wp) shared by every channel."""
+        mask = mask.to(torch.bool)
+        if mask.dim() == 2:
+            mask = mask.expand_as(self.mask)
+        if mask.shape != self.mask.shape:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not fit Spatial op '{self.layer_name}' "
+                f"({tuple(self.mask.shape)})"
+            )
+        self.mask.copy_(mask)
+
+    @property
+    def macs_per_position(self) -> int:
+        return self.conv.in_channels // self.conv.groups * math.prod(self.conv.kernel_size)
+
+    def cost(self, input_shape, output_shape) -> OpCost:
+        dense = math.prod(output_shape[1:]) * self.macs_per_position
+        if not self.stats.images:
+            return OpCost(dense, dense, exact=False)
+        saved = self.stats.predicted / self.stats.images * self.macs_per_position
+        return OpCost(dense, round(dense - saved), exact=False)
+
+    def reset_stats(self) -> None:
+        self.stats = SpatialStats()
+
+    def extra_repr(self) -> str:
+        kept = float(self.mask.float().mean())
+        return f"layer={self.layer_name!r}, p={self.patch_size}, edge={self.edge}, ones={kept:.2f}"

@@ -1,0 +1,166 @@
+"""Insert Spatial ops (cross-neuron zero prediction) on every selected conv that feeds a ReLU.
+
+The conv, its bias / batch norm / residual add and the ReLU become one ``SpatialConv`` call
+(a max pool between conv and ReLU stays, after the op: the two commute) with an all-ones mask, so the rewritten model equals the original exactly until a search
+installs masks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import fx, nn
+
+from ..errors import InputError
+from ..ops.spatial import EDGES, SpatialConv
+from ..transform.layers import Layer, tensor_shape
+from ..transform.match import ConvReluChain, find_conv_relu
+from .base import PassResult, select_layers
+
+PATCH_SIZES = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class SpatialConfig:
+    """Where and how to predict zeros.
+
+    patch_size: p of the p x p patches (2, 3 or 4).
+    edge: "pad" pads maps with zeros to a multiple of p (the paper); "compute" computes edge
+        patches that stick out of the map in full.
+    channel_group: predict a patch zero only when g consecutive channels agree (1 = the paper).
+    layers: glob patterns of layer names to transform (none: every conv that feeds a ReLU).
+    """
+
+    patch_size: int = 2
+    edge: str = "pad"
+    channel_group: int = 1
+    layers: tuple[str, ...] = ()
+    version: int = 1
+
+    def __post_init__(self):
+        if self.patch_size not in PATCH_SIZES:
+            raise InputError(f"patch size must be one of {PATCH_SIZES}, got {self.patch_size}")
+        if self.edge not in EDGES:
+            raise InputError(f"edge must be one of {', '.join(EDGES)}, got '{self.edge}'")
+        if self.channel_group < 1:
+            raise InputError(f"channel group must be >= 1, got {self.channel_group}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpatialConfig:
+        return cls(**{**data, "layers": tuple(data.get("layers", ()))})
+
+
+def insert_spatial_ops(
+    gm: fx.GraphModule,
+    config: SpatialConfig = SpatialConfig(),
+    filter_fn: Callable[[Layer], bool] | None = None,
+    inplace: bool = False,
+) -> PassResult:
+    """Replace conv [+ bias] [-> BN] [+ residual] -> ReLU chains by ``SpatialConv`` ops.
+
+    Example::
+
+        result = insert_spatial_ops(capture(build("lenet"), (1, 1, 28, 28)).graph_module)
+        result.inserted  # {'conv1': 'spatial_conv1', 'conv2': 'spatial_conv2'}
+    """
+    if not inplace:
+        gm = copy.deepcopy(gm)
+    selected = select_layers(config.layers, filter_fn)
+    match = find_conv_relu(gm)
+    result = PassResult(gm, skipped=dict(match.skipped))
+    for chain in match.chains:
+        layer = chain.layer
+        if not selected(layer):
+            result.skipped[layer.name] = "not selected"
+            continue
+        if layer.out_channels % config.channel_group:
+            result.skipped[layer.name] = (
+                f"channel group {config.channel_group} does not divide its {layer.out_channels} channels"
+            )
+            continue
+        result.inserted[layer.name] = _rewrite(gm, chain, config)
+    if result.inserted:
+        gm.delete_all_unused_submodules()
+        gm.graph.lint()
+        gm.recompile()
+    return result
+
+
+def spatial_ops(gm: fx.GraphModule) -> dict[str, SpatialConv]:
+    """The Spatial ops of a rewritten graph module, by layer name, in graph order."""
+    ops = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, SpatialConv):
+                ops[module.layer_name] = module
+    return ops
+
+
+def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) -> str:
+    layer = chain.layer
+    out_shape = tensor_shape(layer.node)
+    op = SpatialConv(
+        conv=_conv_module(gm, layer),
+        out_hw=out_shape[-2:],
+        patch_size=config.patch_size,
+        norm=chain.norm,
+        bias=chain.bias,
+        edge=config.edge,
+        channel_group=config.channel_group,
+        layer_name=layer.name,
+    )
+    name = _free_name(gm, "spatial_" + layer.name.replace(".", "_"))
+    gm.add_submodule(name, op)
+    graph = gm.graph
+    args = (layer.node.args[0],) if chain.residual is None else (layer.node.args[0], chain.residual)
+    with graph.inserting_before(chain.pool or chain.relu):
+        node = graph.call_module(name, args)
+    if chain.pool is None:
+        node.meta = dict(chain.relu.meta)
+        chain.relu.replace_all_uses_with(node)
+    else:  # conv -> op -> pool: the pool now reads the op and replaces the ReLU
+        node.meta = dict(layer.node.meta)
+        chain.pool.replace_input_with(chain.pool.args[0], node)
+        chain.relu.replace_all_uses_with(chain.pool)
+    inputs = {arg for n in chain.nodes for arg in n.all_input_nodes}
+    for old in reversed(chain.nodes):
+        if old is not chain.pool:
+            graph.erase_node(old)
+    for orphan in inputs:  # weights and norm statistics read only by the erased nodes
+        if orphan.op == "get_attr" and not orphan.users:
+            graph.erase_node(orphan)
+    return name
+
+
+def _conv_module(gm: fx.GraphModule, layer: Layer) -> nn.Conv2d:
+    if layer.node.op == "call_module":
+        return gm.get_submodule(layer.node.target)
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        bias=layer.bias is not None,
+    )
+    conv.weight = nn.Parameter(layer.weight.detach(), requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        conv.bias = nn.Parameter(layer.bias.detach(), requires_grad=layer.bias.requires_grad)
+    return conv
+
+
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, i = base, 1
+    while hasattr(gm, name):
+        i += 1
+        name = f"{base}_{i}"
+    return name

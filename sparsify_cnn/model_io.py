@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,7 +91,9 @@ def save_program(
         model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=False
     )
     info = {"input_shape": list(input_shape), **(metadata or {})}
-    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(info)})
+    with warnings.catch_warnings():  # torch's own serialiser warns about its internals
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(info)})
 
 
 def _archive_kind(path: Path) -> str:
@@ -120,7 +123,8 @@ def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
             )
     extra = {METADATA_FILE: ""}
     try:
-        with _weights_only_loads(not trust_pickle):
+        with _weights_only_loads(not trust_pickle), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as error:  # noqa: BLE001 - any failure here means a broken file
         raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(error)}") from error

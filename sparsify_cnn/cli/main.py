@@ -7,12 +7,21 @@ import click
 
 from ..errors import SparsifyError
 from .inspect import inspect_command
+from .optimize import optimize_command
 from .train import train_command
 from .zoo import zoo_command
 
 
 class _Root(click.Group):
-    """Prints a user error as one line and exits with its code, never with a traceback."""
+    """Prints a user error as one line and exits with its code, never with a traceback.
+    ``sparsify MODEL ...`` (no command name) runs the default command, ``optimize``."""
+
+    default_command = "optimize"
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [self.default_command, *args]
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:
@@ -31,9 +40,12 @@ def cli():
     (zero prediction, perforated and structured sparse convolutions), searches masks under an
     accuracy budget on calibration data, compiles it with Apache TVM and reports MACs and
     measured latency side by side.
+
+    sparsify MODEL [OPTIONS] is short for sparsify optimize MODEL [OPTIONS].
     """
 
 
+cli.add_command(optimize_command)
 cli.add_command(train_command)
 cli.add_command(inspect_command)
 cli.add_command(zoo_command)

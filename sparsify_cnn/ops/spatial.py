@@ -178,6 +178,8 @@ class SpatialConv(nn.Module):
                 f"Spatial op '{self.layer_name}' was built for {self.out_hw[0]}x{self.out_hw[1]} "
                 f"output maps, got {out.shape[-2]}x{out.shape[-1]}"
             )
+        if torch.compiler.is_exporting():  # no data-dependent branches or counters in a program
+            return out.masked_fill(predicted_zero(out, self.mask, self.patch_size, self.edge, self.channel_group), 0.0)
         if bool(self.mask.all()):
             if self.track_stats:
                 self.stats.add(out, torch.zeros_like(out, dtype=torch.bool))

@@ -120,7 +120,7 @@ def _op_cost(node: fx.Node, module: CostedOp) -> LayerCost:
     output_shape = _shape(tensor_shape(node), node.target)
     cost = module.cost(input_shape, output_shape)
     return LayerCost(
-        name=str(node.target),
+        name=getattr(module, "layer_name", "") or str(node.target),  # the layer it replaced
         kind=module.kind,
         input_shape=input_shape,
         output_shape=output_shape,

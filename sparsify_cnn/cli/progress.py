@@ -1,0 +1,35 @@
+"""Progress of long searches on stderr: phase, target, done / total, best MACs saved so far.
+Redrawn in place on a terminal; a line every few seconds in logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+class ProgressLine:
+    def __init__(self, stream=None, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, phase: str, target: str, done: int, total: int, best: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        count = f"{done}/{total}" if total else f"{done}"
+        text = f"[{phase}] {target} {count}  best saved {best:,.0f} MACs/image"
+        if self.tty:
+            click.echo(f"\r\033[K{text}", nl=False, err=self.stream is sys.stderr, file=None if self.stream is sys.stderr else self.stream)
+            self._shown = True
+        else:
+            click.echo(text, file=self.stream)
+
+    def close(self) -> None:
+        if self._shown:
+            click.echo("", file=self.stream)

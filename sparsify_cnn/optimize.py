@@ -1,0 +1,144 @@
+"""The main job for zero prediction: insert Spatial ops, search their masks under the accuracy
+budget, verify on the whole network, score the held-out test split, and write the plan, the
+rewritten model and the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import fx
+
+from . import __version__
+from .errors import DataError, InputError
+from .evaluate import Score, evaluate, predict
+from .model_io import save_program
+from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+from .pipeline import Prepared
+from .plan import Plan, graph_fingerprint
+from .report.accounting import Accounting, account
+from .search.checkpoint import Checkpoint
+from .search.evaluator import Evaluator
+from .search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
+
+METRIC_CHOICES = ("auto", "top1", "agreement")
+
+
+@dataclass
+class OptimizeResult:
+    plan: Plan
+    search: SearchResult
+    graph_module: fx.GraphModule  # the rewritten model, masks installed
+    dense: Accounting
+    sparse: Accounting  # performed MACs measured on the test split
+    scores: dict[str, dict[str, Score]]  # split -> {"dense": ..., "sparse": ...}
+    skipped: dict[str, str]
+    metric: str
+    checkpoint_resumed: int = 0
+
+
+def optimize_spatial(
+    prepared: Prepared,
+    spatial: SpatialConfig = SpatialConfig(),
+    search: SearchConfig = SearchConfig(),
+    metric: str = "auto",
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: Progress | None = None,
+) -> OptimizeResult:
+    """Search Spatial masks for ``prepared`` (a model with data) and verify them. Example::
+
+        result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
+        result.plan.save("plan.json")
+    """
+    data = prepared.data
+    if data is None:
+        raise InputError("a search needs data (--data)")
+    metric = _metric(metric, data.labeled)
+    dense_gm = prepared.captured.graph_module
+    result = insert_spatial_ops(dense_gm, spatial)
+    if not result.inserted:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
+        raise InputError(f"no layer of the model can take a Spatial op ({reasons})")
+    gm = result.graph_module
+    target = data.calib.y if metric == "top1" else predict(dense_gm, data.calib.x)
+    identity = {
+        "graph": graph_fingerprint(dense_gm),
+        "data": data.fingerprint(),
+        "spatial": spatial.to_dict(),
+        "search": search.to_dict(),
+        "metric": metric,
+    }
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    store = Checkpoint(checkpoint, identity)
+    evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
+    found = SpatialSearch(evaluator, search, store, progress).run()
+    evaluator.install(found.masks)
+    for op in spatial_ops(gm).values():
+        op.track_stats = True
+        op.reset_stats()
+
+    scores = {}
+    for split_name in ("calib", "test"):
+        split = data.split(split_name)
+        scores[split_name] = {
+            "dense": evaluate(dense_gm, split, reference=dense_gm, metric=metric),
+            "sparse": evaluate(gm, split, reference=dense_gm, metric=metric),
+        }
+        if split_name == "calib":  # the test split's pass is the one the MAC table reports
+            for op in spatial_ops(gm).values():
+                op.reset_stats()
+    plan = Plan(
+        technique="spatial",
+        config=spatial.to_dict(),
+        masks=dict(found.masks),
+        search={**search.to_dict(), "metric": metric},
+        data={"name": data.name, "fingerprint": data.fingerprint()},
+        model={"source": prepared.loaded.source, "graph": identity["graph"], "input_shape": list(prepared.captured.input_shape)},
+        results={
+            split: {kind: score.value for kind, score in pair.items()} for split, pair in scores.items()
+        }
+        | {"calib_macs_saved": found.macs_saved},
+        versions=versions(),
+    )
+    return OptimizeResult(
+        plan=plan,
+        search=found,
+        graph_module=gm,
+        dense=account(dense_gm),
+        sparse=account(gm),
+        scores=scores,
+        skipped=result.skipped,
+        metric=metric,
+        checkpoint_resumed=store.resumed,
+    )
+
+
+def save_rewritten(result: OptimizeResult, path: str | Path) -> None:
+    """The rewritten model as a torch.export program (it runs the reference semantics)."""
+    for op in spatial_ops(result.graph_module).values():
+        op.track_stats = False
+    save_program(result.graph_module, tuple(result.plan.model["input_shape"][1:]), path, {"plan": "plan.json"})
+
+
+def versions() -> dict:
+    """Versions recorded in plans and reports (TVM's without importing it)."""
+    try:
+        tvm = metadata.version("apache-tvm")
+    except metadata.PackageNotFoundError:
+        tvm = "not installed"
+    return {"sparsify_cnn": __version__, "torch": torch.__version__, "apache-tvm": tvm}
+
+
+def _metric(metric: str, labeled: bool) -> str:
+    if metric not in METRIC_CHOICES:
+        raise InputError(f"unknown metric '{metric}'; choose one of: {', '.join(METRIC_CHOICES)}")
+    if metric == "auto":
+        return "top1" if labeled else "agreement"
+    if metric == "top1" and not labeled:
+        raise DataError("metric top1 needs labels; this data has none (use agreement)")
+    return metric
+

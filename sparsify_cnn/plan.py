@@ -1,0 +1,107 @@
+"""A plan: what a search chose, as data. It records the technique, its config, the per-layer
+masks, how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
+them, and re-applies to the model to give the identical graph.
+
+Masks are stored bit-packed (base64), so a plan stays small and exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from .errors import InputError
+from .passes.base import PassResult
+from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+
+PLAN_VERSION = 1
+TECHNIQUES = ("spatial",)
+
+
+@dataclass
+class Plan:
+    technique: str
+    config: dict  # the technique's config (SpatialConfig.to_dict())
+    masks: dict[str, torch.Tensor]  # layer name -> full mask
+    search: dict = field(default_factory=dict)  # search config, epsilon, metric
+    data: dict = field(default_factory=dict)  # name, fingerprint
+    model: dict = field(default_factory=dict)  # source, graph fingerprint
+    results: dict = field(default_factory=dict)  # accuracies and MACs measured when chosen
+    versions: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            "plan_version": PLAN_VERSION,
+            "technique": self.technique,
+            "config": self.config,
+            "search": self.search,
+            "data": self.data,
+            "model": self.model,
+            "results": self.results,
+            "versions": self.versions,
+            "masks": {name: _pack(mask) for name, mask in self.masks.items()},
+        }
+        Path(path).write_text(json.dumps(data, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"plan '{path}' is not a readable plan file: {error}") from error
+        if not isinstance(data, dict) or data.get("plan_version") != PLAN_VERSION:
+            raise InputError(f"plan '{path}' is not a version {PLAN_VERSION} sparsify plan")
+        if data.get("technique") not in TECHNIQUES:
+            raise InputError(f"plan '{path}' has unknown technique '{data.get('technique')}'")
+        try:
+            masks = {name: _unpack(packed) for name, packed in data["masks"].items()}
+        except (KeyError, ValueError, TypeError) as error:
+            raise InputError(f"plan '{path}' has a corrupt mask: {error}") from error
+        fields = ("config", "search", "data", "model", "results", "versions")
+        return cls(data["technique"], masks=masks, **{k: data.get(k, {}) for k in fields})
+
+    def apply(self, gm: fx.GraphModule) -> PassResult:
+        """Rewrite ``gm`` (a captured dense model) as the plan says and install its masks."""
+        config = SpatialConfig.from_dict({**self.config, "layers": list(self.masks)})
+        result = insert_spatial_ops(gm, config)
+        missing = sorted(set(self.masks) - set(result.inserted))
+        if missing:
+            reasons = "; ".join(f"{name}: {result.skipped.get(name, 'no such layer')}" for name in missing)
+            raise InputError(f"the plan does not fit this model: {reasons}")
+        ops = spatial_ops(result.graph_module)
+        for name, mask in self.masks.items():
+            try:
+                ops[name].set_mask(mask)
+            except ValueError as error:
+                raise InputError(f"the plan does not fit this model: {error}") from error
+        return result
+
+
+def graph_fingerprint(gm: fx.GraphModule) -> str:
+    """A hash of a graph's code and parameter shapes: two captures of one model agree."""
+    digest = hashlib.sha256(gm.code.encode())
+    for name, tensor in sorted(gm.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _pack(mask: torch.Tensor) -> dict:
+    bits = np.packbits(mask.to(torch.bool).flatten().numpy())
+    return {"shape": list(mask.shape), "bits": base64.b64encode(bits.tobytes()).decode()}
+
+
+def _unpack(packed: dict) -> torch.Tensor:
+    shape = tuple(int(s) for s in packed["shape"])
+    count = int(np.prod(shape))
+    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
+    flat = np.unpackbits(bits)[:count]
+    if len(flat) != count:
+        raise ValueError(f"{len(flat)} bits for a mask of shape {shape}")
+    return torch.from_numpy(flat.astype(bool).reshape(shape))

@@ -1,0 +1,172 @@
+"""The report of a zero-prediction search: Markdown and JSON side by side, pictures of the
+chosen masks, and a plot of the operating points the search evaluated."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..evaluate import METRICS
+from ..ops.spatial import SpatialConv
+from ..passes.spatial import spatial_ops
+
+
+def write_report(result, out_dir: str | Path, title: str = "sparsify report") -> dict:
+    """Write report.md, report.json, masks/*.png and operating_points.png into ``out_dir``;
+    return the JSON data."""
+    out = Path(out_dir)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    data = report_data(result)
+    (out / "report.json").write_text(json.dumps(data, indent=2))
+    for name, op in spatial_ops(result.graph_module).items():
+        mask_picture(op).save(out / "masks" / f"{_file_name(name)}.png")
+    plot_operating_points(result, out / "operating_points.png")
+    (out / "report.md").write_text(report_markdown(data, title))
+    return data
+
+
+def report_data(result) -> dict:
+    ops = spatial_ops(result.graph_module)
+    dense_rows = {row.name: row for row in result.dense.layers}
+    layers = []
+    for row in result.sparse.layers:
+        entry = {"name": row.name, "kind": row.kind, "output": list(row.output_shape[1:]),
+                 "dense_macs": dense_rows[row.name].macs if row.name in dense_rows else row.macs,
+                 "performed_macs": row.performed_macs, "saved_fraction": row.saved_fraction}  # fmt: skip
+        if row.kind == "spatial":
+            stats = ops[row.name].stats
+            entry.update(
+                mask_ones=float(ops[row.name].mask.float().mean()),
+                mispredicted=stats.mispredicted / max(stats.positions, 1),
+                computed_zeros=stats.computed_zeros / max(stats.positions, 1),
+            )
+        layers.append(entry)
+    search = result.search
+    return {
+        "metric": result.metric,
+        "metric_name": METRICS[result.metric],
+        "plan": {k: getattr(result.plan, k) for k in ("technique", "config", "search", "data", "model", "versions")},
+        "accuracy": {split: {kind: s.value for kind, s in pair.items()} for split, pair in result.scores.items()},
+        "macs": {
+            "dense": result.dense.total_macs,
+            "performed_test": result.sparse.total_performed_macs,
+            "saved_fraction_test": 1 - result.sparse.total_performed_macs / result.dense.total_macs,
+            "saved_calib": search.macs_saved,
+        },
+        "search": {
+            "seconds": search.seconds,
+            "options": search.options,
+            "evaluated": search.candidates,
+            "suffix_images": search.suffix_images,
+            "full_passes": search.full_passes,
+            "work_passes": search.work,
+            "work_ratio_vs_naive": search.work_ratio,
+            "checkpoint_records_resumed": result.checkpoint_resumed,
+        },
+        "layers": layers,
+        "skipped": result.skipped,
+        "operating_points": [
+            {"step": p.step, "accuracy": p.accuracy, "macs_saved": p.macs_saved} for p in search.points
+        ],
+    }
+
+
+def report_markdown(data: dict, title: str) -> str:
+    acc, macs, search = data["accuracy"], data["macs"], data["search"]
+    plan = data["plan"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Zero prediction (Spatial ops), mode `{plan['search']['mode']}`, patch {plan['config']['patch_size']}x"
+        f"{plan['config']['patch_size']}, epsilon {plan['search']['epsilon']} ({plan['search']['epsilon_kind']}). "
+        f"Metric: {data['metric_name']}.",
+        f"Model `{plan['model']['source']}`, data `{plan['data']['name']}` (fingerprint {plan['data']['fingerprint']}).",
+        "",
+        "| split | dense | sparsified | change |",
+        "|---|---|---|---|",
+    ]
+    for split in ("calib", "test"):
+        dense, sparse = acc[split]["dense"], acc[split]["sparse"]
+        lines.append(f"| {split} | {100 * dense:.2f}% | {100 * sparse:.2f}% | {100 * (sparse - dense):+.2f} pts |")
+    lines += [
+        "",
+        f"MACs per image: dense {macs['dense']:,}, performed on the test split {macs['performed_test']:,} "
+        f"(**{100 * macs['saved_fraction_test']:.1f}% saved**; {macs['saved_calib']:,.0f} saved on calib).",
+        "",
+        "| layer | kind | output | dense MACs | performed MACs | saved | mask ones | mispredicted | computed zeros |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["layers"]:
+        cells = [f"`{row['name']}`", row["kind"], "x".join(map(str, row["output"])), f"{row['dense_macs']:,}",
+                 f"{row['performed_macs']:,}", f"{100 * row['saved_fraction']:.1f}%"]  # fmt: skip
+        if "mask_ones" in row:
+            cells += [f"{100 * row['mask_ones']:.0f}%", f"{100 * row['mispredicted']:.2f}%", f"{100 * row['computed_zeros']:.1f}%"]
+        else:
+            cells += ["", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "*mispredicted*: activations predicted zero that were not (they cost accuracy); *computed zeros*: "
+        "zeros computed anyway (they cost only MACs); both as a share of the layer's activations on the test split.",
+        "",
+        f"Search: {search['seconds']:.1f} s, {search['evaluated']:,} of the seed's {search['options']:,} options "
+        f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
+        f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
+        f"Omega x F.",
+    ]
+    if data["skipped"]:
+        lines += ["", "Layers left dense:", ""] + [f"- `{name}`: {why}" for name, why in data["skipped"].items()]
+    lines += ["", "Masks: `masks/*.png` (white: computed first). Operating points: `operating_points.png`.", ""]
+    return "\n".join(lines)
+
+
+def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Image:
+    """White = computed first (1), black = predicted when the white ones are zero. One tile per
+    channel, or one tile when every channel shares the mask."""
+    mask = op.mask
+    channels = mask[:1] if bool((mask == mask[:1]).all()) else mask[:64]
+    c, h, w = channels.shape
+    cols = min(columns, c)
+    rows = math.ceil(c / cols)
+    canvas = np.full((rows * (h + 1) * scale, cols * (w + 1) * scale), 128, dtype=np.uint8)
+    for i, channel in enumerate(channels):
+        tile = np.kron(channel.numpy().astype(np.uint8) * 255, np.ones((scale, scale), dtype=np.uint8))
+        top, left = (i // cols) * (h + 1) * scale, (i % cols) * (w + 1) * scale
+        canvas[top : top + h * scale, left : left + w * scale] = tile
+    return Image.fromarray(canvas)
+
+
+def plot_operating_points(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense_macs = result.dense.total_macs
+    search = result.search
+    fig, ax = plt.subplots(figsize=(6, 4))
+    saved = [100 * p.macs_saved / dense_macs for p in search.points]
+    accuracy = [100 * p.accuracy for p in search.points]
+    ax.plot(saved, accuracy, "o", alpha=0.6, label="evaluated network states")
+    ax.plot([0], [100 * search.dense_accuracy], "ks", label="dense")
+    ax.plot([100 * search.macs_saved / dense_macs], [100 * search.accuracy], "r*", markersize=14, label="chosen")
+    budget = result.plan.search
+    floor = search.dense_accuracy - budget["epsilon"] * (search.dense_accuracy if budget["epsilon_kind"] == "relative" else 1)
+    ax.axhline(100 * floor, color="gray", linestyle="--", label="accuracy budget")
+    ax.set_xlabel("MACs saved on calib (%)")
+    ax.set_ylabel(f"calib {METRICS[result.metric]} (%)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _file_name(layer: str) -> str:
+    return layer.replace("/", "_")
+
+

@@ -1,0 +1,1 @@
+"""Searches that choose masks and rates under an accuracy budget."""

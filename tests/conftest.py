@@ -49,3 +49,17 @@ def model_files(tmp_path_factory, trained_lenet):
     files["truncated"] = root / "truncated.pt2"
     files["truncated"].write_bytes(files["pt2"].read_bytes()[:2000])
     return files
+
+
+@pytest.fixture(scope="session")
+def digits32():
+    return load_data("digits", (3, 32, 32))
+
+
+@pytest.fixture(scope="session")
+def trained_cq(digits32):
+    """CIFAR-quick trained briefly on digits resized to 3x32x32."""
+    torch.manual_seed(0)
+    model = models.build("cq")
+    train(model, digits32, TrainConfig(epochs=4, seed=0))
+    return model.eval()

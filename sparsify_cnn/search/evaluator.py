@@ -71,7 +71,7 @@ class Evaluator:
         self.layers: dict[str, _LayerCache] = {}
         self._build_caches()
         self.dense_correct = self._correct(self._dense_logits)
-        self.dense_accuracy = float(self.dense_correct.float().mean())
+        self.dense_accuracy = int(self.dense_correct.sum()) / len(x)
         self.suffix_images = 0
         self.full_passes = 1
         self.work = float(len(x))  # image passes, suffixes weighted by their share of the MACs
@@ -134,7 +134,7 @@ class Evaluator:
         self.full_passes += 1
         self.work += len(self.x)
         saved = sum(op.stats.predicted / op.stats.images * op.macs_per_position for op in self.ops.values())
-        return Outcome(float(self._correct(logits).float().mean()), saved)
+        return Outcome(int(self._correct(logits).sum()) / len(self.x), saved)
 
     def install(self, masks: dict[str, torch.Tensor]) -> None:
         for name, op in self.ops.items():
@@ -237,8 +237,10 @@ def _suffix(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, list[fx
                     frontier.append(arg)
     graph = fx.Graph()
     env = {start: graph.placeholder("op_output")}
+    env[start].meta = dict(start.meta)  # shapes, for accounting of the suffix
     for i, node in enumerate(frontier):
         env[node] = graph.placeholder(f"frontier_{i}")
+        env[node].meta = dict(node.meta)
     for node in order:
         if node in descendants or (node.op == "get_attr" and any(u in descendants for u in node.users)):
             env[node] = graph.node_copy(node, lambda n: env[n])

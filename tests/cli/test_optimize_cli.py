@@ -1,0 +1,55 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sparsify_cnn.cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
+    out = tmp_path / "out"
+    result = run(model_files["pt2"], "--mode", "uniform_filter", "--data", "digits", "--epsilon", "0.01",
+                 "--top-m", "2", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "of MACs saved on the test split" in result.output
+    for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv1.png"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"] == "top1"
+    assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9
+    assert 0 < report["macs"]["saved_fraction_test"] < 1
+    assert report["search"]["evaluated"] > 0 and report["search"]["seconds"] > 0
+    markdown = (out / "report.md").read_text()
+    assert "| calib |" in markdown and "| test |" in markdown and "mispredicted" in markdown
+    # The rewritten model loads back and runs the masks (reference semantics).
+    from sparsify_cnn.model_io import load_model
+
+    loaded = load_model(str(out / "model.pt2"))
+    assert loaded.module(__import__("torch").zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--mode", "uniform"), "Invalid value for '--mode'"),
+        (("--epsilon", "1.5"), "epsilon must be in [0, 1)"),
+        (("--patch-size", "1"), "patch size must be one of (2, 3, 4)"),
+        (("--ones-range", "4-4"), "leaves no 2x2 pattern"),
+        (("--ones-range", "x"), "is not a range"),
+        (("--channel-group", "3", "--mode", "uniform_patch"), "does not divide"),
+    ],
+)
+def test_invalid_options_exit_2(tmp_path, model_files, args, fragment):
+    result = run(model_files["pt2"], *args, "--out", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_model_without_conv_relu(tmp_path):
+    result = run("zoo:mlp", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "no layer of the model can take a Spatial op" in result.output

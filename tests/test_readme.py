@@ -13,6 +13,7 @@ def _commands():
 def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
     main_job, test_suite = _commands()[:2]
     assert "sparsify train zoo:lenet --data digits" in main_job and "sparsify inspect" in main_job
+    assert "sparsify lenet.pt2 --mode uniform_filter --data digits --epsilon 0.01 --out out" in main_job
     assert test_suite.endswith("pytest -q")
     assert test_suite in (ROOT / ".ci" / "run").read_text()
 

@@ -115,3 +115,14 @@ def test_op_checks_its_inputs():
         op.set_mask(torch.ones(3, 4, 4))
     with pytest.raises(ValueError, match="built for 5x5"):
         op(torch.randn(1, 2, 6, 6))
+
+
+@pytest.mark.parametrize("p", [3, 4])
+def test_larger_patches(p):
+    assert all_patterns(p, (1, 1)).shape == (p * p, p, p)
+    out = torch.zeros(1, 1, 2 * p, 2 * p)
+    out[0, 0, 0, 1] = 1.0  # off-diagonal in patch (0, 0): mispredicted by the diagonal
+    out[0, 0, p, p] = 1.0  # on the diagonal of patch (1, 1): that patch is computed
+    predicted = predicted_zero(out, tile(diagonal(p), 1, 2 * p, 2 * p, p), p)
+    assert predicted[0, 0, 0, 1] and not predicted[0, 0, p + 1, p]
+    assert int(predicted.sum()) == 3 * (p * p - p)  # three patches fire, their off-diagonals

@@ -80,3 +80,13 @@ def test_invalid_search_options(trained_lenet, digits28):
     with pytest.raises(InputError, match="needs channel group 1"):
         SpatialSearch(grouped, SearchConfig(mode="uniform_patch"))
     assert SpatialSearch(grouped, SearchConfig(mode="uniform_layer", epsilon=0.02)).run().macs_saved >= 0
+
+
+def test_patch_size_three_with_a_ones_range(trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=150, spatial=SpatialConfig(patch_size=3))
+    search = SpatialSearch(ev, SearchConfig(mode="uniform_layer", epsilon=0.01, ones_range=(1, 2)))
+    assert len(search.patterns) == 9 + 36
+    result = search.run()
+    assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9
+    for mask in result.masks.values():
+        assert mask.shape[1] % 3 == 0  # padded to a multiple of 3

@@ -5,13 +5,11 @@ rewritten model and the report."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import fx
 
-from . import __version__
 from .errors import DataError, InputError
 from .evaluate import Score, evaluate, predict
 from .model_io import save_program
@@ -22,6 +20,7 @@ from .report.accounting import Accounting, account
 from .search.checkpoint import Checkpoint
 from .search.evaluator import Evaluator
 from .search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
+from .versions import versions
 
 METRIC_CHOICES = ("auto", "top1", "agreement")
 
@@ -122,15 +121,6 @@ def save_rewritten(result: OptimizeResult, path: str | Path) -> None:
     for op in spatial_ops(result.graph_module).values():
         op.track_stats = False
     save_program(result.graph_module, tuple(result.plan.model["input_shape"][1:]), path, {"plan": "plan.json"})
-
-
-def versions() -> dict:
-    """Versions recorded in plans and reports (TVM's without importing it)."""
-    try:
-        tvm = metadata.version("apache-tvm")
-    except metadata.PackageNotFoundError:
-        tvm = "not installed"
-    return {"sparsify_cnn": __version__, "torch": torch.__version__, "apache-tvm": tvm}
 
 
 def _metric(metric: str, labeled: bool) -> str:

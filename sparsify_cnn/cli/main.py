@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..errors import SparsifyError
+from .compile import compile_command, run_command
 from .inspect import inspect_command
 from .optimize import optimize_command
 from .train import train_command
@@ -49,6 +50,8 @@ cli.add_command(optimize_command)
 cli.add_command(train_command)
 cli.add_command(inspect_command)
 cli.add_command(zoo_command)
+cli.add_command(compile_command)
+cli.add_command(run_command)
 
 
 def main() -> None:

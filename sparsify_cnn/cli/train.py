@@ -29,11 +29,11 @@ def train_command(
     """
     import torch
 
-    from .. import __version__
     from ..evaluate import evaluate
     from ..model_io import save_program
     from ..pipeline import prepare
     from ..training import TrainConfig, train
+    from ..versions import versions
 
     config = TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed)
     torch.manual_seed(seed)
@@ -65,7 +65,7 @@ def train_command(
         "data_fingerprint": dataset.fingerprint(),
         "train": config.to_dict(),
         "test": {"metric": test.metric, "value": test.value, "count": test.count},
-        "versions": {"sparsify_cnn": __version__, "torch": torch.__version__},
+        "versions": versions(),
     }
     save_program(module, tuple(image_shape), out, metadata)
     click.echo(f"saved {out}")

@@ -1,0 +1,126 @@
+"""Compile a captured (and possibly rewritten) graph into an artifact, and check the compiled
+model against the torch model on real inputs before anything is written."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx
+
+from ..errors import SparsifyError
+from ..ops.spatial import SpatialConv
+from .artifact import cpu_features, cuda_source, write_artifact
+from .build import compile_module
+from .exporting import export_static
+from .importer import UnsupportedOpsError, import_program
+from ..versions import versions
+from .target import target_spec
+
+TOLERANCE = 1e-4  # largest difference allowed, relative to the output's scale
+
+
+class CompiledMismatchError(SparsifyError):
+    """The compiled model does not compute what the torch model computes."""
+
+
+@dataclass
+class CompileResult:
+    out: Path
+    manifest: dict
+    max_abs_diff: float | None  # None when the target cannot run here (CUDA without a GPU)
+    relative_diff: float | None
+
+
+def compile_graph(
+    gm: fx.GraphModule,
+    input_shape: tuple[int, ...],
+    out: str | Path,
+    target: str = "llvm",
+    check_inputs: torch.Tensor | None = None,
+    plan: dict | None = None,
+    dump_ir: str | Path | None = None,
+) -> CompileResult:
+    """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
+    in batches of the compiled batch size) and write the artifact to ``out``."""
+    spatial = [n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), SpatialConv)]
+    if spatial:
+        raise UnsupportedOpsError(
+            f"no TVM lowering is registered for Spatial ops yet ({', '.join(spatial)}); "
+            "compile the dense model, or wait for the skipping kernel"
+        )
+    spec = target_spec(target)
+    program = export_static(gm, tuple(input_shape))
+    mod, params = import_program(program)
+    executable = compile_module(mod, spec, dump_ir)
+    max_diff = relative = None
+    if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):
+        max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)
+        if relative > TOLERANCE:
+            raise CompiledMismatchError(
+                f"the compiled model differs from the torch model by {max_diff:.3g} "
+                f"({relative:.3g} of the output scale; tolerance {TOLERANCE})"
+            )
+    nvcc = _nvcc_compile(executable, spec) if spec["kind"] == "cuda" else None
+    out_shape = list(_output_shape(gm, input_shape))
+    manifest = {
+        "inputs": [{"name": "input", "shape": list(input_shape), "dtype": "float32"}],
+        "outputs": [{"name": "output", "shape": out_shape, "dtype": "float32"}],
+        "target": spec,
+        "cpu_features": cpu_features(spec) if spec["kind"] == "llvm" else [],
+        "versions": versions(),
+        "plan": plan,
+        "check": {"max_abs_diff": max_diff, "relative_diff": relative, "tolerance": TOLERANCE,
+                  "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
+    }
+    manifest = write_artifact(Path(out), executable, params, manifest)
+    return CompileResult(Path(out), manifest, max_diff, relative)
+
+
+def _check(executable, params, gm, input_shape, images) -> tuple[float, float]:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    weights = [tvm.runtime.tensor(p) for p in params]
+    batch = input_shape[0]
+    worst, scale = 0.0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(images) - batch + 1, batch):
+            x = images[start : start + batch].contiguous()
+            expected = gm(x)
+            expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
+            got = vm["main"](tvm.runtime.tensor(x.numpy()), *weights)
+            while not hasattr(got, "numpy"):
+                got = got[0]
+            worst = max(worst, float(np.abs(got.numpy() - expected).max()))
+            scale = max(scale, float(np.abs(expected).max()))
+    return worst, worst / max(scale, 1e-12)
+
+
+def _nvcc_compile(executable, spec: dict) -> str:
+    """Compile the generated CUDA C with nvcc (export_library does not): proof that it builds."""
+    import tvm
+    from tvm.support import nvcc
+
+    if shutil.which("nvcc") is None:
+        return "nvcc not found: the CUDA source was not compiled here"
+    source = cuda_source(executable)
+    suffix = spec["arch"].removeprefix("sm_")
+    try:
+        with tvm.target.Target(spec):
+            binary = nvcc.compile_cuda(
+                source, target_format="fatbin", arch=["-gencode", f"arch=compute_{suffix},code=sm_{suffix}"], compiler="nvcc"
+            )
+    except Exception as error:  # noqa: BLE001 - nvcc's own message says what failed
+        raise SparsifyError(f"nvcc cannot compile the generated CUDA for {spec['arch']}: {str(error).strip().splitlines()[-1]}") from error
+    return f"compiled by nvcc for {spec['arch']} ({len(binary):,} bytes of fatbin)"
+
+
+def _output_shape(gm, input_shape):
+    with torch.no_grad():
+        out = gm(torch.zeros(input_shape))
+    return (out[0] if isinstance(out, (tuple, list)) else out).shape

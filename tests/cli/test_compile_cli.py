@@ -1,0 +1,38 @@
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from sparsify_cnn.cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_compile_then_run_from_the_shell(tmp_path, model_files, trained_lenet, digits28):
+    out = tmp_path / "artifact"
+    result = run("compile", model_files["pt2"], "--data", "digits", "--check-images", 8, "--out", out,
+                 "--dump-ir", tmp_path / "ir")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "matches torch on 8 images" in result.output
+    assert (tmp_path / "ir" / "00_decompose_for_inference_before.py").exists()
+    x = digits28.test.x[:1].numpy()
+    np.save(tmp_path / "x.npy", x)
+    result = run("run", out, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        expected = trained_lenet(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4, atol=1e-4)
+    np.save(tmp_path / "x4.npy", np.zeros((4, 1, 28, 28), np.float32))
+    result = run("run", out, "--input", tmp_path / "x4.npy", "--output", tmp_path / "y4.npy")
+    assert result.exit_code == 2 and "compiled for (1, 1, 28, 28)" in result.output
+    result = run("run", tmp_path, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert result.exit_code == 2 and "is not a sparsify artifact" in result.output
+
+
+def test_compile_refuses_a_plan_until_spatial_kernels_exist(tmp_path, model_files):
+    optimized = tmp_path / "opt"
+    assert run(model_files["pt2"], "--mode", "uniform_layer", "--out", optimized).exit_code == 0
+    result = run("compile", model_files["pt2"], "--plan", optimized / "plan.json", "--out", tmp_path / "a")
+    assert result.exit_code == 2
+    assert "no TVM lowering is registered for Spatial ops yet" in result.output

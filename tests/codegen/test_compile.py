@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsify_cnn import models
+from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
+from sparsify_cnn.codegen.importer import UnsupportedOpsError
+from sparsify_cnn.errors import InputError
+from sparsify_cnn.passes.spatial import insert_spatial_ops
+from sparsify_cnn.runtime import ArtifactError, load
+from sparsify_cnn.transform.capture import capture
+
+SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 64, 64), "resnet34": (3, 64, 64), "resnet50": (3, 64, 64)}
+
+
+@pytest.mark.parametrize("name", models.zoo_names())
+def test_every_zoo_model_compiles_and_matches_torch(name, tmp_path):
+    torch.manual_seed(0)
+    entry = models.get_entry(name)
+    shape = SMALL.get(name, entry.input_shape)
+    model = entry.factory().eval()
+    images = torch.randn(4, *shape)
+    result = compile_graph(capture(model, (2, *shape)).graph_module, (2, *shape), tmp_path, check_inputs=images)
+    assert result.relative_diff <= TOLERANCE
+    compiled = load(tmp_path)
+    with torch.no_grad():
+        expected = model(images[:2]).numpy()
+    np.testing.assert_allclose(compiled(images[:2].numpy()), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.fixture(scope="module")
+def lenet_artifact(tmp_path_factory, trained_lenet, digits28):
+    out = tmp_path_factory.mktemp("artifact")
+    gm = capture(trained_lenet, (1, 1, 28, 28), method="export").graph_module  # the .pt2 form
+    compile_graph(gm, (1, 1, 28, 28), out, check_inputs=digits28.calib.x[:16])
+    return out
+
+
+def test_fresh_process_loads_without_torch_and_reproduces_predictions(lenet_artifact, trained_lenet, digits28):
+    x = digits28.test.x.numpy()
+    np.save(lenet_artifact.parent / "test_x.npy", x)
+    script = (
+        "import sys, numpy as np\n"
+        "from sparsify_cnn.runtime import load\n"
+        f"model = load({str(lenet_artifact)!r})\n"
+        f"x = np.load({str(lenet_artifact.parent / 'test_x.npy')!r})\n"
+        "print(' '.join(str(int(model(x[i:i+1]).argmax())) for i in range(len(x))))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    predictions = [int(v) for v in done.stdout.split()]
+    with torch.no_grad():
+        expected = trained_lenet(digits28.test.x).argmax(1).tolist()
+    assert predictions == expected
+
+
+def test_manifest_records_what_a_deployment_needs(lenet_artifact):
+    manifest = json.loads((lenet_artifact / "manifest.json").read_text())
+    assert manifest["inputs"][0] == {"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"}
+    assert manifest["outputs"][0]["shape"] == [1, 10]
+    assert manifest["target"]["kind"] == "llvm" and manifest["target"]["num-cores"] >= 1
+    assert set(manifest["files"]) == {"model.so", "params.npz"}
+    assert set(manifest["versions"]) == {"sparsify_cnn", "torch", "apache-tvm"}
+    assert manifest["check"]["images"] == 16 and manifest["check"]["relative_diff"] <= TOLERANCE
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_artifact_problems_are_clear_errors(lenet_artifact, tmp_path):
+    model = load(lenet_artifact)
+    with pytest.raises(ArtifactError, match=r"shape \(2, 1, 28, 28\); the artifact was compiled for \(1, 1, 28, 28\)"):
+        model(np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(ArtifactError, match="dtype float64; the artifact takes float32"):
+        model(np.zeros((1, 1, 28, 28)))
+    altered = _copy(lenet_artifact, tmp_path / "altered")
+    with open(altered / "params.npz", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ArtifactError, match="params.npz' was altered"):
+        load(altered)
+    missing = _copy(lenet_artifact, tmp_path / "missing")
+    (missing / "model.so").unlink()
+    with pytest.raises(ArtifactError, match="missing model.so"):
+        load(missing)
+    for key, value, message in [
+        ("versions", {"apache-tvm": "0.1"}, "compiled with apache-tvm 0.1"),
+        ("cpu_features", ["not_a_cpu_feature"], "needs CPU features this machine lacks: not_a_cpu_feature"),
+        ("target", {"kind": "cuda", "arch": "sm_90"}, "no CUDA GPU"),
+    ]:
+        edited = _copy(lenet_artifact, tmp_path / key)
+        manifest = json.loads((edited / "manifest.json").read_text())
+        manifest[key] = value
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=message):
+            load(edited)
+    with pytest.raises(ArtifactError, match="is not a sparsify artifact"):
+        load(tmp_path)
+
+
+def test_unsupported_ops_are_listed_together(tmp_path):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.special.bessel_j0(x) + torch.special.bessel_j1(x)
+
+    with pytest.raises(UnsupportedOpsError, match=r"2 op\(s\): special_bessel_j0 \(.*\), special_bessel_j1"):
+        compile_graph(capture(Odd(), (1, 3)).graph_module, (1, 3), tmp_path)
+
+
+def test_spatial_ops_are_refused_until_their_kernel_exists(tmp_path):
+    gm = insert_spatial_ops(capture(models.build("lenet"), (1, 1, 28, 28)).graph_module).graph_module
+    with pytest.raises(UnsupportedOpsError, match="no TVM lowering is registered for Spatial ops yet"):
+        compile_graph(gm, (1, 1, 28, 28), tmp_path)
+
+
+def test_cuda_artifact_builds_here_with_its_source(tmp_path):
+    gm = capture(models.build("lenet").eval(), (1, 1, 28, 28)).graph_module
+    result = compile_graph(gm, (1, 1, 28, 28), tmp_path, target="cuda:sm_80")
+    assert result.max_abs_diff is None  # no GPU here: built, not run
+    assert "__global__" in (tmp_path / "model.cu").read_text()
+    assert "model.cu" in result.manifest["files"]
+    nvcc = result.manifest["check"]["nvcc"]
+    assert nvcc.startswith("compiled by nvcc for sm_80") or nvcc.startswith("nvcc not found")
+    with pytest.raises(InputError, match="not of the form sm_80"):
+        compile_graph(gm, (1, 1, 28, 28), tmp_path / "bad", target="cuda:volta")

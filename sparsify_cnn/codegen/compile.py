@@ -12,12 +12,12 @@ import torch
 from torch import fx
 
 from ..errors import SparsifyError
-from ..ops.spatial import SpatialConv
+from ..ops.registry import custom_convert_map
+from ..versions import versions
 from .artifact import cpu_features, cuda_source, write_artifact
 from .build import compile_module
 from .exporting import export_static
-from .importer import UnsupportedOpsError, import_program
-from ..versions import versions
+from .importer import import_program
 from .target import target_spec
 
 TOLERANCE = 1e-4  # largest difference allowed, relative to the output's scale
@@ -46,15 +46,9 @@ def compile_graph(
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
     in batches of the compiled batch size) and write the artifact to ``out``."""
-    spatial = [n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), SpatialConv)]
-    if spatial:
-        raise UnsupportedOpsError(
-            f"no TVM lowering is registered for Spatial ops yet ({', '.join(spatial)}); "
-            "compile the dense model, or wait for the skipping kernel"
-        )
     spec = target_spec(target)
     program = export_static(gm, tuple(input_shape))
-    mod, params = import_program(program)
+    mod, params = import_program(program, custom_convert_map())
     executable = compile_module(mod, spec, dump_ir)
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):

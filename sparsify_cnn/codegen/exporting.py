@@ -8,15 +8,17 @@ import torch
 from torch import fx
 
 from ..errors import CaptureError
+from ..ops.registry import lowering
 from ..transform.capture import set_eval
 
 
 def export_static(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
-    """Export ``gm`` for inputs of exactly ``input_shape`` (compiled kernels are shape-specific)."""
+    """Export ``gm`` for inputs of exactly ``input_shape`` (compiled kernels are shape-specific);
+    inserted ops stay single custom ops, which the registry's lowerings turn into kernels."""
     set_eval(gm)
     example = torch.zeros(input_shape)
     try:
-        with warnings.catch_warnings():  # torch's exporter warns about its own internals
+        with warnings.catch_warnings(), lowering():  # torch's exporter warns about its own internals
             warnings.simplefilter("ignore", FutureWarning)
             return torch.export.export(gm, (example,), strict=False)
     except Exception as error:  # noqa: BLE001 - reported as one line

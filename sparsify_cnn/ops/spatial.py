@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import OpCost
+from .registry import OpEntry, is_lowering, register
 
 EDGES = ("pad", "compute")
 
@@ -172,6 +173,8 @@ class SpatialConv(nn.Module):
         return torch.relu(y)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if torch.compiler.is_exporting() and is_lowering():
+            return self._custom_op(x, residual)
         out = self.dense(x, residual)
         if tuple(out.shape[-2:]) != self.out_hw:
             raise ValueError(
@@ -188,6 +191,31 @@ class SpatialConv(nn.Module):
         if self.track_stats:
             self.stats.add(out, predicted)
         return out.masked_fill(predicted, 0.0)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv weight and bias with the added bias and batch norm folded in (for kernels)."""
+        weight = self.conv.weight
+        bias = self.conv.bias if self.conv.bias is not None else torch.zeros(self.conv.out_channels)
+        if self.bias is not None:
+            bias = bias + self.bias.flatten()
+        if self.norm is not None:
+            scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+            if self.norm.weight is not None:
+                scale = scale * self.norm.weight
+            shift = -self.norm.running_mean * scale
+            if self.norm.bias is not None:
+                shift = shift + self.norm.bias
+            weight = weight * scale[:, None, None, None]
+            bias = bias * scale + shift
+        return weight, bias
+
+    def _custom_op(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        weight, bias = self.folded()
+        conv = self.conv
+        return torch.ops.sparsify.spatial_conv(
+            x, weight, bias, self.mask, residual, list(conv.stride), list(_padding(conv)), list(conv.dilation),
+            conv.groups, self.patch_size, self.edge == "compute", self.channel_group,
+        )  # fmt: skip
 
     def set_mask(self, mask: torch.Tensor) -> None:
         """Install a full mask (C, Hp, Wp), or one (Hp, Wp) shared by every channel."""
@@ -218,3 +246,48 @@ class SpatialConv(nn.Module):
     def extra_repr(self) -> str:
         kept = float(self.mask.float().mean())
         return f"layer={self.layer_name!r}, p={self.patch_size}, edge={self.edge}, ones={kept:.2f}"
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0)
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))  # "same", odd kernels
+    return tuple(conv.padding)
+
+
+@torch.library.custom_op("sparsify::spatial_conv", mutates_args=())
+def spatial_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    mask: torch.Tensor,
+    residual: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    patch_size: int,
+    compute_edges: bool,
+    channel_group: int,
+) -> torch.Tensor:
+    """The Spatial op as one torch op (what exported programs carry to TVM): conv with folded
+    bias and norm [+ residual] -> ReLU -> zero prediction."""
+    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        out = out + residual
+    out = torch.relu(out)
+    edge = "compute" if compute_edges else "pad"
+    return out.masked_fill(predicted_zero(out, mask, patch_size, edge, channel_group), 0.0)
+
+
+@spatial_conv.register_fake
+def _(x, weight, bias, mask, residual, stride, padding, dilation, groups, patch_size, compute_edges, channel_group):
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], out_h, out_w))
+
+
+register(OpEntry("sparsify::spatial_conv", SpatialConv, "sparsify_cnn.codegen.lowering.spatial:convert"))

@@ -30,9 +30,14 @@ def test_compile_then_run_from_the_shell(tmp_path, model_files, trained_lenet, d
     assert result.exit_code == 2 and "is not a sparsify artifact" in result.output
 
 
-def test_compile_refuses_a_plan_until_spatial_kernels_exist(tmp_path, model_files):
+def test_compile_a_plan_from_a_search(tmp_path, model_files, digits28):
     optimized = tmp_path / "opt"
     assert run(model_files["pt2"], "--mode", "uniform_layer", "--out", optimized).exit_code == 0
-    result = run("compile", model_files["pt2"], "--plan", optimized / "plan.json", "--out", tmp_path / "a")
-    assert result.exit_code == 2
-    assert "no TVM lowering is registered for Spatial ops yet" in result.output
+    out = tmp_path / "a"
+    result = run("compile", model_files["pt2"], "--plan", optimized / "plan.json", "--data", "digits", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "matches torch" in result.output
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["technique"] == "spatial"

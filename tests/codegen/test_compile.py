@@ -11,7 +11,6 @@ from sparsify_cnn import models
 from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
 from sparsify_cnn.codegen.importer import UnsupportedOpsError
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.passes.spatial import insert_spatial_ops
 from sparsify_cnn.runtime import ArtifactError, load
 from sparsify_cnn.transform.capture import capture
 
@@ -115,12 +114,6 @@ def test_unsupported_ops_are_listed_together(tmp_path):
 
     with pytest.raises(UnsupportedOpsError, match=r"2 op\(s\): special_bessel_j0 \(.*\), special_bessel_j1"):
         compile_graph(capture(Odd(), (1, 3)).graph_module, (1, 3), tmp_path)
-
-
-def test_spatial_ops_are_refused_until_their_kernel_exists(tmp_path):
-    gm = insert_spatial_ops(capture(models.build("lenet"), (1, 1, 28, 28)).graph_module).graph_module
-    with pytest.raises(UnsupportedOpsError, match="no TVM lowering is registered for Spatial ops yet"):
-        compile_graph(gm, (1, 1, 28, 28), tmp_path)
 
 
 def test_cuda_artifact_builds_here_with_its_source(tmp_path):

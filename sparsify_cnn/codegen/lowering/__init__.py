@@ -1,0 +1,1 @@
+"""TVM lowerings of inserted ops, registered in ``sparsify_cnn.ops.registry``."""

@@ -1,0 +1,89 @@
+"""Theoretical against measured: a trained model, dense and with searched Spatial masks, in
+PyTorch eager and compiled by TVM (default schedules, no tuning), timed in one process.
+
+    python benchmarks/compiled_latency.py --model cq --mode uniform_filter --epsilon 0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from sparsify_cnn import models
+from sparsify_cnn.codegen.compile import compile_graph
+from sparsify_cnn.data import load_data
+from sparsify_cnn.model_io import LoadedModel
+from sparsify_cnn.optimize import optimize_spatial
+from sparsify_cnn.pipeline import Prepared
+from sparsify_cnn.runtime import load
+from sparsify_cnn.search.spatial import SearchConfig
+from sparsify_cnn.training import TrainConfig, train
+from sparsify_cnn.transform.capture import capture
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="cq")
+    parser.add_argument("--mode", default="uniform_filter")
+    parser.add_argument("--epsilon", type=float, default=0.01)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    entry = models.get_entry(args.model)
+    data = load_data("digits", entry.input_shape)
+    model = entry.factory(num_classes=data.num_classes)
+    train(model, data, TrainConfig(epochs=args.epochs, seed=0))
+    model.eval()
+    shape = (args.batch, *entry.input_shape)
+    captured = capture(model, shape)
+    prepared = Prepared(LoadedModel(model, args.model, "zoo", entry.input_shape), captured, data)
+    result = optimize_spatial(prepared, search=SearchConfig(mode=args.mode, epsilon=args.epsilon))
+    x = data.test.x[: args.batch]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, gm, performed in (
+            ("dense", captured.graph_module, result.dense.total_macs),
+            (f"spatial {args.mode}", result.graph_module, result.sparse.total_performed_macs),
+        ):
+            for op in getattr(gm, "modules", lambda: [])():
+                if hasattr(op, "track_stats"):
+                    op.track_stats = False
+            with torch.no_grad():
+                eager = median_ms(lambda gm=gm: gm(x), args.repeats)
+            out = f"{tmp}/{label.split()[0]}"
+            compile_graph(gm, shape, out, check_inputs=data.calib.x[: 4 * args.batch])
+            compiled = load(out)
+            xn = x.numpy()
+            tvm_ms = median_ms(lambda compiled=compiled: compiled(xn), args.repeats)
+            rows.append((label, performed, eager, tvm_ms))
+    dense_macs, dense_eager, dense_tvm = rows[0][1], rows[0][2], rows[0][3]
+    print(f"{args.model}, batch {args.batch}, {args.threads} threads, median of {args.repeats}; TVM default "
+          f"schedules (no tuning); MACs performed on the test split")  # fmt: skip
+    print("| model | MACs/image | theoretical speedup | eager ms | TVM ms | TVM speedup vs TVM dense | TVM vs eager dense |")
+    print("|---|---|---|---|---|---|---|")
+    for label, macs, eager, tvm_ms in rows:
+        print(f"| {label} | {macs:,} | {dense_macs / macs:.2f}x | {eager:.3f} | {tvm_ms:.3f} | "
+              f"{dense_tvm / tvm_ms:.2f}x | {dense_eager / tvm_ms:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

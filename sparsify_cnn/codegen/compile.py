@@ -48,7 +48,10 @@ def compile_graph(
     in batches of the compiled batch size) and write the artifact to ``out``."""
     spec = target_spec(target)
     program = export_static(gm, tuple(input_shape))
-    mod, params = import_program(program, custom_convert_map())
+    import tvm
+
+    with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
+        mod, params = import_program(program, custom_convert_map())
     executable = compile_module(mod, spec, dump_ir)
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):

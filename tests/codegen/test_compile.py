@@ -11,10 +11,12 @@ from sparsify_cnn import models
 from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
 from sparsify_cnn.codegen.importer import UnsupportedOpsError
 from sparsify_cnn.errors import InputError
+from sparsify_cnn.ops.spatial import diagonal, tile
+from sparsify_cnn.passes.spatial import insert_spatial_ops, spatial_ops
 from sparsify_cnn.runtime import ArtifactError, load
 from sparsify_cnn.transform.capture import capture
 
-SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 64, 64), "resnet34": (3, 64, 64), "resnet50": (3, 64, 64)}
+SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "resnet50": (3, 32, 32)}
 
 
 @pytest.mark.parametrize("name", models.zoo_names())
@@ -32,11 +34,17 @@ def test_every_zoo_model_compiles_and_matches_torch(name, tmp_path):
     np.testing.assert_allclose(compiled(images[:2].numpy()), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.fixture(scope="module")
-def lenet_artifact(tmp_path_factory, trained_lenet, digits28):
+@pytest.fixture(scope="module", params=["dense", "sparsified"])
+def lenet_artifact(request, tmp_path_factory, trained_lenet, digits28):
+    """The demo model compiled dense, and with diagonal Spatial masks (a plan's kind of graph)."""
     out = tmp_path_factory.mktemp("artifact")
     gm = capture(trained_lenet, (1, 1, 28, 28), method="export").graph_module  # the .pt2 form
+    if request.param == "sparsified":
+        gm = insert_spatial_ops(gm).graph_module
+        for op in spatial_ops(gm).values():
+            op.set_mask(tile(diagonal(2), op.mask.shape[0], *op.out_hw, 2))
     compile_graph(gm, (1, 1, 28, 28), out, check_inputs=digits28.calib.x[:16])
+    out.joinpath("reference.txt").write_text(" ".join(str(int(v)) for v in gm(digits28.test.x).argmax(1)))
     return out
 
 
@@ -54,8 +62,7 @@ def test_fresh_process_loads_without_torch_and_reproduces_predictions(lenet_arti
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     predictions = [int(v) for v in done.stdout.split()]
-    with torch.no_grad():
-        expected = trained_lenet(digits28.test.x).argmax(1).tolist()
+    expected = [int(v) for v in (lenet_artifact / "reference.txt").read_text().split()]
     assert predictions == expected
 
 
@@ -64,7 +71,7 @@ def test_manifest_records_what_a_deployment_needs(lenet_artifact):
     assert manifest["inputs"][0] == {"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"}
     assert manifest["outputs"][0]["shape"] == [1, 10]
     assert manifest["target"]["kind"] == "llvm" and manifest["target"]["num-cores"] >= 1
-    assert set(manifest["files"]) == {"model.so", "params.npz"}
+    assert set(manifest["files"]) == {"model.so", "params.npz"}  # reference.txt is the test's own
     assert set(manifest["versions"]) == {"sparsify_cnn", "torch", "apache-tvm"}
     assert manifest["check"]["images"] == 16 and manifest["check"]["relative_diff"] <= TOLERANCE
 
@@ -116,11 +123,14 @@ def test_unsupported_ops_are_listed_together(tmp_path):
         compile_graph(capture(Odd(), (1, 3)).graph_module, (1, 3), tmp_path)
 
 
-def test_cuda_artifact_builds_here_with_its_source(tmp_path):
-    gm = capture(models.build("lenet").eval(), (1, 1, 28, 28)).graph_module
+def test_cuda_artifact_of_the_sparsified_demo_builds_here_with_its_source(tmp_path):
+    gm = insert_spatial_ops(capture(models.build("lenet").eval(), (1, 1, 28, 28)).graph_module).graph_module
+    for op in spatial_ops(gm).values():
+        op.set_mask(tile(diagonal(2), op.mask.shape[0], *op.out_hw, 2))
     result = compile_graph(gm, (1, 1, 28, 28), tmp_path, target="cuda:sm_80")
     assert result.max_abs_diff is None  # no GPU here: built, not run
-    assert "__global__" in (tmp_path / "model.cu").read_text()
+    source = (tmp_path / "model.cu").read_text()
+    assert "__global__" in source and "sparsify_spatial_conv" in source
     assert "model.cu" in result.manifest["files"]
     nvcc = result.manifest["check"]["nvcc"]
     assert nvcc.startswith("compiled by nvcc for sm_80") or nvcc.startswith("nvcc not found")

@@ -13,12 +13,14 @@ from .options import data_option, model_options, seed_option
 @seed_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Apply this plan (from a search) before compiling.")
 @click.option("--target", default="llvm", help="llvm (this CPU), llvm:CPU, or cuda:sm_XX (built, not run, without a GPU).")
+@click.option("--tune-trials", default=0, help="MetaSchedule trials in all (0: default schedules, or the best already in --records).")
+@click.option("--records", type=click.Path(file_okay=False), help="Tuning records directory, reused across runs (default with tuning: tuning-records).")
 @click.option("--check-images", default=64, help="Calibration images the compiled model is checked on against torch.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR before and after every pipeline step here.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 def compile_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, target,
-    check_images, dump_ir, out,
+    tune_trials, records, check_images, dump_ir, out,
 ):  # fmt: skip
     """Compile MODEL with Apache TVM into a deployable artifact in --out, checked against
     torch on calibration inputs (with --data). The batch size is --input-shape's N.
@@ -42,6 +44,7 @@ def compile_command(
     result = compile_graph(
         gm, prepared.captured.input_shape, out, target=target, check_inputs=images,
         plan={"path": plan_path, "technique": plan.technique} if plan else None, dump_ir=dump_ir,
+        tune_trials=tune_trials, records=records,
     )  # fmt: skip
     check = result.manifest["check"]
     if result.max_abs_diff is None:

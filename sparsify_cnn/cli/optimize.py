@@ -38,16 +38,17 @@ def _ones_range(ctx, param, value):
 @click.option("--channel-group", type=int, default=1, help="Predict a patch zero only when this many consecutive channels agree.")
 @click.option("--layers", multiple=True, metavar="GLOB", help="Layers to transform (repeatable; default: every conv that feeds a ReLU).")
 @click.option("--batch-size", type=int, default=256, help="Images per forward pass during the search.")
+@click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json).")
 @click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
 def optimize_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, mode, epsilon,
     epsilon_kind, metric, patch_size, ones_range, granularity, top_m, edge, channel_group, layers, batch_size,
-    out, checkpoint, resume,
+    target, out, checkpoint, resume,
 ):  # fmt: skip
     """Find the masks that save the most MACs within --epsilon, verify them, and write the plan,
-    the rewritten model and the report to --out. Example:
+    the rewritten model, the report and the compiled artifact to --out. Example:
 
         sparsify lenet.pt2 --mode uniform_filter --data digits --epsilon 0.01 --out out/
     """
@@ -89,3 +90,12 @@ def optimize_command(
         f"test {100 * acc['test']['dense']:.2f}% -> {100 * acc['test']['sparse']:.2f}%"
     )
     click.echo(f"search {result.search.seconds:.1f} s; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
+    if target != "none":
+        from ..codegen.compile import compile_graph
+
+        compiled = compile_graph(
+            result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
+            check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique},
+        )  # fmt: skip
+        check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
+        click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check})")

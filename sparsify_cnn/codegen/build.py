@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-STEPS = ("decompose_for_inference", "legalize_and_fuse", "build")
+STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "build")
 
 
-def _steps(target) -> dict[str, Callable]:
+def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
     import tvm
     from tvm import relax
 
@@ -29,18 +29,28 @@ def _steps(target) -> dict[str, Callable]:
                 )(mod)
         return mod
 
+    def tune(mod):
+        if tune_trials <= 0 and records is None:
+            return mod  # rule-based default schedules
+        from .tuning import tune as tune_module
+
+        return tune_module(mod, target, records or "tuning-records", tune_trials)
+
     def build(mod):
         return tvm.compile(mod, target=target)
 
-    return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "build": build}
+    return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune, "build": build}
 
 
-def compile_module(mod, target_spec: dict, dump_ir: str | Path | None = None):
-    """Run every step on ``mod`` for ``target_spec``; return the executable."""
+def compile_module(
+    mod, target_spec: dict, dump_ir: str | Path | None = None, tune_trials: int = 0, records: str | Path | None = None
+):
+    """Run every step on ``mod`` for ``target_spec``; return the executable. ``tune_trials``
+    MetaSchedule trials (0: default schedules, or the best ones already in ``records``)."""
     import tvm
 
     target = tvm.target.Target(target_spec)
-    steps = _steps(target)
+    steps = _steps(target, tune_trials, records)
     dump = Path(dump_ir) if dump_ir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)

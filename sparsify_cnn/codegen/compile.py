@@ -43,16 +43,19 @@ def compile_graph(
     check_inputs: torch.Tensor | None = None,
     plan: dict | None = None,
     dump_ir: str | Path | None = None,
+    tune_trials: int = 0,
+    records: str | Path | None = None,
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
-    in batches of the compiled batch size) and write the artifact to ``out``."""
+    in batches of the compiled batch size) and write the artifact to ``out``. ``tune_trials``
+    MetaSchedule trials, with records kept in (and reused from) ``records``."""
     spec = target_spec(target)
     program = export_static(gm, tuple(input_shape))
     import tvm
 
     with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
         mod, params = import_program(program, custom_convert_map())
-    executable = compile_module(mod, spec, dump_ir)
+    executable = compile_module(mod, spec, dump_ir, tune_trials, records)
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):
         max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)
@@ -70,6 +73,7 @@ def compile_graph(
         "cpu_features": cpu_features(spec) if spec["kind"] == "llvm" else [],
         "versions": versions(),
         "plan": plan,
+        "tuning": {"trials": tune_trials, "records": str(records) if records else None},
         "check": {"max_abs_diff": max_diff, "relative_diff": relative, "tolerance": TOLERANCE,
                   "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
     }

@@ -16,7 +16,9 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
                  "--top-m", "2", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "of MACs saved on the test split" in result.output
-    for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv1.png"):
+    assert "compiled for llvm into" in result.output
+    for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv1.png",
+                 "artifact/model.so", "artifact/manifest.json"):  # fmt: skip
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["metric"] == "top1"

@@ -1,0 +1,73 @@
+"""MetaSchedule tuning with a records directory that later compiles reuse.
+
+Two traps of TVM 0.27 on small machines are handled here: the default builder imports
+``tvm.s_tir.tensor_intrin`` (about 26 s) inside its 30 s job timeout, so most builds time out
+(our builder skips that import and allows longer); and tasks already in the records are not
+tuned again, so re-tuning the same shapes costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+BUILD_FUNC = "sparsify.meta_schedule.build"
+
+
+@tvm.register_global_func(BUILD_FUNC, override=True)
+def _build(mod, target, _params):
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _worker_init() -> None:
+    import sparsify_cnn.codegen.tuning  # noqa: F401 - registers BUILD_FUNC in the worker
+
+
+def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
+    """Tune the fused PrimFuncs of ``mod`` for at most ``trials`` trials in all (tasks already in
+    ``records`` are skipped) and return ``mod`` with the best schedules applied."""
+    records = Path(records)
+    records.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(
+        path_workload=str(records / "database_workload.json"),
+        path_tuning_record=str(records / "database_tuning_record.json"),
+    )
+    tasks = [
+        task
+        for task in ms.relax_integration.extract_tasks(mod, target)
+        if not task.mod.attrs.get("tirx.is_scheduled", False) and not _tuned(database, task)
+    ]
+    if tasks and trials > 0:
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # no per-trial tables
+        # The default population (2048 schedules mutated per round) dwarfs a small budget.
+        strategy = ms.search_strategy.EvolutionarySearch(population_size=min(2048, max(64, 16 * trials)))
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, str(records), strategy=strategy, seed=seed
+        )
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(records),
+            max_trials_global=trials,
+            max_trials_per_task=max(1, trials // len(contexts)),
+            num_trials_per_iter=min(64, max(2, trials // len(contexts))),
+            builder=ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=_worker_init, timeout_sec=120.0),
+            runner=ms.runner.LocalRunner(),
+            database=database,
+        )
+    with target, database:
+        return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _tuned(database, task) -> bool:
+    module = task.dispatched[0]
+    if not database.has_workload(module):
+        return False
+    return bool(database.get_top_k(database.commit_workload(module), 1))

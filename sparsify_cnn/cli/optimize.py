@@ -3,6 +3,7 @@ write plan, rewritten model and report). It is the default command."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -97,5 +98,7 @@ def optimize_command(
             result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
             check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique},
         )  # fmt: skip
+        for name in ("report.md", "report.json"):  # the artifact carries what it was chosen for
+            shutil.copy(out_dir / name, out_dir / "artifact" / name)
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check})")

@@ -18,7 +18,7 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     assert "of MACs saved on the test split" in result.output
     assert "compiled for llvm into" in result.output
     for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv1.png",
-                 "artifact/model.so", "artifact/manifest.json"):  # fmt: skip
+                 "artifact/model.so", "artifact/manifest.json", "artifact/report.md"):  # fmt: skip
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["metric"] == "top1"

@@ -7,9 +7,7 @@ PyTorch eager and compiled by TVM (default schedules, no tuning), timed in one p
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
 
@@ -19,21 +17,11 @@ from sparsify_cnn.data import load_data
 from sparsify_cnn.model_io import LoadedModel
 from sparsify_cnn.optimize import optimize_spatial
 from sparsify_cnn.pipeline import Prepared
+from sparsify_cnn.report.timing import median_ms
 from sparsify_cnn.runtime import load
 from sparsify_cnn.search.spatial import SearchConfig
 from sparsify_cnn.training import TrainConfig, train
 from sparsify_cnn.transform.capture import capture
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:

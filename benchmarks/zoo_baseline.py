@@ -10,25 +10,14 @@ beat these latencies, not only these MAC counts.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 from sparsify_cnn import models
 from sparsify_cnn.report.accounting import account
+from sparsify_cnn.report.timing import median_ms
 from sparsify_cnn.transform.capture import capture
-
-
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ class ProgressLine:
         count = f"{done}/{total}" if total else f"{done}"
         text = f"[{phase}] {target} {count}  best saved {best:,.0f} MACs/image"
         if self.tty:
-            click.echo(f"\r\033[K{text}", nl=False, err=self.stream is sys.stderr, file=None if self.stream is sys.stderr else self.stream)
+            click.echo(f"\r\033[K{text}", nl=False, file=self.stream)
             self._shown = True
         else:
             click.echo(text, file=self.stream)

@@ -8,6 +8,7 @@ installs masks.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -70,7 +71,9 @@ def insert_spatial_ops(
         result.inserted  # {'conv1': 'spatial_conv1', 'conv2': 'spatial_conv2'}
     """
     if not inplace:
-        gm = copy.deepcopy(gm)
+        with warnings.catch_warnings():  # torch warns about its own tree specs in exported graphs
+            warnings.simplefilter("ignore", FutureWarning)
+            gm = copy.deepcopy(gm)
     selected = select_layers(config.layers, filter_fn)
     match = find_conv_relu(gm)
     result = PassResult(gm, skipped=dict(match.skipped))

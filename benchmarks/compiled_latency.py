@@ -10,18 +10,14 @@ import argparse
 import tempfile
 
 import torch
+from _setup import trained_zoo_model
 
-from sparsify_cnn import models
 from sparsify_cnn.codegen.compile import compile_graph
-from sparsify_cnn.data import load_data
-from sparsify_cnn.model_io import LoadedModel
 from sparsify_cnn.optimize import optimize_spatial
-from sparsify_cnn.pipeline import Prepared
+from sparsify_cnn.passes.spatial import spatial_ops
 from sparsify_cnn.report.timing import median_ms
 from sparsify_cnn.runtime import load
 from sparsify_cnn.search.spatial import SearchConfig
-from sparsify_cnn.training import TrainConfig, train
-from sparsify_cnn.transform.capture import capture
 
 
 def main() -> None:
@@ -34,16 +30,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    entry = models.get_entry(args.model)
-    data = load_data("digits", entry.input_shape)
-    model = entry.factory(num_classes=data.num_classes)
-    train(model, data, TrainConfig(epochs=args.epochs, seed=0))
-    model.eval()
-    shape = (args.batch, *entry.input_shape)
-    captured = capture(model, shape)
-    prepared = Prepared(LoadedModel(model, args.model, "zoo", entry.input_shape), captured, data)
+    prepared, _ = trained_zoo_model(args.model, args.epochs, batch=args.batch, threads=args.threads)
+    captured, data = prepared.captured, prepared.data
+    shape = captured.input_shape
     result = optimize_spatial(prepared, search=SearchConfig(mode=args.mode, epsilon=args.epsilon))
     x = data.test.x[: args.batch]
     rows = []
@@ -52,9 +41,8 @@ def main() -> None:
             ("dense", captured.graph_module, result.dense.total_macs),
             (f"spatial {args.mode}", result.graph_module, result.sparse.total_performed_macs),
         ):
-            for op in getattr(gm, "modules", lambda: [])():
-                if hasattr(op, "track_stats"):
-                    op.track_stats = False
+            for op in spatial_ops(gm).values():
+                op.track_stats = False  # time the op, not its counters
             with torch.no_grad():
                 eager = median_ms(lambda gm=gm: gm(x), args.repeats)
             out = f"{tmp}/{label.split()[0]}"

@@ -8,18 +8,11 @@ against the seed's naive cost (options x a full forward pass).
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
+from _setup import trained_zoo_model
 
-from sparsify_cnn import models
-from sparsify_cnn.data import load_data
 from sparsify_cnn.optimize import optimize_spatial
-from sparsify_cnn.pipeline import Prepared
-from sparsify_cnn.model_io import LoadedModel
 from sparsify_cnn.search.spatial import MODES, SearchConfig
-from sparsify_cnn.training import TrainConfig, train
-from sparsify_cnn.transform.capture import capture
 
 
 def main() -> None:
@@ -32,17 +25,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="*", default=list(MODES))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    entry = models.get_entry(args.model)
-    data = load_data("digits", entry.input_shape)
-    model = entry.factory(num_classes=data.num_classes)
-    start = time.perf_counter()
-    train(model, data, TrainConfig(epochs=args.epochs, seed=0))
-    print(f"{args.model} trained on digits {entry.input_shape} in {time.perf_counter() - start:.1f} s; "
+    prepared, seconds = trained_zoo_model(args.model, args.epochs, threads=args.threads)
+    print(f"{args.model} trained on digits {prepared.data.input_shape} in {seconds:.1f} s; "
           f"epsilon {args.epsilon} absolute, granularity {args.granularity}, top-M {args.top_m}, "
           f"{args.threads} threads")  # fmt: skip
-    prepared = Prepared(LoadedModel(model, args.model, "zoo", entry.input_shape), capture(model, (1, *entry.input_shape)), data)
     print("| mode | MACs saved (test) | calib loss (pts) | test loss (pts) | search s | options (seed's Omega) "
           "| evaluated | suffix images | work / (Omega x F) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -26,3 +26,9 @@ class DataError(InputError):
 
 class CaptureError(InputError):
     """A model that neither torch.fx nor torch.export can capture as a graph."""
+
+
+def first_line(error: BaseException) -> str:
+    """``TypeName: first line of the message``: how a library's error is quoted in ours."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

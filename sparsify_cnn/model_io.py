@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import models
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 
 METADATA_FILE = "sparsify.json"
 _EXPECTED = (
@@ -127,7 +127,7 @@ def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as error:  # noqa: BLE001 - any failure here means a broken file
-        raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(error)}") from error
+        raise ModelLoadError(f"'{path}' is not a readable torch.export program: {first_line(error)}") from error
     metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
     input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
     return LoadedModel(program.module(), str(path), "export", input_shape, metadata)
@@ -216,10 +216,10 @@ def _torch_load(path: Path, weights_only: bool):
                 "pass --trust-pickle if you trust its source, or save a state dict or a "
                 "torch.export program instead"
             ) from error
-        raise ModelLoadError(f"'{path}' is not a readable PyTorch file: {_first_line(error)}") from error
+        raise ModelLoadError(f"'{path}' is not a readable PyTorch file: {first_line(error)}") from error
     except Exception as error:  # noqa: BLE001 - truncated, corrupt or foreign files
         raise ModelLoadError(
-            f"'{path}' is not a readable PyTorch file ({_first_line(error)}); {_EXPECTED}"
+            f"'{path}' is not a readable PyTorch file ({first_line(error)}); {_EXPECTED}"
         ) from error
 
 
@@ -252,7 +252,7 @@ def _build_arch(arch: str, state: dict) -> tuple[nn.Module, tuple[int, ...] | No
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as error:
-        raise ModelLoadError(f"cannot import --arch '{arch}': {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot import --arch '{arch}': {first_line(error)}") from error
     module = factory()
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
@@ -270,14 +270,9 @@ def _mismatch(error: RuntimeError) -> str:
     sizes = re.findall(r"size mismatch for ([\w.]+)", text)
     if sizes:
         parts.append(f"size mismatch for {_few(sizes)}")
-    return "; ".join(parts) or _first_line(error)
+    return "; ".join(parts) or first_line(error)
 
 
 def _few(names: list[str], shown: int = 4) -> str:
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -16,13 +16,17 @@ def digits28():
     return load_data("digits", (1, 28, 28))
 
 
+def _trained(name: str, data, epochs: int):
+    torch.manual_seed(0)
+    model = models.build(name)
+    train(model, data, TrainConfig(epochs=epochs, seed=0))
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def trained_lenet(digits28):
     """LeNet trained briefly on digits (well above chance, seconds to make)."""
-    torch.manual_seed(0)
-    model = models.build("lenet")
-    train(model, digits28, TrainConfig(epochs=3, seed=0))
-    return model.eval()
+    return _trained("lenet", digits28, epochs=3)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +63,4 @@ def digits32():
 @pytest.fixture(scope="session")
 def trained_cq(digits32):
     """CIFAR-quick trained briefly on digits resized to 3x32x32."""
-    torch.manual_seed(0)
-    model = models.build("cq")
-    train(model, digits32, TrainConfig(epochs=4, seed=0))
-    return model.eval()
+    return _trained("cq", digits32, epochs=4)

@@ -13,6 +13,7 @@ from torch import fx
 
 from ..errors import SparsifyError
 from ..ops.registry import custom_convert_map
+from ..transform.layers import output_shape
 from ..versions import versions
 from .artifact import cpu_features, cuda_source, write_artifact
 from .build import compile_module
@@ -65,7 +66,7 @@ def compile_graph(
                 f"({relative:.3g} of the output scale; tolerance {TOLERANCE})"
             )
     nvcc = _nvcc_compile(executable, spec) if spec["kind"] == "cuda" else None
-    out_shape = list(_output_shape(gm, input_shape))
+    out_shape = list(output_shape(program.graph_module))  # recorded by the export: no forward pass
     manifest = {
         "inputs": [{"name": "input", "shape": list(input_shape), "dtype": "float32"}],
         "outputs": [{"name": "output", "shape": out_shape, "dtype": "float32"}],
@@ -119,9 +120,3 @@ def _nvcc_compile(executable, spec: dict) -> str:
     except Exception as error:  # noqa: BLE001 - nvcc's own message says what failed
         raise SparsifyError(f"nvcc cannot compile the generated CUDA for {spec['arch']}: {str(error).strip().splitlines()[-1]}") from error
     return f"compiled by nvcc for {spec['arch']} ({len(binary):,} bytes of fatbin)"
-
-
-def _output_shape(gm, input_shape):
-    with torch.no_grad():
-        out = gm(torch.zeros(input_shape))
-    return (out[0] if isinstance(out, (tuple, list)) else out).shape

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import fx
 
-from ..errors import CaptureError
+from ..errors import CaptureError, first_line
 from ..ops.registry import lowering
 from ..transform.capture import set_eval
 
@@ -22,4 +22,4 @@ def export_static(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> torch.exp
             warnings.simplefilter("ignore", FutureWarning)
             return torch.export.export(gm, (example,), strict=False)
     except Exception as error:  # noqa: BLE001 - reported as one line
-        raise CaptureError(f"cannot export the graph for compilation: {type(error).__name__}: {error}".splitlines()[0]) from error
+        raise CaptureError(f"cannot export the graph for compilation: {first_line(error)}") from error

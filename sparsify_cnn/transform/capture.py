@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import CaptureError
+from ..errors import CaptureError, first_line
 from ..ops.base import CostedOp
 
 METHODS = ("auto", "fx", "export")
@@ -111,7 +111,7 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
         at = f" (node '{node.group(1)}')" if node else ""
         raise CaptureError(
             f"the model does not run on inputs of shape {tuple(example.shape)}{at}: "
-            f"{_first_line(cause)}; give the right one with --input-shape N,C,H,W"
+            f"{first_line(cause)}; give the right one with --input-shape N,C,H,W"
         ) from error
 
 
@@ -163,7 +163,7 @@ def _export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
                 model, (batch2,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=False
             )
     except Exception as error:  # noqa: BLE001 - reported with the fx failure
-        raise CaptureError(f"torch.export failed: {_first_line(error)}") from error
+        raise CaptureError(f"torch.export failed: {first_line(error)}") from error
     return program.module()
 
 
@@ -184,9 +184,4 @@ def _fx_failure(model: nn.Module, tracer: _Tracer, error: Exception) -> str:
     path, cls = tracer.failed_in or ("", type(model).__name__)
     where = f"module '{path}' ({cls})" if path else f"the top-level module ({cls})"
     after = f" after node '{tracer.last_node.name}'" if tracer.last_node is not None else ""
-    return f"cannot capture the model: torch.fx failed in {where}{after}: {_first_line(error)}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return f"cannot capture the model: torch.fx failed in {where}{after}: {first_line(error)}"

@@ -26,10 +26,15 @@ class Score:
 
 
 @torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The model's outputs for every image of ``x``, in eval mode."""
+    set_eval(model)
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Top-1 class of every image of ``x``."""
-    set_eval(model)
-    return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+    return logits(model, x, batch_size).argmax(dim=1)
 
 
 def evaluate(

@@ -1,5 +1,5 @@
 """A plan: what a search chose, as data. It records the technique, its config, the per-layer
-masks, how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
+masks (Spatial: full prediction masks; perforation: kept-position masks), how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
 them, and re-applies to the model to give the identical graph.
 
 Masks are stored bit-packed (base64), so a plan stays small and exact.
@@ -19,10 +19,15 @@ from torch import fx
 
 from .errors import InputError
 from .passes.base import PassResult
+from .passes.perforation import (
+    PerforationConfig,
+    insert_perforated_convs,
+    perforated_ops,
+)
 from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
 
 PLAN_VERSION = 1
-TECHNIQUES = ("spatial",)
+TECHNIQUES = ("spatial", "perforation")
 
 
 @dataclass
@@ -69,16 +74,21 @@ class Plan:
 
     def apply(self, gm: fx.GraphModule) -> PassResult:
         """Rewrite ``gm`` (a captured dense model) as the plan says and install its masks."""
-        config = SpatialConfig.from_dict({**self.config, "layers": list(self.masks)})
-        result = insert_spatial_ops(gm, config)
-        missing = sorted(set(self.masks) - set(result.inserted))
+        if self.technique == "spatial":
+            config = SpatialConfig.from_dict({**self.config, "layers": list(self.masks)})
+            result = insert_spatial_ops(gm, config)
+            ops, install = spatial_ops(result.graph_module), "set_mask"
+        else:
+            config = PerforationConfig.from_dict({**self.config, "layers": list(self.masks)})
+            result = insert_perforated_convs(gm, config)
+            ops, install = perforated_ops(result.graph_module), "set_kept"
+        missing = sorted(set(self.masks) - set(ops))
         if missing:
             reasons = "; ".join(f"{name}: {result.skipped.get(name, 'no such layer')}" for name in missing)
             raise InputError(f"the plan does not fit this model: {reasons}")
-        ops = spatial_ops(result.graph_module)
         for name, mask in self.masks.items():
             try:
-                ops[name].set_mask(mask)
+                getattr(ops[name], install)(mask)
             except ValueError as error:
                 raise InputError(f"the plan does not fit this model: {error}") from error
         return result

@@ -1,5 +1,6 @@
-"""``sparsify [optimize] MODEL``: the main job (search masks under an accuracy budget, verify,
-write plan, rewritten model and report). It is the default command."""
+"""``sparsify [optimize] MODEL``: the main job (choose masks or rates under an accuracy budget
+or speed target, verify, write plan, rewritten model, report and compiled artifact). It is the
+default command; ``--technique`` picks what is inserted."""
 
 from __future__ import annotations
 
@@ -25,71 +26,75 @@ def _ones_range(ctx, param, value):
 @model_options
 @data_option(default="digits")
 @seed_option
-@click.option("--technique", type=click.Choice(["spatial"]), default="spatial", help="What to insert: zero prediction (Spatial ops).")
-@click.option("--mode", type=click.Choice(["uniform_layer", "uniform_filter", "uniform_patch", "max_granularity"]),
-              default="uniform_filter", help="Mask granularity the search chooses.")  # fmt: skip
-@click.option("--epsilon", type=float, default=0.01, help="Largest accuracy loss allowed on the calibration split.")
+@click.option("--technique", type=click.Choice(["spatial", "perforation"]), default="spatial",
+              help="What to insert: zero prediction (Spatial ops) or perforated convs.")  # fmt: skip
+@click.option("--epsilon", type=float, help="Largest accuracy loss allowed on the calibration split [default: 0.01; "
+              "none for perforation with --speedup].")  # fmt: skip
 @click.option("--epsilon-kind", type=click.Choice(["absolute", "relative"]), default="absolute", help="Epsilon in accuracy points or relative to the dense accuracy.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement"]), default="auto", help="top1 against labels, agreement with the dense model; auto picks by the data.")
-@click.option("--patch-size", type=int, default=2, help="p of the p x p prediction patches (2, 3 or 4).")
-@click.option("--ones-range", callback=_ones_range, metavar="LOW-HIGH", help="Allowed numbers of ones in a pattern (default: all non-degenerate).")
-@click.option("--granularity", type=int, default=4, help="Cluster side in patches for patch-level targets (0: whole map).")
-@click.option("--top-m", type=int, default=5, help="Options kept per target between levels.")
-@click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="Edge patches: zero-pad the map (paper) or compute them fully.")
-@click.option("--channel-group", type=int, default=1, help="Predict a patch zero only when this many consecutive channels agree.")
-@click.option("--layers", multiple=True, metavar="GLOB", help="Layers to transform (repeatable; default: every conv that feeds a ReLU).")
+@click.option("--layers", multiple=True, metavar="GLOB", help="Layers to transform (repeatable; default: every layer the technique can take).")
 @click.option("--batch-size", type=int, default=256, help="Images per forward pass during the search.")
+@click.option("--mode", type=click.Choice(["uniform_layer", "uniform_filter", "uniform_patch", "max_granularity"]),
+              default="uniform_filter", help="[spatial] Mask granularity the search chooses.")  # fmt: skip
+@click.option("--patch-size", type=int, default=2, help="[spatial] p of the p x p prediction patches (2, 3 or 4).")
+@click.option("--ones-range", callback=_ones_range, metavar="LOW-HIGH", help="[spatial] Allowed numbers of ones in a pattern (default: all non-degenerate).")
+@click.option("--granularity", type=int, default=4, help="[spatial] Cluster side in patches for patch-level targets (0: whole map).")
+@click.option("--top-m", type=int, default=5, help="[spatial] Options kept per target between levels.")
+@click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="[spatial] Edge patches: zero-pad the map (paper) or compute them fully.")
+@click.option("--channel-group", type=int, default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree.")
+@click.option("--mask", type=click.Choice(["uniform", "grid", "pooling", "impact"]), default="impact", help="[perforation] How kept positions are chosen.")
+@click.option("--interpolation", type=click.Choice(["nearest", "zero", "barycentric"]), default="nearest", help="[perforation] How skipped positions are filled.")
+@click.option("--speedup", type=float, help="[perforation] Stop once the network is this much faster (by --cost).")
+@click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs", help="[perforation] Greedy cost T: MACs, or compiled layer times measured on --target.")
+@click.option("--finetune-epochs", type=int, default=0, help="[perforation] Fine-tune the perforated model this many epochs (seeded).")
+@click.option("--finetune-lr", type=float, default=0.01, help="[perforation] Fine-tuning learning rate.")
 @click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json).")
 @click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
 def optimize_command(
-    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, mode, epsilon,
-    epsilon_kind, metric, patch_size, ones_range, granularity, top_m, edge, channel_group, layers, batch_size,
-    target, out, checkpoint, resume,
+    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, epsilon,
+    epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity, top_m, edge, channel_group,
+    mask, interpolation, speedup, cost, finetune_epochs, finetune_lr, target, out, checkpoint, resume,
 ):  # fmt: skip
-    """Find the masks that save the most MACs within --epsilon, verify them, and write the plan,
-    the rewritten model, the report and the compiled artifact to --out. Example:
+    """Transform MODEL with --technique, choose its masks or rates within --epsilon (or up to
+    --speedup), verify them, and write the plan, the rewritten model, the report and the
+    compiled artifact to --out. Examples:
 
         sparsify lenet.pt2 --mode uniform_filter --data digits --epsilon 0.01 --out out/
-    """
-    from ..optimize import optimize_spatial, save_rewritten
-    from ..passes.spatial import SpatialConfig
-    from ..pipeline import prepare
-    from ..report.spatial import write_report
-    from ..search.spatial import SearchConfig
-    from .progress import ProgressLine
 
-    spatial = SpatialConfig(patch_size=patch_size, edge=edge, channel_group=channel_group, layers=layers)
-    search = SearchConfig(
-        mode=mode, epsilon=epsilon, epsilon_kind=epsilon_kind, ones_range=ones_range,
-        granularity=granularity, top_m=top_m, batch_size=batch_size,
-    )  # fmt: skip
+        sparsify cq.pt2 --technique perforation --mask impact --speedup 2 --data digits --out out/
+    """
+    from ..pipeline import prepare
+
     prepared = prepare(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = ProgressLine()
+    checkpoint = checkpoint or out_dir / "search-checkpoint.json"
     try:
-        result = optimize_spatial(
-            prepared, spatial, search, metric=metric,
-            checkpoint=checkpoint or out_dir / "search-checkpoint.json", resume=resume, progress=progress,
-        )  # fmt: skip
+        if technique == "spatial":
+            result, write_report = _spatial(
+                prepared, 0.01 if epsilon is None else epsilon, epsilon_kind, metric, layers, batch_size, mode,
+                patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume,
+            )  # fmt: skip
+        else:
+            if epsilon is None and speedup is None:
+                epsilon = 0.01
+            result, write_report = _perforation(
+                prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
+                finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume,
+            )  # fmt: skip
     except KeyboardInterrupt:
-        progress.close()
         raise click.ClickException("interrupted: the search checkpoint is saved; run the same command to resume") from None
-    progress.close()
+    from ..optimize import save_rewritten
+
     result.plan.save(out_dir / "plan.json")
-    save_rewritten(result, out_dir / "model.pt2")
-    data_json = write_report(result, out_dir, title=f"sparsify {model}")
-    acc, macs = data_json["accuracy"], data_json["macs"]
-    click.echo(
-        f"{technique} {mode}: {100 * macs['saved_fraction_test']:.1f}% of MACs saved on the test split; "
-        f"{data_json['metric_name']} calib {100 * acc['calib']['dense']:.2f}% -> {100 * acc['calib']['sparse']:.2f}%, "
-        f"test {100 * acc['test']['dense']:.2f}% -> {100 * acc['test']['sparse']:.2f}%"
-    )
+    save_rewritten(result.graph_module, prepared.captured.input_shape, out_dir / "model.pt2")
+    report = write_report(result, out_dir, title=f"sparsify {model}")
+    click.echo(_summary(technique, report))
     click.echo(f"search {result.search.seconds:.1f} s; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
     if target != "none":
         from ..codegen.compile import compile_graph
@@ -102,3 +107,58 @@ def optimize_command(
             shutil.copy(out_dir / name, out_dir / "artifact" / name)
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check})")
+
+
+def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity,
+             top_m, edge, channel_group, checkpoint, resume):  # fmt: skip
+    from ..optimize import optimize_spatial
+    from ..passes.spatial import SpatialConfig
+    from ..report.spatial import write_report
+    from ..search.spatial import SearchConfig
+    from .progress import ProgressLine
+
+    spatial = SpatialConfig(patch_size=patch_size, edge=edge, channel_group=channel_group, layers=layers)
+    search = SearchConfig(
+        mode=mode, epsilon=epsilon, epsilon_kind=epsilon_kind, ones_range=ones_range,
+        granularity=granularity, top_m=top_m, batch_size=batch_size,
+    )  # fmt: skip
+    progress = ProgressLine()
+    try:
+        result = optimize_spatial(prepared, spatial, search, metric=metric, checkpoint=checkpoint, resume=resume,
+                                  progress=progress)  # fmt: skip
+    finally:
+        progress.close()
+    return result, write_report
+
+
+def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
+                 finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume):  # fmt: skip
+    from ..optimize.perforation import MeasuredCost, optimize_perforation
+    from ..passes.perforation import PerforationConfig
+    from ..report.perforation import write_report
+    from ..search.perforation import RateSearchConfig
+    from ..training import TrainConfig
+
+    perforation = PerforationConfig(interpolation=interpolation, layers=layers, seed=seed)
+    search = RateSearchConfig(mask=mask, cost=cost, speedup=speedup, epsilon=epsilon, epsilon_kind=epsilon_kind,
+                              batch_size=batch_size, seed=seed)  # fmt: skip
+    finetune = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed) if finetune_epochs > 0 else None
+    measured = None
+    if cost == "measured":
+        measured = MeasuredCost(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
+    result = optimize_perforation(
+        prepared, perforation, search, metric=metric, finetune=finetune, measured=measured, checkpoint=checkpoint,
+        resume=resume, progress=lambda text: click.echo(text, err=True),
+    )  # fmt: skip
+    return result, write_report
+
+
+def _summary(technique: str, report: dict) -> str:
+    acc, name = report["accuracy"], report["metric_name"]
+    final = list(acc["test"])[-1]  # sparse, perforated or finetuned
+    change = (f"{name} calib {100 * acc['calib']['dense']:.2f}% -> {100 * acc['calib'][final]:.2f}%, "
+              f"test {100 * acc['test']['dense']:.2f}% -> {100 * acc['test'][final]:.2f}%")  # fmt: skip
+    if technique == "spatial":
+        mode = report["plan"]["search"]["mode"]
+        return f"spatial {mode}: {100 * report['macs']['saved_fraction_test']:.1f}% of MACs saved on the test split; {change}"
+    return f"perforation: {report['macs']['speedup']:.2f}x fewer MACs ({100 * report['macs']['saved_fraction']:.1f}% saved); {change}"

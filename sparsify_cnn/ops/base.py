@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from torch import nn
+
 
 @dataclass(frozen=True)
 class OpCost:
@@ -23,3 +25,12 @@ class CostedOp(Protocol):
     kind: str
 
     def cost(self, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> OpCost: ...
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """A conv's padding as numbers ("valid" and "same" resolved; "same" for odd kernels)."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0)
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    return tuple(conv.padding)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import OpCost
+from .base import OpCost, conv_padding
 from .registry import OpEntry, is_lowering, register
 
 EDGES = ("pad", "compute")
@@ -213,7 +213,7 @@ class SpatialConv(nn.Module):
         weight, bias = self.folded()
         conv = self.conv
         return torch.ops.sparsify.spatial_conv(
-            x, weight, bias, self.mask, residual, list(conv.stride), list(_padding(conv)), list(conv.dilation),
+            x, weight, bias, self.mask, residual, list(conv.stride), list(conv_padding(conv)), list(conv.dilation),
             conv.groups, self.patch_size, self.edge == "compute", self.channel_group,
         )  # fmt: skip
 
@@ -247,13 +247,6 @@ class SpatialConv(nn.Module):
         kept = float(self.mask.float().mean())
         return f"layer={self.layer_name!r}, p={self.patch_size}, edge={self.edge}, ones={kept:.2f}"
 
-
-def _padding(conv: nn.Conv2d) -> tuple[int, int]:
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return (0, 0)
-        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))  # "same", odd kernels
-    return tuple(conv.padding)
 
 
 @torch.library.custom_op("sparsify::spatial_conv", mutates_args=())

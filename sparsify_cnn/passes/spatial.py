@@ -7,18 +7,16 @@ installs masks.
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from torch import fx, nn
+from torch import fx
 
 from ..errors import InputError
 from ..ops.spatial import EDGES, SpatialConv
 from ..transform.layers import Layer, tensor_shape
 from ..transform.match import ConvReluChain, find_conv_relu
-from .base import PassResult, select_layers
+from .base import PassResult, conv_module, copy_graph_module, free_name, select_layers
 
 PATCH_SIZES = (2, 3, 4)
 
@@ -71,9 +69,7 @@ def insert_spatial_ops(
         result.inserted  # {'conv1': 'spatial_conv1', 'conv2': 'spatial_conv2'}
     """
     if not inplace:
-        with warnings.catch_warnings():  # torch warns about its own tree specs in exported graphs
-            warnings.simplefilter("ignore", FutureWarning)
-            gm = copy.deepcopy(gm)
+        gm = copy_graph_module(gm)
     selected = select_layers(config.layers, filter_fn)
     match = find_conv_relu(gm)
     result = PassResult(gm, skipped=dict(match.skipped))
@@ -110,7 +106,7 @@ def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) ->
     layer = chain.layer
     out_shape = tensor_shape(layer.node)
     op = SpatialConv(
-        conv=_conv_module(gm, layer),
+        conv=conv_module(gm, layer),
         out_hw=out_shape[-2:],
         patch_size=config.patch_size,
         norm=chain.norm,
@@ -119,7 +115,7 @@ def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) ->
         channel_group=config.channel_group,
         layer_name=layer.name,
     )
-    name = _free_name(gm, "spatial_" + layer.name.replace(".", "_"))
+    name = free_name(gm, "spatial_" + layer.name.replace(".", "_"))
     gm.add_submodule(name, op)
     graph = gm.graph
     args = (layer.node.args[0],) if chain.residual is None else (layer.node.args[0], chain.residual)
@@ -139,31 +135,4 @@ def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) ->
     for orphan in inputs:  # weights and norm statistics read only by the erased nodes
         if orphan.op == "get_attr" and not orphan.users:
             graph.erase_node(orphan)
-    return name
-
-
-def _conv_module(gm: fx.GraphModule, layer: Layer) -> nn.Conv2d:
-    if layer.node.op == "call_module":
-        return gm.get_submodule(layer.node.target)
-    conv = nn.Conv2d(
-        layer.in_channels,
-        layer.out_channels,
-        layer.kernel_size,
-        stride=layer.stride,
-        padding=layer.padding,
-        dilation=layer.dilation,
-        groups=layer.groups,
-        bias=layer.bias is not None,
-    )
-    conv.weight = nn.Parameter(layer.weight.detach(), requires_grad=layer.weight.requires_grad)
-    if layer.bias is not None:
-        conv.bias = nn.Parameter(layer.bias.detach(), requires_grad=layer.bias.requires_grad)
-    return conv
-
-
-def _free_name(gm: fx.GraphModule, base: str) -> str:
-    name, i = base, 1
-    while hasattr(gm, name):
-        i += 1
-        name = f"{base}_{i}"
     return name

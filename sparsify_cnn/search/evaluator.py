@@ -21,6 +21,7 @@ from ..ops.spatial import SpatialConv, predicted_zero
 from ..passes.spatial import spatial_ops
 from ..report.accounting import account
 from ..transform.capture import set_eval
+from .suffix import Recorder, suffix_after
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,14 @@ class Evaluator:
         graph = self.gm.graph
         plans = {}
         for name, node in self.node_of.items():
-            suffix, frontier = _suffix(self.gm, node)
+            suffix, frontier = suffix_after(self.gm, node)
             plans[name] = (node, suffix, frontier)
         keep = {node for node, _, frontier in plans.values()} | {f for _, _, fr in plans.values() for f in fr}
         values = {n: [] for n in keep}
         output = next(n for n in reversed(graph.nodes) if n.op == "output")
         logits = []
         for start in range(0, len(self.x), self.batch_size):
-            env = _Recorder(self.gm, keep).run(self.x[start : start + self.batch_size])
+            env = Recorder(self.gm, keep).run(self.x[start : start + self.batch_size])
             for n in keep:
                 values[n].append(env[n])
             logits.append(env[output][0] if isinstance(env[output], (tuple, list)) else env[output])
@@ -200,49 +201,3 @@ class Evaluator:
             share = account(suffix).total_macs / total
             self.layers[name] = _LayerCache(self.ops[name], node, suffix, frontier, values[node], share)
             self._frontier_values[node] = [values[f] for f in frontier]
-
-
-class _Recorder(fx.Interpreter):
-    """Runs a graph module and returns the values of the nodes asked for (and the output)."""
-
-    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]):
-        super().__init__(gm)
-        self.keep = keep
-        self.kept: dict[fx.Node, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node):
-        value = super().run_node(n)
-        if n in self.keep or n.op == "output":
-            self.kept[n] = value
-        return value
-
-    def run(self, *args):
-        with torch.no_grad():
-            super().run(*args)
-        return self.kept
-
-
-def _suffix(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, list[fx.Node]]:
-    """A graph module computing the model output from ``start``'s value and the values it
-    needs from outside the part of the graph that depends on ``start`` (the frontier)."""
-    descendants, order = set(), list(gm.graph.nodes)
-    for node in order[order.index(start) + 1 :]:
-        if any(arg is start or arg in descendants for arg in node.all_input_nodes):
-            descendants.add(node)
-    frontier = []
-    for node in order:
-        if node in descendants:
-            for arg in node.all_input_nodes:
-                if arg is not start and arg not in descendants and arg.op != "get_attr" and arg not in frontier:
-                    frontier.append(arg)
-    graph = fx.Graph()
-    env = {start: graph.placeholder("op_output")}
-    env[start].meta = dict(start.meta)  # shapes, for accounting of the suffix
-    for i, node in enumerate(frontier):
-        env[node] = graph.placeholder(f"frontier_{i}")
-        env[node].meta = dict(node.meta)
-    for node in order:
-        if node in descendants or (node.op == "get_attr" and any(u in descendants for u in node.users)):
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    return fx.GraphModule(gm, graph), frontier
-

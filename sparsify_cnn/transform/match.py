@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .layers import Layer, constant, find_layers, tensor_shape
+from .layers import Layer, constant, find_layers, layer_of, tensor_shape
 
 _RELU_FUNCTIONS = {
     F.relu,
@@ -206,3 +207,187 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_module":
         return type(gm.get_submodule(node.target)).__name__
     return getattr(node.target, "__name__", str(node.target))
+
+
+# The pooling layer after a conv, for perforation's pooling-structure masks (Figurnov et al.
+# 2016): they score each output position by the number of that layer's windows covering it.
+
+_aten = torch.ops.aten
+_POSITIONWISE_MODULES = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus,
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d,
+)  # fmt: skip
+_POSITIONWISE_FUNCTIONS = _RELU_FUNCTIONS | _ADD_FUNCTIONS | {
+    operator.mul, operator.imul, operator.sub, operator.isub, torch.mul, torch.sub,
+    F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardswish,
+    F.hardsigmoid, F.sigmoid, F.tanh, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
+    torch.dropout, F.batch_norm, torch.batch_norm,
+    _aten.mul.Tensor, _aten.sub.Tensor, _aten.relu6.default, _aten.leaky_relu.default,
+    _aten.elu.default, _aten.gelu.default, _aten.silu.default, _aten.hardtanh.default,
+    _aten.hardswish.default, _aten.sigmoid.default, _aten.tanh.default, _aten.clamp.default,
+    _aten.dropout.default, _aten.batch_norm.default, _aten.clone.default,
+}  # fmt: skip
+_POSITIONWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "tanh", "clamp", "add", "add_", "mul", "mul_", "sub",
+    "contiguous", "clone",
+}  # fmt: skip
+# Decomposed batch norm returns (output, statistics...): the map goes on through getitem 0.
+_TUPLE_POSITIONWISE = {_aten._native_batch_norm_legit_no_training.default}
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode")
+_POOL_ARGS = {  # a pooling function's positional arguments after its input
+    **dict.fromkeys((F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d, _aten.max_pool2d.default,
+                     _aten.max_pool2d_with_indices.default), _MAX_POOL_ARGS),
+    **dict.fromkeys((F.avg_pool2d, _aten.avg_pool2d.default), _AVG_POOL_ARGS),
+    **dict.fromkeys((F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.adaptive_max_pool2d_with_indices,
+                     _aten.adaptive_avg_pool2d.default, _aten._adaptive_avg_pool2d.default,
+                     _aten.adaptive_max_pool2d.default), ("output_size",)),
+}  # fmt: skip
+_MEAN_FUNCTIONS = {torch.mean, _aten.mean.dim}
+
+
+class PoolingWindows(NamedTuple):
+    """The windows of a 2-D pooling layer, as (rows, columns) pairs; the first three fields
+    unpack as ``kernel, stride, padding``."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    # Output sizes round up: one more window where the map runs out.
+    ceil_mode: bool = False
+
+
+def find_next_pooling(gm: fx.GraphModule, conv_node: fx.Node) -> PoolingWindows | None:
+    """The windows of the pooling layer that ``conv_node``'s output reaches position by
+    position, or None when there is none.
+
+    On the way, only ops that keep positions apart: bias adds, batch norm, activations,
+    dropout, residual adds and products of same-size maps, and 1x1 stride-1 convs (NIN's
+    mlpconv layers, which the paper counts as part of the nonlinearity); and each value must
+    have a single user, or the pool would not be all that reads the conv's output. Works on fx
+    (pool modules, ``F.*pool2d``) and torch.export graphs (``aten.*pool2d``, with indices
+    through ``getitem``). Adaptive pools and spatial means count when the map divides evenly
+    (their windows are then a kernel of map / output); dilated max pools keep their dilation.
+    Example::
+
+        windows = find_next_pooling(gm, layer.node)  # cq's conv2: 3x3 stride 2, ceil mode
+    """
+    map_hw = _map_hw(conv_node)
+    node = conv_node
+    while True:
+        users = [user for user in node.users if not _statistics_output(node, user)]
+        if len(users) != 1:
+            return None
+        source, node = node, users[0]
+        options = _pool_options(gm, node)
+        if options is not None:
+            return _pooling_windows(options, map_hw)
+        if not _positionwise(gm, node, source):
+            return None
+        # The same map all along; a node a pass just inserted may have no shape yet.
+        hw = _map_hw(node)
+        if map_hw is not None and hw not in (None, map_hw):
+            return None
+        map_hw = map_hw or hw
+
+
+def _positionwise(gm: fx.GraphModule, node: fx.Node, source: fx.Node) -> bool:
+    """Whether ``node`` computes each output position of ``source``'s map from that position."""
+    if node.op == "call_method":
+        return node.target in _POSITIONWISE_METHODS
+    if node.op == "call_module" and isinstance(
+        gm.get_submodule(node.target), _POSITIONWISE_MODULES
+    ):
+        return True
+    if node.op == "call_function":
+        if node.target in _POSITIONWISE_FUNCTIONS or node.target in _TUPLE_POSITIONWISE:
+            return True
+        if node.target is operator.getitem:
+            return (
+                node.args[1] == 0
+                and source.op == "call_function"
+                and source.target in _TUPLE_POSITIONWISE
+            )
+    layer = layer_of(gm, node)  # a 1x1 stride-1 conv mixes channels, not positions
+    return (
+        layer is not None
+        and layer.kind == "conv"
+        and node.args[0] is source
+        and layer.kernel_size == (1, 1)
+        and layer.stride == (1, 1)
+        and layer.padding in ((0, 0), "valid", "same")
+    )
+
+
+def _statistics_output(node: fx.Node, user: fx.Node) -> bool:
+    return (
+        node.op == "call_function"
+        and node.target in _TUPLE_POSITIONWISE
+        and user.target is operator.getitem
+        and user.args[1] != 0
+    )
+
+
+def _pool_options(gm: fx.GraphModule, node: fx.Node) -> dict | None:
+    """The pooling options of ``node`` by name, or None when it is no 2-D pooling."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            names = (
+                _MAX_POOL_ARGS if isinstance(module, nn.MaxPool2d) else _AVG_POOL_ARGS
+            )
+            return {name: getattr(module, name) for name in names}
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            return {"output_size": module.output_size}
+        return None
+    if node.op == "call_function" and node.target in _POOL_ARGS:
+        names = _POOL_ARGS[node.target]
+        options = dict(zip(names, node.args[1:]))
+        options.update((k, v) for k, v in node.kwargs.items() if k in names)
+        return options
+    mean = node.op == "call_function" and node.target in _MEAN_FUNCTIONS
+    if mean or node.op == "call_method" and node.target == "mean":
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = [dims] if isinstance(dims, int) else dims
+        if dims is not None and len(dims) == 2 and {d % 4 for d in dims} == {2, 3}:
+            return {"output_size": (1, 1)}  # a global average pool
+    return None
+
+
+def _pooling_windows(
+    options: dict, map_hw: tuple[int, int] | None
+) -> PoolingWindows | None:
+    if "output_size" in options:
+        if map_hw is None:
+            return None
+        size = options["output_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = tuple(m if s is None else int(s) for m, s in zip(map_hw, size))
+        if any(m % s for m, s in zip(map_hw, size)):
+            return None  # windows of unequal sizes: no kernel and stride describe them
+        kernel = tuple(m // s for m, s in zip(map_hw, size))
+        return PoolingWindows(kernel, kernel, (0, 0))
+    kernel = _pair(options["kernel_size"])
+    stride = options.get("stride")
+    # No stride (None, or [] in aten graphs) means the kernel's.
+    no_stride = stride is None or isinstance(stride, (list, tuple)) and not stride
+    return PoolingWindows(
+        kernel,
+        kernel if no_stride else _pair(stride),
+        _pair(options.get("padding", 0)),
+        _pair(options.get("dilation", 1)),
+        bool(options.get("ceil_mode", False)),
+    )
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _map_hw(node: fx.Node) -> tuple[int, int] | None:
+    shape = tensor_shape(node)
+    return shape[-2:] if shape is not None and len(shape) >= 3 else None

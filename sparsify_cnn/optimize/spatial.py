@@ -9,19 +9,17 @@ from pathlib import Path
 
 from torch import fx
 
-from .errors import DataError, InputError
-from .evaluate import Score, evaluate, predict
-from .model_io import save_program
-from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
-from .pipeline import Prepared
-from .plan import Plan, graph_fingerprint
-from .report.accounting import Accounting, account
-from .search.checkpoint import Checkpoint
-from .search.evaluator import Evaluator
-from .search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
-from .versions import versions
-
-METRIC_CHOICES = ("auto", "top1", "agreement")
+from ..errors import InputError
+from ..evaluate import Score, evaluate, predict
+from ..passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+from ..pipeline import Prepared
+from ..plan import Plan, graph_fingerprint
+from ..report.accounting import Accounting, account
+from ..search.checkpoint import Checkpoint
+from ..search.evaluator import Evaluator
+from ..search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
+from ..versions import versions
+from .common import resolve_metric
 
 
 @dataclass
@@ -54,7 +52,7 @@ def optimize_spatial(
     data = prepared.data
     if data is None:
         raise InputError("a search needs data (--data)")
-    metric = _metric(metric, data.labeled)
+    metric = resolve_metric(metric, data.labeled)
     dense_gm = prepared.captured.graph_module
     result = insert_spatial_ops(dense_gm, spatial)
     if not result.inserted:
@@ -113,21 +111,3 @@ def optimize_spatial(
         metric=metric,
         checkpoint_resumed=store.resumed,
     )
-
-
-def save_rewritten(result: OptimizeResult, path: str | Path) -> None:
-    """The rewritten model as a torch.export program (it runs the reference semantics)."""
-    for op in spatial_ops(result.graph_module).values():
-        op.track_stats = False
-    save_program(result.graph_module, tuple(result.plan.model["input_shape"][1:]), path, {"plan": "plan.json"})
-
-
-def _metric(metric: str, labeled: bool) -> str:
-    if metric not in METRIC_CHOICES:
-        raise InputError(f"unknown metric '{metric}'; choose one of: {', '.join(METRIC_CHOICES)}")
-    if metric == "auto":
-        return "top1" if labeled else "agreement"
-    if metric == "top1" and not labeled:
-        raise DataError("metric top1 needs labels; this data has none (use agreement)")
-    return metric
-

@@ -1,0 +1,9 @@
+"""The main jobs, one per technique: rewrite, choose masks or rates under an accuracy budget,
+verify on held-out data, and return what the plan, the report and the compiler need."""
+
+from .common import METRIC_CHOICES, resolve_metric, save_rewritten
+from .perforation import PerforationOutcome, optimize_perforation
+from .spatial import OptimizeResult, optimize_spatial
+
+__all__ = ["METRIC_CHOICES", "OptimizeResult", "PerforationOutcome", "optimize_perforation", "optimize_spatial",
+           "resolve_metric", "save_rewritten"]  # fmt: skip

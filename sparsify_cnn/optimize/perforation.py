@@ -1,0 +1,183 @@
+"""The main job for perforation: insert perforated convs, choose per-layer rates greedily under
+a speed target or accuracy budget, optionally fine-tune, verify on the held-out split, and
+return what the plan, the report and the compiler need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import fx
+
+from ..errors import InputError
+from ..evaluate import Score, evaluate, predict
+from ..ops.perforation import PerforatedConv
+from ..passes.perforation import (
+    PerforationConfig,
+    insert_perforated_convs,
+    perforated_ops,
+)
+from ..pipeline import Prepared
+from ..plan import Plan, graph_fingerprint
+from ..report.accounting import Accounting, account
+from ..search.checkpoint import Checkpoint
+from ..search.perforation import (
+    CostModel,
+    GreedyRateSearch,
+    RateSearchConfig,
+    RateSearchResult,
+    notch_masks,
+)
+from ..search.perforation_masks import KEPT_FRACTIONS, impact_scores, kept_mask
+from ..training import TrainConfig, train
+from ..transform.layers import find_layers, tensor_shape
+from ..transform.match import find_next_pooling
+from ..versions import versions
+from .common import resolve_metric
+
+
+@dataclass(frozen=True)
+class MeasuredCost:
+    """Where ``--cost measured`` times layers: the compile target, tuning budget and cache."""
+
+    target: str = "llvm"
+    tune_trials: int = 0
+    records: str | Path | None = None
+    cache: str | Path | None = None
+
+
+@dataclass
+class PerforationOutcome:
+    plan: Plan
+    search: RateSearchResult
+    graph_module: fx.GraphModule  # the rewritten model, rates installed (fine-tuned if asked)
+    dense: Accounting
+    sparse: Accounting
+    scores: dict[str, dict[str, Score]]  # split -> {"dense", "perforated"[, "finetuned"]}
+    skipped: dict[str, str]
+    mask_notes: dict[str, str]  # layer -> how its mask was chosen when not as asked
+    metric: str
+    finetune: dict = field(default_factory=dict)  # config and per-epoch calib scores
+    checkpoint_resumed: int = 0
+
+
+def optimize_perforation(
+    prepared: Prepared,
+    perforation: PerforationConfig = PerforationConfig(),
+    search: RateSearchConfig = RateSearchConfig(),
+    metric: str = "auto",
+    finetune: TrainConfig | None = None,
+    measured: MeasuredCost | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> PerforationOutcome:
+    """Choose perforation rates for ``prepared`` (a model with data). Example::
+
+        result = optimize_perforation(prepare("cq.pt2", data="digits"), search=RateSearchConfig(speedup=2))
+        result.plan.save("plan.json")
+    """
+    data = prepared.data
+    if data is None:
+        raise InputError("a rate search needs data (--data)")
+    metric = resolve_metric(metric, data.labeled)
+    dense_gm = prepared.captured.graph_module
+    result = insert_perforated_convs(dense_gm, perforation)
+    if not result.inserted:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
+        raise InputError(f"no layer of the model can be perforated ({reasons})")
+    gm = result.graph_module
+    labels = data.calib.y if metric == "top1" else None
+    masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search)
+    cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
+    identity = {
+        "graph": graph_fingerprint(dense_gm),
+        "data": data.fingerprint(),
+        "perforation": perforation.to_dict(),
+        "search": search.to_dict(),
+        "metric": metric,
+        "measured": None if measured is None else {"target": measured.target, "trials": measured.tune_trials},
+    }
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    store = Checkpoint(checkpoint, identity)
+    found = GreedyRateSearch(gm, data.calib.x, labels, masks.__getitem__, search, cost, store, progress).run()
+
+    scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
+                      "perforated": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
+              for split in ("calib", "test")}  # fmt: skip
+    finetune_log = {}
+    if finetune is not None and finetune.epochs > 0:
+        if not data.labeled:
+            raise InputError("fine-tuning needs labelled data; this data has none")
+        log = train(gm, data, finetune)
+        for split in ("calib", "test"):
+            scores[split]["finetuned"] = evaluate(gm, data.split(split), reference=dense_gm, metric=metric)
+        finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds,
+                        "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
+    final = "finetuned" if finetune_log else "perforated"
+    plan = Plan(
+        technique="perforation",
+        config=perforation.to_dict(),
+        masks=dict(found.kept),
+        search={**search.to_dict(), "metric": metric, "finetune": finetune_log.get("config")},
+        data={"name": data.name, "fingerprint": data.fingerprint()},
+        model={"source": prepared.loaded.source, "graph": identity["graph"],
+               "input_shape": list(prepared.captured.input_shape)},  # fmt: skip
+        results={split: {kind: s.value for kind, s in pair.items()} for split, pair in scores.items()}
+        | {"speedup": found.point.speedup, "cost_unit": found.cost_unit, "final": final},
+        versions=versions(),
+    )
+    return PerforationOutcome(
+        plan=plan, search=found, graph_module=gm, dense=account(dense_gm), sparse=account(gm), scores=scores,
+        skipped=result.skipped, mask_notes=notes, metric=metric, finetune=finetune_log,
+        checkpoint_resumed=store.resumed,
+    )  # fmt: skip
+
+
+def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig):
+    """Each perforated layer's kept masks from dense to sparsest, and notes where the mask type
+    had to change (pooling structure without a pooling layer after the conv)."""
+    ops = perforated_ops(gm)
+    convs = {layer.name: layer.node for layer in find_layers(dense_gm)}
+    scores, notes = {}, {}
+    if search.mask == "impact":
+        # Label-free data: the dense model's predictions stand in for labels (the gradient of
+        # the KL divergence to the dense output is zero at the dense network).
+        target = labels if labels is not None else predict(dense_gm, x)
+        scores = impact_scores(gm, x, target, batch_size=min(search.batch_size, 64))
+    masks = {}
+    for name, op in ops.items():
+        kind, pooling = search.mask, None
+        if kind == "pooling":
+            pooling = find_next_pooling(dense_gm, convs[name])
+            if pooling is None:
+                kind = "grid"
+                notes[name] = "no pooling layer follows: grid mask instead of pooling structure"
+        layer_masks = [
+            kept_mask(kind, op.out_hw, q, scores=scores.get(name), pooling=pooling, seed=search.seed)
+            for q in KEPT_FRACTIONS
+        ]
+        masks[name] = notch_masks(layer_masks)
+    return masks, notes
+
+
+def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: MeasuredCost | None) -> CostModel:
+    if search.cost == "macs":
+        return CostModel(gm)
+    from ..codegen.measure import TimingCache, measure_ms
+
+    measured = measured or MeasuredCost()
+    cache = TimingCache(measured.cache or "layer-timings.json")
+    layer_input = {gm.get_submodule(n.target).layer_name: (1, *tensor_shape(n.args[0])[1:])
+                   for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), PerforatedConv)}  # fmt: skip
+
+    def layer_ms(op: PerforatedConv, kept) -> float:
+        alone = PerforatedConv(op.conv, op.out_hw, op.interpolation, op.layer_name, op.seed)
+        alone.set_kept(kept)
+        return cache.get_or_measure(alone, layer_input[op.layer_name], measured.target, measured.tune_trials, measured.records)
+
+    batch = (1, *input_shape[1:])
+    dense_ms = measure_ms(dense_gm, batch, target=measured.target, tune_trials=measured.tune_trials, records=measured.records)
+    return CostModel(gm, measure=layer_ms, dense_ms=dense_ms)

@@ -1,0 +1,53 @@
+"""Run part of a graph: record chosen values in one pass, and rebuild the part of the graph
+after a node as its own module (searches re-run only what a change affects)."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+
+class Recorder(fx.Interpreter):
+    """Runs a graph module and returns the values of the nodes asked for (and the output)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]):
+        super().__init__(gm)
+        self.keep = keep
+        self.kept: dict[fx.Node, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        value = super().run_node(n)
+        if n in self.keep or n.op == "output":
+            self.kept[n] = value
+        return value
+
+    def run(self, *args):
+        with torch.no_grad():
+            super().run(*args)
+        return self.kept
+
+
+def suffix_after(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, list[fx.Node]]:
+    """A graph module computing the model output from ``start``'s value and the values it
+    needs from outside the part of the graph that depends on ``start`` (the frontier)."""
+    descendants, order = set(), list(gm.graph.nodes)
+    for node in order[order.index(start) + 1 :]:
+        if any(arg is start or arg in descendants for arg in node.all_input_nodes):
+            descendants.add(node)
+    frontier = []
+    for node in order:
+        if node in descendants:
+            for arg in node.all_input_nodes:
+                if arg is not start and arg not in descendants and arg.op != "get_attr" and arg not in frontier:
+                    frontier.append(arg)
+    graph = fx.Graph()
+    env = {start: graph.placeholder("op_output")}
+    env[start].meta = dict(start.meta)  # shapes, for accounting of the suffix
+    for i, node in enumerate(frontier):
+        env[node] = graph.placeholder(f"frontier_{i}")
+        env[node].meta = dict(node.meta)
+    for node in order:
+        if node in descendants or (node.op == "get_attr" and any(u in descendants for u in node.users)):
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    return fx.GraphModule(gm, graph), frontier
+

@@ -22,13 +22,7 @@ from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import Checkpoint
-from ..search.perforation import (
-    CostModel,
-    GreedyRateSearch,
-    RateSearchConfig,
-    RateSearchResult,
-    notch_masks,
-)
+from ..search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig, RateSearchResult
 from ..search.perforation_masks import KEPT_FRACTIONS, impact_scores, kept_mask
 from ..training import TrainConfig, train
 from ..transform.layers import find_layers, tensor_shape
@@ -102,7 +96,7 @@ def optimize_perforation(
     if checkpoint is not None and not resume and Path(checkpoint).exists():
         Path(checkpoint).unlink()
     store = Checkpoint(checkpoint, identity)
-    found = GreedyRateSearch(gm, data.calib.x, labels, masks.__getitem__, search, cost, store, progress).run()
+    found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress).run()
 
     scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
                       "perforated": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
@@ -137,17 +131,17 @@ def optimize_perforation(
 
 
 def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig):
-    """Each perforated layer's kept masks from dense to sparsest, and notes where the mask type
-    had to change (pooling structure without a pooling layer after the conv)."""
+    """Where each layer's masks come from, and notes where the mask type had to change
+    (pooling structure without a pooling layer after the conv)."""
     ops = perforated_ops(gm)
-    convs = {layer.name: layer.node for layer in find_layers(dense_gm)}
-    scores, notes = {}, {}
+    scores = {}
     if search.mask == "impact":
         # Label-free data: the dense model's predictions stand in for labels (the gradient of
         # the KL divergence to the dense output is zero at the dense network).
         target = labels if labels is not None else predict(dense_gm, x)
         scores = impact_scores(gm, x, target, batch_size=min(search.batch_size, 64))
-    masks = {}
+    convs = {layer.name: layer.node for layer in find_layers(dense_gm)}
+    masks, notes = {}, {}
     for name, op in ops.items():
         kind, pooling = search.mask, None
         if kind == "pooling":
@@ -155,12 +149,10 @@ def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig):
             if pooling is None:
                 kind = "grid"
                 notes[name] = "no pooling layer follows: grid mask instead of pooling structure"
-        layer_masks = [
-            kept_mask(kind, op.out_hw, q, scores=scores.get(name), pooling=pooling, seed=search.seed)
-            for q in KEPT_FRACTIONS
+        masks[name] = [
+            kept_mask(kind, op.out_hw, q, scores=scores.get(name), pooling=pooling, seed=search.seed) for q in KEPT_FRACTIONS
         ]
-        masks[name] = notch_masks(layer_masks)
-    return masks, notes
+    return FixedMasks(masks), notes
 
 
 def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: MeasuredCost | None) -> CostModel:

@@ -81,6 +81,7 @@ class RatePoint:
     step: int
     layer: str | None  # the layer whose rate this step raised (None: the dense start)
     kept: dict[str, float]  # layer -> kept fraction
+    notches: dict[str, int]  # layer -> how many notches its rate was raised
     macs: int  # per image
     cost: float  # T: MACs, or measured milliseconds
     speedup: float  # T0 / T
@@ -100,11 +101,15 @@ class RateSearchResult:
     stop_reason: str
     candidates: int = 0  # candidate networks evaluated
     seconds: float = 0.0
-    masks_by_layer: dict[str, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+    history: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)  # masks at each point
 
     @property
     def point(self) -> RatePoint:
         return self.points[self.chosen]
+
+    def masks_at(self, point: RatePoint) -> dict[str, torch.Tensor]:
+        """The kept-position masks of every layer at an operating point."""
+        return self.history[point.step]
 
 
 class CostModel:
@@ -137,11 +142,28 @@ class CostModel:
         return self.dense_total - saved
 
 
+class FixedMasks:
+    """Each layer's kept-position masks from dense to sparsest, chosen before the search (a
+    search asks for the next one of a layer; repeated kept counts are dropped)."""
+
+    def __init__(self, masks: dict[str, list[torch.Tensor]]):
+        self.masks = {name: notch_masks(layer_masks) for name, layer_masks in masks.items()}
+
+    def notches(self, layer: str) -> int:
+        return len(self.masks[layer])
+
+    def refresh(self, gm: fx.GraphModule) -> None:
+        """Nothing to recompute: the masks do not depend on the network's state."""
+
+    def next_mask(self, layer: str, current: torch.Tensor, notch: int) -> torch.Tensor:
+        return self.masks[layer][notch + 1]
+
+
 class GreedyRateSearch:
     """The greedy procedure over the perforated ops of ``gm`` on images ``x``.
 
-    ``masks_for(layer)`` gives the layer's kept-position masks from dense to sparsest (one per
-    notch). ``labels``: score top-1 against them and use cross entropy as L; ``None``: score
+    ``masks`` gives each layer's next kept-position mask.
+    ``labels``: score top-1 against them and use cross entropy as L; ``None``: score
     agreement with the dense model and use the KL divergence to its output as L.
     """
 
@@ -150,7 +172,7 @@ class GreedyRateSearch:
         gm: fx.GraphModule,
         x: torch.Tensor,
         labels: torch.Tensor | None,
-        masks_for: Callable[[str], list[torch.Tensor]],
+        masks: FixedMasks,
         config: RateSearchConfig,
         cost: CostModel,
         checkpoint: Checkpoint | None = None,
@@ -167,7 +189,7 @@ class GreedyRateSearch:
             raise InputError("the model has no perforated convs to choose rates for")
         self.node_of = {gm.get_submodule(n.target).layer_name: n for n in gm.graph.nodes if n.op == "call_module"
                         and isinstance(gm.get_submodule(n.target), PerforatedConv)}  # fmt: skip
-        self.masks = {name: masks_for(name) for name in self.ops}
+        self.masks = masks
         self.suffixes = {name: suffix_after(gm, node) for name, node in self.node_of.items()}
         for op in self.ops.values():
             op.set_kept(torch.ones(op.out_hw, dtype=torch.bool))
@@ -180,9 +202,11 @@ class GreedyRateSearch:
         start = time.perf_counter()
         config = self.config
         notch = {name: 0 for name in self.ops}
+        current = {name: torch.ones(op.out_hw, dtype=torch.bool) for name, op in self.ops.items()}
         dense_loss, dense_accuracy = self._score(self.dense_logits)
         floor = self._accuracy_floor(dense_accuracy)
-        points = [self._point(0, None, notch, dense_loss, dense_accuracy)]
+        points = [self._point(0, None, notch, current, dense_loss, dense_accuracy)]
+        history = [dict(current)]
         stop = "every layer reached the sparsest rate"
         step = 0
         while True:
@@ -190,23 +214,27 @@ class GreedyRateSearch:
                 stop = f"reached the target speedup {config.speedup:g}x"
                 break
             step += 1
+            self._install(current)
+            self.masks.refresh(self.gm)
             key = f"step{step}:" + ",".join(f"{name}={n}" for name, n in notch.items())
             record = self.store.get(key)
             if record is None:
-                record = self._step(notch, dense_loss, floor)
+                record = self._step(notch, current, dense_loss, floor)
                 self.store.put(key, record)
             if record["layer"] is None:
                 stop = record["reason"]
                 break
-            notch[record["layer"]] += 1
-            points.append(self._point(step, record["layer"], notch, record["loss"], record["accuracy"]))
-            self.progress(f"step {step}: {record['layer']} -> kept {points[-1].kept[record['layer']]:.3f}, "
+            layer = record["layer"]
+            current = {**current, layer: self.masks.next_mask(layer, current[layer], notch[layer])}
+            notch[layer] += 1
+            points.append(self._point(step, layer, notch, current, record["loss"], record["accuracy"]))
+            history.append(dict(current))
+            self.progress(f"step {step}: {layer} -> kept {points[-1].kept[layer]:.3f}, "
                           f"speedup {points[-1].speedup:.2f}x, accuracy {100 * record['accuracy']:.2f}%")  # fmt: skip
         self.store.flush()
-        final = {name: self.masks[name][n] for name, n in notch.items()}
-        self._install(final)
+        self._install(current)
         return RateSearchResult(
-            kept=final,
+            kept=current,
             points=points,
             chosen=len(points) - 1,
             dense_accuracy=dense_accuracy,
@@ -216,22 +244,21 @@ class GreedyRateSearch:
             stop_reason=stop,
             candidates=self.candidates,
             seconds=time.perf_counter() - start,
-            masks_by_layer=self.masks,
+            history=history,
         )
 
     # --- one step ----------------------------------------------------------------------------
 
-    def _step(self, notch: dict[str, int], dense_loss: float, floor: float | None) -> dict:
+    def _step(self, notch: dict[str, int], current: dict[str, torch.Tensor], dense_loss: float,
+              floor: float | None) -> dict:  # fmt: skip
         """Evaluate raising each layer by one notch; the cheapest admissible one, or why none."""
-        current = {name: self.masks[name][n] for name, n in notch.items()}
-        self._install(current)
         inputs, frontiers = self._record()
         t_now = self.cost.total(current)
         best, reasons = None, []
         for name, n in notch.items():
-            if n + 1 >= len(self.masks[name]):
+            if n + 1 >= self.masks.notches(name):
                 continue
-            trial = {**current, name: self.masks[name][n + 1]}
+            trial = {**current, name: self.masks.next_mask(name, current[name], n)}
             t_trial = self.cost.total(trial)
             if t_trial >= t_now:
                 reasons.append(f"{name}: not faster at the next rate")
@@ -299,13 +326,14 @@ class GreedyRateSearch:
         loss = eps if self.config.epsilon_kind == "absolute" else eps * dense_accuracy
         return dense_accuracy - loss - 1e-9
 
-    def _point(self, step: int, layer: str | None, notch: dict[str, int], loss: float, accuracy: float) -> RatePoint:
-        kept = {name: self.masks[name][n] for name, n in notch.items()}
+    def _point(self, step: int, layer: str | None, notch: dict[str, int], kept: dict[str, torch.Tensor], loss: float,
+               accuracy: float) -> RatePoint:  # fmt: skip
         total = self.cost.total(kept)
         return RatePoint(
             step=step,
             layer=layer,
             kept={name: float(mask.float().mean()) for name, mask in kept.items()},
+            notches=dict(notch),
             macs=self.cost.macs(kept),
             cost=total,
             speedup=self.cost.dense_total / total,
@@ -337,5 +365,5 @@ def notch_masks(masks: list[torch.Tensor]) -> list[torch.Tensor]:
     return kept
 
 
-__all__ = ["COSTS", "KEPT_FRACTIONS", "CostModel", "GreedyRateSearch", "RatePoint", "RateSearchConfig",
+__all__ = ["COSTS", "KEPT_FRACTIONS", "CostModel", "FixedMasks", "GreedyRateSearch", "RatePoint", "RateSearchConfig",
            "RateSearchResult", "notch_masks"]  # fmt: skip

@@ -7,6 +7,7 @@ from sparsify_cnn.passes.perforation import insert_perforated_convs, perforated_
 from sparsify_cnn.search.checkpoint import Checkpoint
 from sparsify_cnn.search.perforation import (
     CostModel,
+    FixedMasks,
     GreedyRateSearch,
     RateSearchConfig,
     notch_masks,
@@ -22,8 +23,7 @@ def lenet_gm(trained_lenet):
 
 def _masks(gm, kind="uniform"):
     ops = perforated_ops(gm)
-    table = {name: notch_masks([kept_mask(kind, op.out_hw, q, seed=0) for q in KEPT_FRACTIONS]) for name, op in ops.items()}
-    return table.__getitem__
+    return FixedMasks({name: [kept_mask(kind, op.out_hw, q, seed=0) for q in KEPT_FRACTIONS] for name, op in ops.items()})
 
 
 def _search(gm, data, config, cost=None, checkpoint=None, labels=True):
@@ -40,7 +40,8 @@ def test_each_step_raises_one_layer_by_one_notch_and_takes_the_cheapest(lenet_gm
         changed = [name for name in notch if after.kept[name] != before.kept[name]]
         assert changed == [after.layer]
         notch[after.layer] += 1
-        assert after.kept[after.layer] == pytest.approx(float(masks(after.layer)[notch[after.layer]].float().mean()))
+        assert after.kept[after.layer] == pytest.approx(float(masks.masks[after.layer][notch[after.layer]].float().mean()))
+        assert torch.equal(result.masks_at(after)[after.layer], masks.masks[after.layer][notch[after.layer]])
         assert after.macs < before.macs
     assert result.points[-1].speedup >= 2.5 > result.points[-2].speedup
     assert result.stop_reason == "reached the target speedup 2.5x"
@@ -58,9 +59,9 @@ def test_the_first_step_matches_a_brute_force_evaluation(lenet_gm, digits28):
     with torch.no_grad():
         dense_loss = float(F.cross_entropy(lenet_gm(x), y))
         for name, op in ops.items():
-            op.set_kept(masks(name)[1])
+            op.set_kept(masks.masks[name][1])
             loss = float(F.cross_entropy(lenet_gm(x), y))
-            saved = int((~masks(name)[1]).sum()) * op.macs_per_position
+            saved = int((~masks.masks[name][1]).sum()) * op.macs_per_position
             ratios[name] = (loss - dense_loss) / saved
             op.set_kept(torch.ones(op.out_hw, dtype=torch.bool))
     assert result.points[1].layer == min(ratios, key=ratios.get)

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sparsify_cnn.cli.main import cli
+from sparsify_cnn.model_io import load_model
+from sparsify_cnn.passes.perforation import perforated_ops
+from sparsify_cnn.pipeline import prepare
+from sparsify_cnn.plan import Plan
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_perforation_job_writes_plan_model_report_and_a_matching_artifact(tmp_path, model_files):
+    out = tmp_path / "out"
+    result = run(model_files["pt2"], "--technique", "perforation", "--mask", "grid", "--speedup", "1.8",
+                 "--data", "digits", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fewer MACs" in result.output and "compiled for llvm into" in result.output
+    for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv2.png",
+                 "artifact/model.so", "artifact/manifest.json", "artifact/report.md"):  # fmt: skip
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["macs"]["speedup"] >= 1.8 and report["search"]["stop_reason"] == "reached the target speedup 1.8x"
+    points = report["operating_points"]
+    assert points[0]["layer"] is None and all(p["layer"] in ("conv1", "conv2") for p in points[1:])
+    assert [p["macs"] for p in points] == sorted((p["macs"] for p in points), reverse=True)
+    manifest = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert manifest["check"]["relative_diff"] <= 1e-4 and manifest["plan"]["technique"] == "perforation"
+    markdown = (out / "report.md").read_text()
+    assert "Operating points" in markdown and "| `conv2` | perforation |" in markdown
+
+    # The plan re-applies to a fresh capture and gives the saved model's outputs.
+    plan = Plan.load(out / "plan.json")
+    gm = plan.apply(prepare(str(model_files["pt2"])).captured.graph_module).graph_module
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), load_model(str(out / "model.pt2")).module(x))
+    assert any(op.rate > 0 for op in perforated_ops(gm).values())
+
+
+def test_finetuning_is_reported_and_label_free_data_cannot_finetune(tmp_path, model_files):
+    out = tmp_path / "fine"
+    result = run(model_files["pt2"], "--technique", "perforation", "--mask", "uniform", "--speedup", "1.5",
+                 "--finetune-epochs", "1", "--target", "none", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["accuracy"]["test"]) == {"dense", "perforated", "finetuned"}
+    assert len(report["finetune"]["epochs"]) == 1
+    assert "finetuned" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--mask", "square"), "Invalid value for '--mask'"),
+        (("--speedup", "0.5"), "target speedup must be > 1"),
+        (("--interpolation", "cubic"), "Invalid value for '--interpolation'"),
+    ],
+)
+def test_invalid_perforation_options_exit_2(tmp_path, model_files, args, fragment):
+    result = run(model_files["pt2"], "--technique", "perforation", *args, "--out", tmp_path / "o")
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+
+
+def test_a_model_without_perforable_convs(tmp_path):
+    result = run("zoo:mlp", "--technique", "perforation", "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "no layer of the model can be perforated" in result.output

@@ -76,3 +76,28 @@ def test_label_free_data_searches_by_agreement(tmp_path, model_files, digits28):
     assert result.metric == "agreement"
     assert result.scores["calib"]["dense"].value == 1.0
     assert result.scores["calib"]["sparse"].value >= 0.98 - 1e-9
+
+
+def test_perforation_plans_round_trip_and_refuse_other_models(tmp_path, model_files):
+    from sparsify_cnn import models
+    from sparsify_cnn.optimize import optimize_perforation
+    from sparsify_cnn.passes.perforation import PerforationConfig, perforated_ops
+    from sparsify_cnn.search.perforation import RateSearchConfig
+    from sparsify_cnn.transform.capture import capture
+
+    prepared = prepare(str(model_files["pt2"]), data="digits")
+    result = optimize_perforation(prepared, PerforationConfig(interpolation="barycentric"),
+                                  RateSearchConfig(mask="grid", epsilon=None, speedup=1.3))  # fmt: skip
+    path = tmp_path / "plan.json"
+    result.plan.save(path)
+    loaded = Plan.load(path)
+    assert loaded.technique == "perforation" and loaded.config["interpolation"] == "barycentric"
+    applied = loaded.apply(prepare(str(model_files["pt2"])).captured.graph_module).graph_module
+    for name, op in perforated_ops(applied).items():
+        assert torch.equal(op.kept, perforated_ops(result.graph_module)[name].kept)
+        assert torch.equal(op.interp_weight, perforated_ops(result.graph_module)[name].interp_weight)
+    x = prepared.data.test.x[:20]
+    assert torch.equal(applied(x), result.graph_module(x))
+    cq = capture(models.build("cq"), (1, 3, 32, 32)).graph_module
+    with pytest.raises(InputError, match="does not fit this model"):
+        loaded.apply(cq)

@@ -146,7 +146,7 @@ class PerforatedConv(nn.Module):
         self.interp_index, self.interp_weight = index, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_exporting() and is_lowering():
+        if torch.compiler.is_exporting() and is_lowering() and self.kept_count < self.positions:
             conv = self.conv
             bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
             return torch.ops.sparsify.perforated_conv(
@@ -159,7 +159,7 @@ class PerforatedConv(nn.Module):
                 f"perforated conv '{self.layer_name}' was built for {self.out_hw[0]}x{self.out_hw[1]} "
                 f"output maps, got {y.shape[-2]}x{y.shape[-1]}"
             )
-        if not torch.compiler.is_exporting() and self.kept_count == self.positions:
+        if self.kept_count == self.positions:
             return y  # nothing perforated: the conv itself
         # Kept values are read straight from the map: the table's indices composed with the kept ones.
         return interpolate(y.flatten(2), self.kept_index[self.interp_index], self.interp_weight).unflatten(2, self.out_hw)

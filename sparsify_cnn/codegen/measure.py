@@ -1,0 +1,184 @@
+"""Measured time of one module (a layer, a perforated conv, any small ``nn.Module``) compiled on
+its own through the path ``compile_graph`` takes, and a persistent cache of such timings.
+
+    ms = measure_ms(nn.Conv2d(64, 64, 3, padding=1), (1, 64, 32, 32))
+    cache = TimingCache("timings.json")
+    ms = cache.get_or_measure(perforated, (1, 64, 32, 32))   # measured once, then read back
+
+A rate search asks for the time of the same layer at the same rate many times: the cache keys
+timings by what decides them (module kind, conv geometry, kept mask, interpolation, input shape,
+target, tuning trials, thread count), not by object identity, so it pays for each once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..errors import InputError
+from ..ops.perforation import PerforatedConv
+from ..ops.registry import custom_convert_map
+from ..transform.capture import capture
+from .build import compile_module
+from .exporting import export_static
+from .importer import import_program
+from .target import target_spec
+
+NUMBER, REPEAT = 5, 10  # runs per timing, timings (the median is reported)
+
+
+class CompiledModule:
+    """``module`` (a layer, any small module, or a whole captured graph) compiled on its own for
+    inputs of ``input_shape`` (N, C, H, W), ready to time.
+
+    ``tune_trials`` and ``records`` as in ``compile_graph``. Timing needs the target's device
+    here: CUDA without a GPU is refused. Compile once and call ``time_ms`` several times to
+    interleave the timings of several modules (fairer on a busy machine).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        target: str = "llvm",
+        tune_trials: int = 0,
+        records: str | Path | None = None,
+    ):
+        import tvm
+        from tvm import relax
+
+        spec = target_spec(target)
+        self.device = tvm.cpu(0) if spec["kind"] == "llvm" else tvm.cuda(0)
+        if not self.device.exist:
+            raise InputError(f"cannot time code for {target}: this machine has no {spec['kind']} device")
+        training = module.training
+        try:
+            program = export_static(_as_graph(module, tuple(input_shape)), tuple(input_shape))
+        finally:
+            if module.training != training:  # export put it in eval mode: give it back as it came
+                module.train(training)
+        with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
+            mod, params = import_program(program, custom_convert_map())
+        self.vm = relax.VirtualMachine(compile_module(mod, spec, tune_trials=tune_trials, records=records), self.device)
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        self.inputs = [tvm.runtime.tensor(a, self.device) for a in (x, *params)]
+
+    def time_ms(self, number: int = NUMBER, repeat: int = REPEAT) -> float:
+        """Median milliseconds of ``repeat`` timings by TVM's ``time_evaluator``, each the mean
+        of ``number`` runs."""
+        timer = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return 1e3 * float(np.median(timer(*self.inputs).results))
+
+
+def _as_graph(module: nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    """A graph module as ``compile_graph`` takes it: a graph as it is, a layer as a leaf (as in
+    rewritten models)."""
+    if isinstance(module, fx.GraphModule):
+        return module
+    return capture(nn.Sequential(module), input_shape).graph_module
+
+
+def measure_ms(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    target: str = "llvm",
+    tune_trials: int = 0,
+    records: str | Path | None = None,
+    number: int = NUMBER,
+    repeat: int = REPEAT,
+) -> float:
+    """Median milliseconds of ``module`` compiled alone for ``input_shape`` (see
+    ``CompiledModule``): ``measure_ms(nn.Conv2d(64, 64, 3), (1, 64, 32, 32))``."""
+    return CompiledModule(module, input_shape, target, tune_trials, records).time_ms(number, repeat)
+
+
+def signature(module: nn.Module, input_shape: tuple[int, ...], target: str = "llvm", tune_trials: int = 0) -> dict:
+    """What decides the time of ``module``, as JSON data: equal signatures time the same.
+
+    Weights do not count (they do not change the work); masks and tables do (a hash of them).
+    """
+    spec = target_spec(target)
+    common = {
+        "input_shape": [int(s) for s in input_shape],
+        "target": spec,
+        "tune_trials": int(tune_trials),
+        "threads": os.environ.get("TVM_NUM_THREADS", "all"),
+    }
+    if isinstance(module, PerforatedConv):
+        kept = _digest(module.kept.to(torch.uint8))
+        return {"kind": "perforation", "conv": _conv_geometry(module.conv), "kept": kept,
+                "interpolation": module.interpolation, **common}  # fmt: skip
+    if isinstance(module, nn.Conv2d):
+        return {"kind": "conv2d", "conv": _conv_geometry(module), **common}
+    buffers = {name: _digest(buffer) for name, buffer in module.named_buffers()}
+    parameters = {name: list(p.shape) for name, p in module.named_parameters()}
+    return {"kind": f"{type(module).__module__}.{type(module).__qualname__}", "repr": repr(module),
+            "buffers": buffers, "parameters": parameters, **common}  # fmt: skip
+
+
+def _conv_geometry(conv: nn.Conv2d) -> dict:
+    return {
+        "in": conv.in_channels, "out": conv.out_channels, "kernel": list(conv.kernel_size),
+        "stride": list(conv.stride), "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+        "dilation": list(conv.dilation), "groups": conv.groups, "bias": conv.bias is not None,
+    }  # fmt: skip
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous()
+    header = f"{data.dtype}{tuple(data.shape)}".encode()
+    return hashlib.sha256(header + data.numpy().tobytes()).hexdigest()[:16]
+
+
+def cache_key(signature: dict) -> str:
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class TimingCache:
+    """Measured milliseconds kept in a JSON file, keyed by ``signature``.
+
+    ``get_or_measure`` compiles and times only what the file does not hold yet, and writes the
+    file after each new timing, so an interrupted search keeps what it paid for.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())["timings"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise InputError(f"timing cache '{self.path}' is not a timing cache: {error}") from error
+        self.hits = self.misses = 0
+
+    def get_or_measure(
+        self,
+        module: nn.Module,
+        input_shape: tuple[int, ...],
+        target: str = "llvm",
+        tune_trials: int = 0,
+        records: str | Path | None = None,
+    ) -> float:
+        """The cached time of ``module`` (ms), measured with ``measure_ms`` on a miss."""
+        key_data = signature(module, input_shape, target, tune_trials)
+        key = cache_key(key_data)
+        if key in self.entries:
+            self.hits += 1
+            return self.entries[key]["ms"]
+        self.misses += 1
+        ms = measure_ms(module, input_shape, target, tune_trials, records)
+        self.entries[key] = {"ms": ms, "signature": key_data}
+        self._save()
+        return ms
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({"timings": self.entries}, indent=1, sort_keys=True))
+        os.replace(partial, self.path)  # never a half-written cache

@@ -54,6 +54,19 @@ def test_finetuning_is_reported_and_label_free_data_cannot_finetune(tmp_path, mo
     assert "finetuned" in (out / "report.md").read_text()
 
 
+def test_measured_cost_times_compiled_layers_once_each(tmp_path, model_files):
+    out = tmp_path / "measured"
+    result = run(model_files["pt2"], "--technique", "perforation", "--mask", "grid", "--cost", "measured",
+                 "--speedup", "1.2", "--target", "none", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    timings = json.loads((out / "layer-timings.json").read_text())["timings"]
+    kept = [entry["signature"]["kept"] for entry in timings.values()]
+    assert len(kept) == len(set(kept)) >= 3  # dense and at least one rate per layer, each measured once
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["cost_unit"] == "ms" and report["search"]["speedup_by_cost"] >= 1.2
+    assert "speedup (ms)" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

@@ -143,8 +143,8 @@ class CostModel:
 
 
 class FixedMasks:
-    """Each layer's kept-position masks from dense to sparsest, chosen before the search (a
-    search asks for the next one of a layer; repeated kept counts are dropped)."""
+    """Each layer's kept-position masks from dense to sparsest, one per notch, chosen before
+    the search (repeated kept counts are dropped)."""
 
     def __init__(self, masks: dict[str, list[torch.Tensor]]):
         self.masks = {name: notch_masks(layer_masks) for name, layer_masks in masks.items()}
@@ -152,11 +152,8 @@ class FixedMasks:
     def notches(self, layer: str) -> int:
         return len(self.masks[layer])
 
-    def refresh(self, gm: fx.GraphModule) -> None:
-        """Nothing to recompute: the masks do not depend on the network's state."""
-
-    def next_mask(self, layer: str, current: torch.Tensor, notch: int) -> torch.Tensor:
-        return self.masks[layer][notch + 1]
+    def mask(self, layer: str, notch: int) -> torch.Tensor:
+        return self.masks[layer][notch]
 
 
 class GreedyRateSearch:
@@ -215,7 +212,6 @@ class GreedyRateSearch:
                 break
             step += 1
             self._install(current)
-            self.masks.refresh(self.gm)
             key = f"step{step}:" + ",".join(f"{name}={n}" for name, n in notch.items())
             record = self.store.get(key)
             if record is None:
@@ -225,7 +221,7 @@ class GreedyRateSearch:
                 stop = record["reason"]
                 break
             layer = record["layer"]
-            current = {**current, layer: self.masks.next_mask(layer, current[layer], notch[layer])}
+            current = {**current, layer: self.masks.mask(layer, notch[layer] + 1)}
             notch[layer] += 1
             points.append(self._point(step, layer, notch, current, record["loss"], record["accuracy"]))
             history.append(dict(current))
@@ -258,7 +254,7 @@ class GreedyRateSearch:
         for name, n in notch.items():
             if n + 1 >= self.masks.notches(name):
                 continue
-            trial = {**current, name: self.masks.next_mask(name, current[name], n)}
+            trial = {**current, name: self.masks.mask(name, n + 1)}
             t_trial = self.cost.total(trial)
             if t_trial >= t_now:
                 reasons.append(f"{name}: not faster at the next rate")

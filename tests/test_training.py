@@ -38,3 +38,105 @@ def test_label_free_data_cannot_train(digits28):
     free = Dataset("free", *(Split(s.x, None) for s in (digits28.train, digits28.calib, digits28.test)), None)
     with pytest.raises(InputError, match="has no labels"):
         train(models.build("lenet"), free, TrainConfig(epochs=1))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _tiny():
+    """Conv, batch norm (buffers), dropout (the global random state) and a linear layer."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Flatten(),
+        nn.Linear(4 * 13 * 13, 10),
+    )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(epochs=3, batch_size=128, seed=1),
+        TrainConfig(epochs=3, batch_size=128, schedule="step", milestones=(1, 2)),
+    ],
+)
+def test_an_interrupted_run_resumes_to_identical_weights(digits28, tmp_path, config):
+    straight = _tiny()
+    expected = train(straight, digits28, config)
+    path = tmp_path / "run.ckpt"
+
+    def stop_after_two(log):
+        if log.epoch == 2:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train(_tiny(), digits28, config, on_epoch=stop_after_two, checkpoint=path)
+    assert path.exists() and not (tmp_path / "run.ckpt.partial").exists()
+    seen = []
+    resumed = _tiny()
+    result = train(resumed, digits28, config, on_epoch=seen.append, checkpoint=path)
+    assert result.resumed_from == 2 and [log.epoch for log in seen] == [3]
+    assert result.epochs == expected.epochs  # losses and calibration scores, every epoch
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    # A finished run's checkpoint gives the final weights back without training.
+    again = _tiny()
+    finished = train(again, digits28, config, on_epoch=seen.append, checkpoint=path)
+    assert finished.resumed_from == 3 and len(seen) == 1
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), straight.state_dict().values()))
+
+
+def test_a_checkpoint_of_another_run_is_refused(digits28, tmp_path):
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=1, batch_size=256)
+    train(_tiny(), digits28, config, checkpoint=path)
+    with pytest.raises(InputError, match="written by another run \\(other config\\); remove it"):
+        train(_tiny(), digits28, TrainConfig(epochs=2, batch_size=256), checkpoint=path)
+    other_init = _tiny()
+    with torch.no_grad():
+        other_init[0].weight.add_(1)
+    with pytest.raises(InputError, match="other initial weights"):
+        train(other_init, digits28, config, checkpoint=path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="is unreadable"):
+        train(_tiny(), digits28, config, checkpoint=path)
+
+
+def test_step_schedule_and_the_seed_recipe():
+    from torch import nn
+
+    from sparsify_cnn.training import _schedule
+
+    recipe = TrainConfig.seed_recipe()
+    assert (recipe.epochs, recipe.lr, recipe.weight_decay, recipe.batch_size) == (250, 0.1, 1e-4, 128)
+    assert recipe.schedule == "step" and recipe.milestones == (100, 150, 200) and recipe.gamma == 0.1
+    config = TrainConfig(epochs=4, lr=1.0, schedule="step", milestones=(1, 3), gamma=0.5)
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=config.lr)
+    schedule = _schedule(optimizer, config, steps_per_epoch=2)
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert TrainConfig().to_dict()["schedule"] == "cosine"  # the default is unchanged
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"schedule": "linear"}, "schedule must be one of cosine, step"),
+        ({"milestones": (3,)}, "milestones apply to the step schedule"),
+        ({"schedule": "step", "milestones": (3, 2)}, "milestones must be increasing"),
+        ({"schedule": "step", "gamma": 0.0}, "gamma must be in"),
+    ],
+)
+def test_schedule_validation(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**kwargs)

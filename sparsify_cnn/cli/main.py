@@ -10,6 +10,7 @@ from .compile import compile_command, run_command
 from .inspect import inspect_command
 from .optimize import optimize_command
 from .train import train_command
+from .tune import tune_command
 from .zoo import zoo_command
 
 
@@ -52,6 +53,7 @@ cli.add_command(inspect_command)
 cli.add_command(zoo_command)
 cli.add_command(compile_command)
 cli.add_command(run_command)
+cli.add_command(tune_command)
 
 
 def main() -> None:

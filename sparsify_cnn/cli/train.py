@@ -1,10 +1,25 @@
-"""``sparsify train``: train a model on a data set and save it as a torch.export program."""
+"""``sparsify train``: train a model on a data set and save it as a torch.export program; with
+STAN (``--stan``), the seed's baselines (``--conv-dropout``, ``--meprop-k``) or a tuned setup
+(``--config``), through the STAN trainer, which reports coverage and timings."""
 
 from __future__ import annotations
 
 import click
 
 from .options import data_option, model_options, seed_option
+
+STAN_VARIANTS = ("stan", "stan-lite")
+STAN_KERNELS = ("positions", "channels", "dense", "auto")  # sparsify_cnn.stan.conv.KERNELS (kept import-free)
+
+
+def _memory(ctx, param, value):
+    from ..errors import InputError
+    from ..stan.entry import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except InputError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.command("train")
@@ -16,26 +31,94 @@ from .options import data_option, model_options, seed_option
 @click.option("--lr", default=0.05, help="Initial learning rate (cosine decay to 0).")
 @click.option("--momentum", default=0.9, help="SGD momentum.")
 @click.option("--weight-decay", default=5e-4, help="L2 penalty.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="Optimizer.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="Training setup file (what `sparsify tune-hparams` writes); options given here override it.",
+)
+@click.option(
+    "--stan",
+    "stan_variant",
+    type=click.Choice(STAN_VARIANTS),
+    help="Train with STAN (replays stored values, fp16 per entry) or STAN-lite (zeros, 1 bit per entry).",
+)
+@click.option("--theta", type=float, help="STAN threshold: conv outputs <= theta are covered.  [default: 0]")
+@click.option(
+    "--coverage",
+    type=float,
+    help="Instead of --theta: target coverage per layer in (0, 1); theta is that quantile of each batch.",
+)
+@click.option("--pre-epochs", default=0, help="STAN's p_t: dense epochs before the first entry-matrix epoch.")
+@click.option("--period", default=1, help="STAN's Z: skipping epochs after each entry-matrix epoch.")
+@click.option(
+    "--stan-kernel",
+    type=click.Choice(STAN_KERNELS),
+    default="positions",
+    metavar="KERNEL",
+    help="Skipping forward: positions (gather uncovered positions, one GEMM), channels (per channel), dense "
+    "(compute all, then overwrite) or auto (the faster of positions and dense, per layer and epoch).",
+)
+@click.option(
+    "--max-entry-memory",
+    default="2GiB",
+    metavar="SIZE",
+    callback=_memory,
+    help="Largest entry matrix to allocate (512MB, 2GiB, bytes); checked before training.",
+)
+@click.option(
+    "--layers",
+    multiple=True,
+    metavar="GLOB",
+    help="Conv layers for STAN and --conv-dropout (repeatable; default: all).",
+)
+@click.option("--conv-dropout", default=0.0, help="Dropout on conv outputs (the seed's baseline uses 0.5); 0: off.")
+@click.option(
+    "--meprop-k",
+    default=0,
+    help="meProp: keep the top-k output gradients per sample of every linear layer but the last; 0: off.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False),
+    help="Write the training report (coverage per layer and epoch, timings, speedups) as JSON.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the trained model (.pt2).")
+@click.pass_context
 def train_command(
-    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed,
-    epochs, batch_size, lr, momentum, weight_decay, out,
+    ctx, model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed,
+    epochs, batch_size, lr, momentum, weight_decay, optimizer, config_file, stan_variant, theta, coverage,
+    pre_epochs, period, stan_kernel, max_entry_memory, layers, conv_dropout, meprop_k, report_file, out,
 ):  # fmt: skip
     """Train MODEL on --data (seeded, deterministic) and save it to --out.
 
-    A zoo model is built with as many outputs as the data has classes. Example:
+    A zoo model is built with as many outputs as the data has classes. Examples:
 
         sparsify train zoo:lenet --data digits --epochs 8 --out lenet.pt2
+
+        sparsify train zoo:cq --stan stan-lite --theta 0.1 --pre-epochs 1 --out cq.pt2
+
+        sparsify train zoo:cq --config best.json --out cq.pt2
     """
     import torch
 
+    from ..errors import InputError
     from ..evaluate import evaluate
     from ..model_io import save_program
     from ..pipeline import prepare
-    from ..training import TrainConfig, train
     from ..versions import versions
 
-    config = TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed)
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    stan_only = {"theta", "coverage", "pre_epochs", "period", "stan_kernel"} & given
+    if stan_only and not stan_variant:
+        raise InputError(f"--{min(stan_only).replace('_', '-')} applies to STAN: add --stan stan or --stan stan-lite")
+    advanced = bool(config_file or stan_variant or conv_dropout or meprop_k or optimizer != "sgd" or report_file)
+    setup = None
+    if advanced:
+        setup = _setup(ctx.params, given)
+        seed = setup.seed
     torch.manual_seed(seed)
     prepared = prepare(
         model,
@@ -50,22 +133,101 @@ def train_command(
     dataset, module = prepared.data, prepared.loaded.module
     image_shape = prepared.captured.input_shape[1:]
     click.echo(f"training {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib images)")
-    result = train(
-        module,
-        dataset,
-        config,
-        on_epoch=lambda log: click.echo(f"  epoch {log.epoch:3d}  loss {log.loss:.4f}  calib {log.calib}"),
-    )
+    if setup is None:
+        from ..training import TrainConfig, train
+
+        config = TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed)
+        result = train(
+            module,
+            dataset,
+            config,
+            on_epoch=lambda log: click.echo(f"  epoch {log.epoch:3d}  loss {log.loss:.4f}  calib {log.calib}"),
+        )
+        seconds, train_info, report = result.seconds, config.to_dict(), None
+    else:
+        module, report = _train_advanced(prepared, setup, max_entry_memory, model, report_file)
+        seconds, train_info = report.seconds, setup.to_dict()
     test = evaluate(module, dataset.test)
-    click.echo(f"trained in {result.seconds:.1f} s; test split: {test}")
+    click.echo(f"trained in {seconds:.1f} s; test split: {test}")
     metadata = {
         **prepared.loaded.metadata,
         "num_classes": dataset.num_classes,
         "data": dataset.name,
         "data_fingerprint": dataset.fingerprint(),
-        "train": config.to_dict(),
+        "train": train_info,
         "test": {"metric": test.metric, "value": test.value, "count": test.count},
         "versions": versions(),
     }
     save_program(module, tuple(image_shape), out, metadata)
     click.echo(f"saved {out}")
+
+
+def _setup(params: dict, given: set[str]):
+    """The training setup: the --config file's, with the options given on the command line on top."""
+    from dataclasses import replace
+
+    from ..passes.stan import StanConfig
+    from ..stan.hyperband import read_config
+    from ..stan.trainer import TrainSetup
+
+    setup = read_config(params["config_file"]) if params["config_file"] else TrainSetup()
+    plain = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "optimizer", "conv_dropout", "meprop_k")
+    changes = {name: params[name] for name in plain if not params["config_file"] or name in given}
+    if params["layers"]:
+        changes["dropout_layers"] = tuple(params["layers"])
+    if params["stan_variant"]:
+        theta = params["theta"] if params["theta"] is not None or params["coverage"] is not None else 0.0
+        changes["stan"] = StanConfig(
+            variant=params["stan_variant"], theta=theta, coverage=params["coverage"],
+            pre_epochs=params["pre_epochs"], period=params["period"], kernel=params["stan_kernel"],
+            layers=tuple(params["layers"]),
+        )  # fmt: skip
+    return replace(setup, **changes)
+
+
+def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_file: str | None):
+    import json
+
+    from ..errors import InputError
+    from ..stan.entry import format_bytes
+    from ..stan.hyperband import build_zoo
+    from ..stan.trainer import fit
+
+    gm = prepared.captured.graph_module
+    if setup.model_options:
+        if prepared.loaded.format != "zoo":
+            raise InputError(f"the setup sets model options ({', '.join(setup.model_options)}): they need a zoo model")
+        gm = build_zoo(prepared.loaded.metadata["zoo"], prepared.captured.input_shape[1:],
+                       prepared.data.num_classes or 10, setup.model_options)  # fmt: skip
+
+    def rewritten(rewrites: dict, entry_bytes: int) -> None:
+        for what, layers in rewrites.items():
+            click.echo(f"  {what.replace('_', ' ')}: {', '.join(layers) or 'no layer'}")
+        if setup.stan:
+            stan = setup.stan
+            rule = f"theta {stan.theta:g}" if stan.coverage is None else f"coverage {stan.coverage:g} per layer"
+            click.echo(f"  {stan.variant}: {rule}, p_t {stan.pre_epochs}, Z {stan.period}, kernel {stan.kernel}; "
+                       f"entry matrix {format_bytes(entry_bytes)}")  # fmt: skip
+
+    def epoch(record) -> None:
+        line = f"  epoch {record.epoch:3d}  {record.kind:5s}  loss {record.loss:.4f}  calib {record.calib}"
+        line += f"  {record.seconds:.2f} s"
+        if record.layers:
+            line += "  coverage " + " ".join(f"{n} {100 * s['coverage']:.0f}%" for n, s in record.layers.items())
+        click.echo(line)
+
+    result = fit(gm, prepared.data, setup, max_entry_memory=max_entry_memory, on_epoch=epoch, on_rewrite=rewritten)
+    if setup.stan:
+        click.echo("  per layer, seconds per epoch: t_f dense forward, t_b backward, t_e building E, "
+                   "t_i saved by a skipping forward (negative: it cost)")  # fmt: skip
+        for name, t in result.layer_times().items():
+            click.echo(f"    {name}: t_f {t.t_f:.3f}  t_b {t.t_b:.3f}  t_e {t.t_e:.3f}  t_i {t.t_i:.3f}")
+        click.echo(
+            f"  training speedup over dense epochs: measured {result.measured_speedup():.2f}x, timing model "
+            f"{result.predicted_speedup():.2f}x (dense epoch {result.dense_epoch_seconds():.2f} s)"
+        )
+    if report_file:
+        with open(report_file, "w") as f:
+            json.dump({"model": model, **result.to_dict()}, f, indent=2)
+        click.echo(f"wrote {report_file}")
+    return result.graph_module, result

@@ -1,0 +1,79 @@
+"""``sparsify tune-hparams``: Hyperband over the seed's search spaces (seed 000 Tables 1-6),
+trials kept in an optuna SQLite file; the best setup is written as a ``sparsify train --config``
+file."""
+
+from __future__ import annotations
+
+import click
+
+from .options import data_option, seed_option
+
+PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cnn.stan.hyperband.PRESETS
+
+
+@click.command("tune-hparams")
+@click.argument("model")
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    required=True,
+    metavar="NAME",
+    help=f"The seed's search space: {', '.join(PRESETS)}.",
+)
+@data_option(default="digits")
+@seed_option
+@click.option("--trials", default=30, help="Trials in all; a resumed study runs only the rest.")
+@click.option("--max-epochs", default=8, help="Hyperband's largest budget (epochs); the best setup trains this long.")
+@click.option("--min-epochs", default=1, help="Hyperband's smallest budget (epochs).")
+@click.option("--reduction-factor", default=3, help="Hyperband's eta: each rung keeps 1/eta of the trials.")
+@click.option(
+    "--storage",
+    default="hyperband.db",
+    type=click.Path(dir_okay=False),
+    help="optuna SQLite file holding the trials; the same command resumes from it.",
+)
+@click.option("--study", "study_name", help="Study name in the storage.  [default: MODEL-PRESET-DATA]")
+@click.option(
+    "--out",
+    default="best-config.json",
+    type=click.Path(dir_okay=False),
+    help="Where to write the best setup (a `sparsify train --config` file).",
+)
+def tune_command(
+    model, preset, data, seed, trials, max_epochs, min_epochs, reduction_factor, storage, study_name, out
+):  # fmt: skip
+    """Tune the hyper-parameters of zoo MODEL with Hyperband over a preset search space.
+
+    Batch size 100 and a fixed seed, as in the seed; each trial trains from scratch and reports
+    its calibration error every epoch. Example:
+
+        sparsify tune-hparams zoo:cq --preset cq --data digits --trials 30 --out cq-best.json
+
+        sparsify train zoo:cq --config cq-best.json --out cq.pt2
+    """
+    from .. import models
+    from ..data import load_data
+    from ..stan.hyperband import StudyConfig, run_study, write_config
+
+    entry = models.get_entry(model)
+    config = StudyConfig(preset, storage, trials, max_epochs, min_epochs, reduction_factor, seed, study_name)
+    dataset = load_data(data, entry.input_shape, seed=seed)
+    click.echo(f"Hyperband: {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib), "
+               f"preset {preset}, {trials} trials, {min_epochs}-{max_epochs} epochs, storage {storage}")  # fmt: skip
+
+    def on_trial(trial) -> None:
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        epochs = max(trial.intermediate_values, default=0)
+        value = f"calib error {trial.value:.4f}" if trial.value is not None else "no value"
+        click.echo(
+            f"  trial {trial.number:3d} {trial.state.name.lower():8s} after {epochs} epochs: {value}  ({values})"
+        )
+
+    result = run_study(entry.name, dataset, config, on_trial=on_trial)
+    if result.resumed:
+        click.echo(f"resumed a study of {result.resumed} trials" +
+                   (f"; re-ran interrupted trials {result.rerun}" if result.rerun else ""))  # fmt: skip
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.counts.items()))
+    click.echo(f"best: trial {result.best_trial}, calib error {result.best_error:.4f} ({counts})")
+    write_config(out, entry.name, result, config, dataset)
+    click.echo(f"wrote {out} (train with: sparsify train {model} --config {out} --data {data} --out MODEL.pt2)")

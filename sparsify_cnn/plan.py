@@ -1,5 +1,6 @@
 """A plan: what a search chose, as data. It records the technique, its config, the per-layer
-masks (Spatial: full prediction masks; perforation: kept-position masks), how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
+masks (Spatial: full prediction masks; perforation: kept-position masks; SSC: none, its config
+lists every layer's exact (g, p)), how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
 them, and re-applies to the model to give the identical graph.
 
 Masks are stored bit-packed (base64), so a plan stays small and exact.
@@ -8,6 +9,7 @@ Masks are stored bit-packed (base64), so a plan stays small and exact.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -25,9 +27,10 @@ from .passes.perforation import (
     perforated_ops,
 )
 from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+from .passes.ssc import SSCConfig, insert_ssc
 
 PLAN_VERSION = 1
-TECHNIQUES = ("spatial", "perforation")
+TECHNIQUES = ("spatial", "perforation", "ssc")
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Plan:
 
     def apply(self, gm: fx.GraphModule) -> PassResult:
         """Rewrite ``gm`` (a captured dense model) as the plan says and install its masks."""
+        if self.technique == "ssc":
+            return self._apply_ssc(gm)
         if self.technique == "spatial":
             config = SpatialConfig.from_dict({**self.config, "layers": list(self.masks)})
             result = insert_spatial_ops(gm, config)
@@ -92,6 +97,25 @@ class Plan:
             except ValueError as error:
                 raise InputError(f"the plan does not fit this model: {error}") from error
         return result
+
+    def _apply_ssc(self, gm: fx.GraphModule) -> PassResult:
+        # SSC has no masks: the config lists every layer's exact (g, p); all of them must fit.
+        config = SSCConfig.from_dict(self.config)
+        planned = [entry[0] for entry in config.per_layer]
+        result = insert_ssc(gm, config)
+        by_glob = {glob.escape(name): name for name in result.inserted}
+        missing = [pattern for pattern in planned if pattern not in by_glob]
+        if missing:
+            reasons = "; ".join(
+                f"{pattern}: {result.skipped.get(_unescape(pattern), 'no such layer')}" for pattern in missing
+            )
+            raise InputError(f"the plan does not fit this model: {reasons}")
+        return result
+
+
+def _unescape(pattern: str) -> str:
+    # glob.escape wraps the special characters *, ? and [ in brackets
+    return pattern.replace("[*]", "*").replace("[?]", "?").replace("[[]", "[")
 
 
 def graph_fingerprint(gm: fx.GraphModule) -> str:

@@ -101,3 +101,26 @@ def test_perforation_plans_round_trip_and_refuse_other_models(tmp_path, model_fi
     cq = capture(models.build("cq"), (1, 3, 32, 32)).graph_module
     with pytest.raises(InputError, match="does not fit this model"):
         loaded.apply(cq)
+
+
+def test_ssc_plans_round_trip_and_refuse_other_models(tmp_path, model_files):
+    from sparsify_cnn import models
+    from sparsify_cnn.optimize import optimize_ssc
+    from sparsify_cnn.passes.ssc import SSCConfig, ssc_ops
+    from sparsify_cnn.transform.capture import capture
+
+    prepared = prepare(str(model_files["pt2"]), data="digits")
+    result = optimize_ssc(prepared, SSCConfig(per_layer={"conv2": (5, 2)}, init="zero"))
+    path = tmp_path / "plan.json"
+    result.plan.save(path)
+    loaded = Plan.load(path)
+    assert loaded.technique == "ssc" and loaded.masks == {} and loaded.config["init"] == "zero"
+    assert loaded.search["assignment"]["source"] == result.assignment.source
+    applied = loaded.apply(prepare(str(model_files["pt2"])).captured.graph_module).graph_module
+    op = ssc_ops(applied)["conv2"]
+    assert (op.g, op.p) == (5, 2)
+    x = prepared.data.test.x[:20]
+    assert torch.equal(applied(x), result.graph_module(x))
+    cq = capture(models.build("cq"), (1, 3, 32, 32)).graph_module  # cq's conv2 has 32 channels: g=5 cannot divide them
+    with pytest.raises(InputError, match="the plan does not fit this model: conv2: "):
+        loaded.apply(cq)

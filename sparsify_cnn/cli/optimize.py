@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..passes.ssc_presets import PRESETS
 from .options import data_option, model_options, seed_option
 
 
@@ -22,12 +23,26 @@ def _ones_range(ctx, param, value):
         raise click.BadParameter(f"'{value}' is not a range such as 1-3") from None
 
 
+def _ssc_layers(ctx, param, values):
+    choices = []
+    for value in values:
+        pattern, eq, pair = value.rpartition("=")
+        g, comma, p = pair.partition(",")
+        try:
+            if not (eq and pattern and comma):
+                raise ValueError
+            choices.append((pattern, *(None if v.strip().lower() in ("-", "none") else int(v) for v in (g, p))))
+        except ValueError:
+            raise click.BadParameter(f"'{value}' is not GLOB=G,P such as 'conv*=4,2' (G or P may be '-')") from None
+    return tuple(choices)
+
+
 @click.command("optimize")
 @model_options
 @data_option(default="digits")
 @seed_option
-@click.option("--technique", type=click.Choice(["spatial", "perforation"]), default="spatial",
-              help="What to insert: zero prediction (Spatial ops) or perforated convs.")  # fmt: skip
+@click.option("--technique", type=click.Choice(["spatial", "perforation", "ssc"]), default="spatial",
+              help="What to insert: zero prediction (Spatial ops), perforated convs or structured sparse convs.")  # fmt: skip
 @click.option("--epsilon", type=float, help="Largest accuracy loss allowed on the calibration split [default: 0.01; "
               "none for perforation with --speedup].")  # fmt: skip
 @click.option("--epsilon-kind", type=click.Choice(["absolute", "relative"]), default="absolute", help="Epsilon in accuracy points or relative to the dense accuracy.")
@@ -46,16 +61,27 @@ def _ones_range(ctx, param, value):
 @click.option("--interpolation", type=click.Choice(["nearest", "zero", "barycentric"]), default="nearest", help="[perforation] How skipped positions are filled.")
 @click.option("--speedup", type=float, help="[perforation] Stop once the network is this much faster (by --cost).")
 @click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs", help="[perforation] Greedy cost T: MACs, or compiled layer times measured on --target.")
-@click.option("--finetune-epochs", type=int, default=0, help="[perforation] Fine-tune the perforated model this many epochs (seeded).")
-@click.option("--finetune-lr", type=float, default=0.01, help="[perforation] Fine-tuning learning rate.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="[ssc] (g, p) per layer from a table of the seed, by filter count.")
+@click.option("--target-params", type=float, metavar="F", help="[ssc] Solve (g, p) per layer to keep this fraction of the parameters.")
+@click.option("--ssc-layer", multiple=True, callback=_ssc_layers, metavar="GLOB=G,P",
+              help="[ssc] (g, p) for the layers GLOB matches, first match wins (repeatable; '-' leaves a branch out).")  # fmt: skip
+@click.option("--no-pointwise-branch", is_flag=True, help="[ssc] Leave out the interleaved 1x1 branch of k x k convs.")
+@click.option("--nondividing", type=click.Choice(["skip", "nearest"]), default="skip",
+              help="[ssc] A preset value that divides no channel count: leave the layer dense or take the nearest divisor.")  # fmt: skip
+@click.option("--finetune-epochs", type=int, default=0, help="[perforation, ssc] Fine-tune the rewritten model this many epochs (seeded). "
+              "For ssc: the seed's recipe (SGD lr 0.1, batch 128, weight decay 1e-4, lr x0.1 at 40/60/80% of the epochs), "
+              "checkpointed in OUT/train-checkpoint.pt so an interrupted run resumes.")  # fmt: skip
+@click.option("--finetune-lr", type=float, help="[perforation, ssc] Fine-tuning learning rate [default: 0.01 for perforation; "
+              "the seed recipe's 0.1 for ssc].")  # fmt: skip
 @click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json; for ssc the training checkpoint, OUT/train-checkpoint.pt).")
 @click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
 def optimize_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, epsilon,
     epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity, top_m, edge, channel_group,
-    mask, interpolation, speedup, cost, finetune_epochs, finetune_lr, target, out, checkpoint, resume,
+    mask, interpolation, speedup, cost, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
+    finetune_epochs, finetune_lr, target, out, checkpoint, resume,
 ):  # fmt: skip
     """Transform MODEL with --technique, choose its masks or rates within --epsilon (or up to
     --speedup), verify them, and write the plan, the rewritten model, the report and the
@@ -64,8 +90,21 @@ def optimize_command(
         sparsify lenet.pt2 --mode uniform_filter --data digits --epsilon 0.01 --out out/
 
         sparsify cq.pt2 --technique perforation --mask impact --speedup 2 --data digits --out out/
+
+        sparsify cq.pt2 --technique ssc --target-params 0.3 --finetune-epochs 5 --data digits --out out/
     """
     from ..pipeline import prepare
+
+    ssc_given = [name for name, value in (("--preset", preset), ("--target-params", target_params),
+                                          ("--ssc-layer", ssc_layer)) if value]  # fmt: skip
+    if technique == "ssc":
+        if len(ssc_given) != 1:
+            raise click.UsageError(f"--technique ssc needs exactly one of --preset, --target-params, --ssc-layer "
+                                   f"(got {', '.join(ssc_given) or 'none'})")  # fmt: skip
+        if epsilon is not None or speedup is not None:
+            raise click.UsageError("--epsilon and --speedup do not apply to --technique ssc")
+    elif ssc_given or no_pointwise_branch:
+        raise click.UsageError(f"{', '.join(ssc_given) or '--no-pointwise-branch'} apply only with --technique ssc")
 
     prepared = prepare(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
@@ -73,9 +112,14 @@ def optimize_command(
     )  # fmt: skip
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = checkpoint or out_dir / "search-checkpoint.json"
+    checkpoint = checkpoint or out_dir / ("train-checkpoint.pt" if technique == "ssc" else "search-checkpoint.json")
     try:
-        if technique == "spatial":
+        if technique == "ssc":
+            result, write_report = _ssc(
+                prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
+                finetune_epochs, finetune_lr, seed, checkpoint, resume,
+            )  # fmt: skip
+        elif technique == "spatial":
             result, write_report = _spatial(
                 prepared, 0.01 if epsilon is None else epsilon, epsilon_kind, metric, layers, batch_size, mode,
                 patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume,
@@ -85,17 +129,19 @@ def optimize_command(
                 epsilon = 0.01
             result, write_report = _perforation(
                 prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
-                finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume,
+                finetune_epochs, 0.01 if finetune_lr is None else finetune_lr, seed, target, out_dir, checkpoint, resume,
             )  # fmt: skip
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted: the search checkpoint is saved; run the same command to resume") from None
+        kind = "training" if technique == "ssc" else "search"
+        raise click.ClickException(f"interrupted: the {kind} checkpoint is saved; run the same command to resume") from None
     from ..optimize import save_rewritten
 
     result.plan.save(out_dir / "plan.json")
     save_rewritten(result.graph_module, prepared.captured.input_shape, out_dir / "model.pt2")
     report = write_report(result, out_dir, title=f"sparsify {model}")
     click.echo(_summary(technique, report))
-    click.echo(f"search {result.search.seconds:.1f} s; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
+    job = f"job {result.seconds:.1f} s" if technique == "ssc" else f"search {result.search.seconds:.1f} s"
+    click.echo(f"{job}; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
     if target != "none":
         from ..codegen.compile import compile_graph
 
@@ -153,11 +199,37 @@ def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, ma
     return result, write_report
 
 
+def _ssc(prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
+         finetune_epochs, finetune_lr, seed, checkpoint, resume):  # fmt: skip
+    import dataclasses
+
+    from ..optimize.ssc import optimize_ssc
+    from ..passes.ssc import SSCConfig
+    from ..report.ssc import write_report
+    from ..training import TrainConfig
+
+    config = SSCConfig(per_layer=ssc_layer, preset=preset, target_fraction=target_params,
+                       pointwise_branch=not no_pointwise_branch, nondividing=nondividing, layers=layers)  # fmt: skip
+    finetune = None
+    if finetune_epochs > 0:
+        finetune = TrainConfig.seed_recipe(finetune_epochs, seed)
+        if finetune_lr is not None:
+            finetune = dataclasses.replace(finetune, lr=finetune_lr)
+    if not resume and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    return optimize_ssc(prepared, config, finetune, metric=metric, checkpoint=checkpoint), write_report
+
+
 def _summary(technique: str, report: dict) -> str:
     acc, name = report["accuracy"], report["metric_name"]
     final = list(acc["test"])[-1]  # sparse, perforated or finetuned
     change = (f"{name} calib {100 * acc['calib']['dense']:.2f}% -> {100 * acc['calib'][final]:.2f}%, "
               f"test {100 * acc['test']['dense']:.2f}% -> {100 * acc['test'][final]:.2f}%")  # fmt: skip
+    if technique == "ssc":
+        before = f"{name} test {100 * acc['test']['dense']:.2f}% dense, {100 * acc['test']['ssc']:.2f}% SSC before training"
+        after = f", {100 * acc['test']['finetuned']:.2f}% after" if "finetuned" in acc["test"] else ""
+        return (f"ssc: {100 * report['params']['fraction']:.1f}% of parameters, {100 * report['macs']['fraction']:.1f}% "
+                f"of MACs; {before}{after}")  # fmt: skip
     if technique == "spatial":
         mode = report["plan"]["search"]["mode"]
         return f"spatial {mode}: {100 * report['macs']['saved_fraction_test']:.1f}% of MACs saved on the test split; {change}"

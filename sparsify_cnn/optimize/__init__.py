@@ -4,6 +4,7 @@ verify on held-out data, and return what the plan, the report and the compiler n
 from .common import METRIC_CHOICES, resolve_metric, save_rewritten
 from .perforation import PerforationOutcome, optimize_perforation
 from .spatial import OptimizeResult, optimize_spatial
+from .ssc import SSCOutcome, optimize_ssc
 
-__all__ = ["METRIC_CHOICES", "OptimizeResult", "PerforationOutcome", "optimize_perforation", "optimize_spatial",
-           "resolve_metric", "save_rewritten"]  # fmt: skip
+__all__ = ["METRIC_CHOICES", "OptimizeResult", "PerforationOutcome", "SSCOutcome", "optimize_perforation",
+           "optimize_spatial", "optimize_ssc", "resolve_metric", "save_rewritten"]  # fmt: skip

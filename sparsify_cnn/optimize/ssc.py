@@ -1,0 +1,98 @@
+"""The main job for structured sparse convolutions: insert SSC layers (per-layer map, preset or
+parameter target), score them against the dense model, optionally fine-tune, and return what the
+plan, the report and the compiler need. There is no search: the assignment is the choice."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import fx
+
+from ..errors import InputError
+from ..evaluate import Score, evaluate
+from ..passes.ssc import SSCAssignment, SSCConfig, insert_ssc
+from ..pipeline import Prepared
+from ..plan import Plan, graph_fingerprint
+from ..report.accounting import Accounting, account
+from ..training import TrainConfig, train
+from ..versions import versions
+from .common import resolve_metric
+
+
+@dataclass
+class SSCOutcome:
+    plan: Plan
+    assignment: SSCAssignment
+    graph_module: fx.GraphModule  # the rewritten model (fine-tuned if asked)
+    dense: Accounting
+    sparse: Accounting
+    scores: dict[str, dict[str, Score]]  # split -> {"dense", "ssc"[, "finetuned"]}
+    metric: str
+    config: SSCConfig  # as asked (the plan records the exact choices)
+    seconds: float = 0.0  # insertion, scoring and training
+    finetune: dict = field(default_factory=dict)  # config, seconds, per-epoch calib scores
+
+
+def optimize_ssc(
+    prepared: Prepared,
+    config: SSCConfig,
+    finetune: TrainConfig | None = None,
+    metric: str = "auto",
+    checkpoint: str | Path | None = None,
+) -> SSCOutcome:
+    """Replace convs of ``prepared`` by SSC layers as ``config`` says and score them. Example::
+
+        outcome = optimize_ssc(prepare("cq.pt2", data="digits"), SSCConfig(target_fraction=0.3))
+        outcome.plan.save("plan.json")
+    """
+    start = time.perf_counter()
+    data = prepared.data
+    if data is None:
+        raise InputError("SSC needs data to score the result (--data)")
+    metric = resolve_metric(metric, data.labeled)
+    dense_gm = prepared.captured.graph_module
+    result = insert_ssc(dense_gm, config)
+    assignment = result.assignment
+    if not result.inserted:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
+        raise InputError(f"no layer of the model can take SSC ({reasons})")
+    gm = result.graph_module
+    scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
+                      "ssc": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
+              for split in ("calib", "test")}  # fmt: skip
+    finetune_log = {}
+    if finetune is not None and finetune.epochs > 0:
+        if not data.labeled:
+            raise InputError("fine-tuning needs labelled data; this data has none")
+        log = train(gm, data, finetune, checkpoint=checkpoint)
+        gm.eval()
+        for split in ("calib", "test"):
+            scores[split]["finetuned"] = evaluate(gm, data.split(split), reference=dense_gm, metric=metric)
+        finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
+                        "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
+    final = "finetuned" if finetune_log else "ssc"
+    exact = SSCConfig.exact(assignment.choices, pointwise_branch=config.pointwise_branch, init=config.init)
+    dense_acc, sparse_acc = account(dense_gm), account(gm)
+    plan = Plan(
+        technique="ssc",
+        config=exact.to_dict(),
+        masks={},
+        search={"asked": config.to_dict(), "metric": metric, "finetune": finetune_log.get("config"),
+                "assignment": {"source": assignment.source, "fraction": assignment.fraction,
+                               "target": assignment.target, "meets_target": assignment.meets_target,
+                               "notes": assignment.notes, "skipped": assignment.skipped,
+                               "choices": {name: list(c) for name, c in assignment.choices.items()}}},
+        data={"name": data.name, "fingerprint": data.fingerprint()},
+        model={"source": prepared.loaded.source, "graph": graph_fingerprint(dense_gm),
+               "input_shape": list(prepared.captured.input_shape)},
+        results={split: {kind: s.value for kind, s in pair.items()} for split, pair in scores.items()}
+        | {"param_fraction": sparse_acc.total_params / dense_acc.total_params,
+           "mac_fraction": sparse_acc.total_performed_macs / dense_acc.total_macs, "final": final},
+        versions=versions(),
+    )
+    return SSCOutcome(
+        plan=plan, assignment=assignment, graph_module=gm, dense=dense_acc, sparse=sparse_acc, scores=scores,
+        metric=metric, config=config, seconds=time.perf_counter() - start, finetune=finetune_log,
+    )  # fmt: skip

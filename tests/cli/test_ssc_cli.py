@@ -1,0 +1,101 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sparsify_cnn.cli.main import cli
+from sparsify_cnn.model_io import load_model
+from sparsify_cnn.passes.ssc import ssc_ops
+from sparsify_cnn.pipeline import prepare
+from sparsify_cnn.plan import Plan
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_ssc_job_writes_plan_model_report_and_a_matching_artifact(tmp_path, model_files):
+    out = tmp_path / "out"
+    result = run(model_files["pt2"], "--technique", "ssc", "--ssc-layer", "conv*=2,2", "--data", "digits", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "ssc: " in result.output and "% of parameters" in result.output and "compiled for llvm into" in result.output
+    for name in ("plan.json", "model.pt2", "report.md", "report.json", "artifact/model.so", "artifact/manifest.json",
+                 "artifact/report.md"):  # fmt: skip
+        assert (out / name).exists(), name
+    manifest = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert manifest["check"]["relative_diff"] <= 1e-4 and manifest["plan"]["technique"] == "ssc"
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["name"]: row for row in report["layers"]}
+    assert (rows["conv2"]["g"], rows["conv2"]["p"]) == (2, 2) and rows["conv2"]["params_after"] < rows["conv2"]["params_before"]
+    assert not rows["conv1"]["ssc"] and "conv1" in report["skipped"]  # one input channel: g=2 cannot divide it
+    assert report["params"]["fraction"] < 1 and report["macs"]["fraction"] < 1
+    assert set(report["accuracy"]["test"]) == {"dense", "ssc"}
+    markdown = (out / "report.md").read_text()
+    assert "| `conv2` | ssc |" in markdown and "## Left dense" in markdown and "Not fine-tuned." in markdown
+
+    # The plan re-applies to a fresh capture and gives the saved model's outputs.
+    plan = Plan.load(out / "plan.json")
+    assert plan.technique == "ssc" and plan.search["assignment"]["choices"] == {"conv2": [2, 2]}
+    gm = plan.apply(prepare(str(model_files["pt2"])).captured.graph_module).graph_module
+    assert list(ssc_ops(gm)) == ["conv2"]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), load_model(str(out / "model.pt2")).module(x))
+
+
+def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_files):
+    out = tmp_path / "fine"
+    result = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
+                 "--finetune-lr", "0.01", "--target", "none", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "after" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["accuracy"]["test"]) == {"dense", "ssc", "finetuned"}
+    assert report["params"]["target"] == 0.95
+    fine = report["finetune"]
+    assert len(fine["epochs"]) == 1 and fine["config"]["lr"] == 0.01 and fine["config"]["schedule"] == "step"
+    assert (out / "train-checkpoint.pt").exists()
+    assert "Fine-tuned 1 epochs" in (out / "report.md").read_text()
+    assert Plan.load(out / "plan.json").results["final"] == "finetuned"
+
+    # The same command again picks the training checkpoint up instead of training from scratch.
+    again = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
+                "--finetune-lr", "0.01", "--target", "none", "--out", out)  # fmt: skip
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["finetune"]["resumed_from"] == 1
+    assert resumed["accuracy"]["test"]["finetuned"] == report["accuracy"]["test"]["finetuned"]
+    assert "resumed from epoch 1" in (out / "report.md").read_text()
+    # --no-resume starts over; another config refuses the checkpoint with a clear error.
+    fresh = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
+                "--finetune-lr", "0.01", "--target", "none", "--no-resume", "--out", out)  # fmt: skip
+    assert fresh.exit_code == 0 and json.loads((out / "report.json").read_text())["finetune"]["resumed_from"] == 0
+    other = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
+                "--target", "none", "--out", out)  # fmt: skip
+    assert other.exit_code != 0 and "written by another run" in other.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--technique", "ssc"], "exactly one of --preset, --target-params, --ssc-layer (got none)"),
+        (["--technique", "ssc", "--target-params", "0.3", "--ssc-layer", "conv2=2,2"], "(got --target-params, --ssc-layer)"),
+        (["--technique", "ssc", "--ssc-layer", "conv2"], "is not GLOB=G,P"),
+        (["--technique", "ssc", "--target-params", "0.3", "--epsilon", "0.01"], "do not apply to --technique ssc"),
+        (["--target-params", "0.3"], "apply only with --technique ssc"),
+        (["--technique", "ssc", "--preset", "no-such"], "Invalid value for '--preset'"),
+    ],
+)
+def test_bad_ssc_option_combinations_exit_2_with_one_error_line(tmp_path, model_files, args, message):
+    result = run(model_files["pt2"], *args, "--out", tmp_path / "bad")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_no_layer_taking_ssc_is_an_error_naming_the_reasons(tmp_path, model_files):
+    result = run(model_files["pt2"], "--technique", "ssc", "--ssc-layer", "conv1=2,2", "--target", "none",
+                 "--out", tmp_path / "none")  # fmt: skip
+    assert result.exit_code != 0
+    assert "no layer of the model can take SSC" in result.output and "conv2: no (g, p) given for it" in result.output

@@ -56,7 +56,7 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
             task_weights=weights,
             work_dir=str(records),
             max_trials_global=trials,
-            max_trials_per_task=trials,  # the task scheduler spreads the budget where it pays
+            max_trials_per_task=max(1, trials // len(contexts)),
             num_trials_per_iter=min(64, max(2, trials // len(contexts))),
             builder=ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=_worker_init, timeout_sec=120.0),
             runner=ms.runner.LocalRunner(),

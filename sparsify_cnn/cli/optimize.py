@@ -75,7 +75,7 @@ def _ssc_layers(ctx, param, values):
               "the seed recipe's 0.1 for ssc].")  # fmt: skip
 @click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json; for ssc the training checkpoint, OUT/train-checkpoint.pt).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json, perforation fine-tuning beside it in finetune-checkpoint.pt; for ssc the training checkpoint, OUT/train-checkpoint.pt).")
 @click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
 def optimize_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, epsilon,

@@ -76,6 +76,8 @@ def optimize_perforation(
     if data is None:
         raise InputError("a rate search needs data (--data)")
     metric = resolve_metric(metric, data.labeled)
+    if finetune is not None and finetune.epochs > 0 and not data.labeled:
+        raise InputError("fine-tuning needs labelled data; this data has none")
     dense_gm = prepared.captured.graph_module
     result = insert_perforated_convs(dense_gm, perforation)
     if not result.inserted:
@@ -93,8 +95,12 @@ def optimize_perforation(
         "metric": metric,
         "measured": None if measured is None else {"target": measured.target, "trials": measured.tune_trials},
     }
-    if checkpoint is not None and not resume and Path(checkpoint).exists():
-        Path(checkpoint).unlink()
+    # Fine-tuning checkpoints next to the search's, so an interrupted run loses neither.
+    finetune_checkpoint = Path(checkpoint).with_name("finetune-checkpoint.pt") if checkpoint is not None else None
+    if not resume:
+        for path in (checkpoint, finetune_checkpoint):
+            if path is not None and Path(path).exists():
+                Path(path).unlink()
     store = Checkpoint(checkpoint, identity)
     found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress).run()
 
@@ -103,12 +109,10 @@ def optimize_perforation(
               for split in ("calib", "test")}  # fmt: skip
     finetune_log = {}
     if finetune is not None and finetune.epochs > 0:
-        if not data.labeled:
-            raise InputError("fine-tuning needs labelled data; this data has none")
-        log = train(gm, data, finetune)
+        log = train(gm, data, finetune, checkpoint=finetune_checkpoint)
         for split in ("calib", "test"):
             scores[split]["finetuned"] = evaluate(gm, data.split(split), reference=dense_gm, metric=metric)
-        finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds,
+        finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
                         "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
     final = "finetuned" if finetune_log else "perforated"
     plan = Plan(

@@ -50,8 +50,22 @@ def test_finetuning_is_reported_and_label_free_data_cannot_finetune(tmp_path, mo
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert set(report["accuracy"]["test"]) == {"dense", "perforated", "finetuned"}
-    assert len(report["finetune"]["epochs"]) == 1
+    assert len(report["finetune"]["epochs"]) == 1 and report["finetune"]["resumed_from"] == 0
     assert "finetuned" in (out / "report.md").read_text()
+    again = run(model_files["pt2"], "--technique", "perforation", "--mask", "uniform", "--speedup", "1.5",
+                "--finetune-epochs", "1", "--target", "none", "--out", out)  # fmt: skip
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["finetune"]["resumed_from"] == 1 and resumed["search"]["checkpoint_records_resumed"] > 0
+    assert resumed["accuracy"]["test"] == report["accuracy"]["test"]
+
+    import numpy as np
+
+    np.savez(tmp_path / "free.npz", x=np.random.default_rng(0).random((40, 1, 28, 28), dtype=np.float32))
+    label_free = run(model_files["pt2"], "--technique", "perforation", "--speedup", "1.5", "--finetune-epochs", "1",
+                     "--data", tmp_path / "free.npz", "--target", "none", "--out", tmp_path / "free")  # fmt: skip
+    assert label_free.exit_code == 2 and "fine-tuning needs labelled data" in label_free.output
+    assert not (tmp_path / "free" / "search-checkpoint.json").exists()  # refused before any search
 
 
 def test_measured_cost_times_compiled_layers_once_each(tmp_path, model_files):

@@ -7,10 +7,13 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import TypeVar
 
 from torch import fx, nn
 
 from ..transform.layers import Layer
+
+T = TypeVar("T", bound=nn.Module)
 
 
 @dataclass
@@ -77,3 +80,39 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     with warnings.catch_warnings():  # torch warns about its own tree specs in exported graphs
         warnings.simplefilter("ignore", FutureWarning)
         return copy.deepcopy(gm)
+
+
+def replace_layer(gm: fx.GraphModule, layer: Layer, op: nn.Module, prefix: str) -> str:
+    """Put ``op`` (a module called on the layer's input) in place of ``layer``'s node, drop the
+    weights only that node read, and return the new submodule's name (``prefix`` + layer name)."""
+    name = free_name(gm, prefix + layer.name.replace(".", "_"))
+    gm.add_submodule(name, op)
+    graph = gm.graph
+    with graph.inserting_before(layer.node):
+        node = graph.call_module(name, (layer.node.args[0],))
+    node.meta = dict(layer.node.meta)
+    layer.node.replace_all_uses_with(node)
+    inputs = layer.node.all_input_nodes
+    graph.erase_node(layer.node)
+    for orphan in inputs:  # weights read only by the erased layer
+        if orphan.op == "get_attr" and not orphan.users:
+            graph.erase_node(orphan)
+    return name
+
+
+def finish_rewrite(gm: fx.GraphModule) -> None:
+    """Drop submodules nothing calls any more, check the graph and regenerate its code."""
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def inserted_ops(gm: fx.GraphModule, kind: type[T]) -> dict[str, T]:
+    """The inserted ops of class ``kind`` in a rewritten graph module, by layer name, in graph order."""
+    ops = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, kind):
+                ops[module.layer_name] = module
+    return ops

@@ -11,7 +11,7 @@ from torch import fx
 from ..errors import InputError
 from ..ops.perforation import INTERPOLATIONS, PerforatedConv
 from ..transform.layers import Layer, find_layers, tensor_shape
-from .base import PassResult, conv_module, copy_graph_module, free_name, select_layers
+from .base import PassResult, conv_module, copy_graph_module, finish_rewrite, inserted_ops, replace_layer, select_layers
 
 
 @dataclass(frozen=True)
@@ -74,21 +74,13 @@ def insert_perforated_convs(
             continue
         result.inserted[layer.name] = _rewrite(gm, layer, config)
     if result.inserted:
-        gm.delete_all_unused_submodules()
-        gm.graph.lint()
-        gm.recompile()
+        finish_rewrite(gm)
     return result
 
 
 def perforated_ops(gm: fx.GraphModule) -> dict[str, PerforatedConv]:
     """The perforated convs of a rewritten graph module, by layer name, in graph order."""
-    ops = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            if isinstance(module, PerforatedConv):
-                ops[module.layer_name] = module
-    return ops
+    return inserted_ops(gm, PerforatedConv)
 
 
 def _unsupported(layer: Layer, module_calls: dict[str, int]) -> str | None:
@@ -117,16 +109,4 @@ def _rewrite(gm: fx.GraphModule, layer: Layer, config: PerforationConfig) -> str
         layer_name=layer.name,
         seed=config.seed,
     )
-    name = free_name(gm, "perforated_" + layer.name.replace(".", "_"))
-    gm.add_submodule(name, op)
-    graph = gm.graph
-    with graph.inserting_before(layer.node):
-        node = graph.call_module(name, (layer.node.args[0],))
-    node.meta = dict(layer.node.meta)
-    layer.node.replace_all_uses_with(node)
-    inputs = layer.node.all_input_nodes
-    graph.erase_node(layer.node)
-    for orphan in inputs:  # weights read only by the erased conv
-        if orphan.op == "get_attr" and not orphan.users:
-            graph.erase_node(orphan)
-    return name
+    return replace_layer(gm, layer, op, "perforated_")

@@ -16,7 +16,15 @@ from ..errors import InputError
 from ..ops.spatial import EDGES, SpatialConv
 from ..transform.layers import Layer, tensor_shape
 from ..transform.match import ConvReluChain, find_conv_relu
-from .base import PassResult, conv_module, copy_graph_module, free_name, select_layers
+from .base import (
+    PassResult,
+    conv_module,
+    copy_graph_module,
+    finish_rewrite,
+    free_name,
+    inserted_ops,
+    select_layers,
+)
 
 PATCH_SIZES = (2, 3, 4)
 
@@ -85,21 +93,13 @@ def insert_spatial_ops(
             continue
         result.inserted[layer.name] = _rewrite(gm, chain, config)
     if result.inserted:
-        gm.delete_all_unused_submodules()
-        gm.graph.lint()
-        gm.recompile()
+        finish_rewrite(gm)
     return result
 
 
 def spatial_ops(gm: fx.GraphModule) -> dict[str, SpatialConv]:
     """The Spatial ops of a rewritten graph module, by layer name, in graph order."""
-    ops = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            if isinstance(module, SpatialConv):
-                ops[module.layer_name] = module
-    return ops
+    return inserted_ops(gm, SpatialConv)
 
 
 def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) -> str:

@@ -22,7 +22,15 @@ from torch import fx, nn
 from ..errors import InputError
 from ..ops.ssc import INITS, SSCConv, ssc_problem
 from ..transform.layers import Layer, find_layers
-from .base import PassResult, conv_module, copy_graph_module, free_name, select_layers
+from .base import (
+    PassResult,
+    conv_module,
+    copy_graph_module,
+    finish_rewrite,
+    inserted_ops,
+    replace_layer,
+    select_layers,
+)
 
 Choice = tuple[int | None, int | None]  # (g, p)
 NONDIVIDING = ("skip", "nearest")
@@ -163,21 +171,13 @@ def insert_ssc(
         if layer.name in assignment.choices:
             result.inserted[layer.name] = _rewrite(gm, layer, assignment.choices[layer.name], config.init)
     if result.inserted:
-        gm.delete_all_unused_submodules()
-        gm.graph.lint()
-        gm.recompile()
+        finish_rewrite(gm)
     return result
 
 
 def ssc_ops(gm: fx.GraphModule) -> dict[str, SSCConv]:
     """The SSC layers of a rewritten graph module, by layer name, in graph order."""
-    ops = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            if isinstance(module, SSCConv):
-                ops[module.layer_name] = module
-    return ops
+    return inserted_ops(gm, SSCConv)
 
 
 def assign(gm: fx.GraphModule, config: SSCConfig, filter_fn: Callable[[Layer], bool] | None = None) -> SSCAssignment:
@@ -308,16 +308,4 @@ def _rewrite(gm: fx.GraphModule, layer: Layer, choice: Choice, init: str) -> str
     g, p = choice
     conv: nn.Conv2d = conv_module(gm, layer)
     op = SSCConv.from_conv(conv, g, p, layer_name=layer.name, init=init)
-    name = free_name(gm, "ssc_" + layer.name.replace(".", "_"))
-    gm.add_submodule(name, op)
-    graph = gm.graph
-    with graph.inserting_before(layer.node):
-        node = graph.call_module(name, (layer.node.args[0],))
-    node.meta = dict(layer.node.meta)
-    layer.node.replace_all_uses_with(node)
-    inputs = layer.node.all_input_nodes
-    graph.erase_node(layer.node)
-    for orphan in inputs:  # weights read only by the erased conv
-        if orphan.op == "get_attr" and not orphan.users:
-            graph.erase_node(orphan)
-    return name
+    return replace_layer(gm, layer, op, "ssc_")

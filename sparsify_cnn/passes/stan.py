@@ -15,7 +15,15 @@ from ..stan.conv import KERNELS, StanContext, StanConv
 from ..stan.entry import VARIANTS
 from ..stan.schedule import check_schedule
 from ..transform.layers import Layer, find_layers, tensor_shape
-from .base import PassResult, conv_module, copy_graph_module, free_name, select_layers
+from .base import (
+    PassResult,
+    conv_module,
+    copy_graph_module,
+    finish_rewrite,
+    free_name,
+    replace_layer,
+    select_layers,
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def insert_stan_convs(
     for layer in find_layers(gm):
         if layer.name in shapes:
             op = StanConv(conv_module(gm, layer), layer.name, context)
-            result.inserted[layer.name] = _replace(gm, layer, op, "stan_")
+            result.inserted[layer.name] = replace_layer(gm, layer, op, "stan_")
     return _finish(result)
 
 
@@ -167,7 +175,7 @@ def insert_meprop(gm: fx.GraphModule, k: int, patterns: Iterable[str] = (), inpl
         elif layer.node.op == "call_module" and calls.get(layer.node.target, 0) > 1:
             result.skipped[layer.name] = "its module is called more than once"
         else:
-            result.inserted[layer.name] = _replace(gm, layer, MePropLinear(_linear_module(gm, layer), k, layer.name),
+            result.inserted[layer.name] = replace_layer(gm, layer, MePropLinear(_linear_module(gm, layer), k, layer.name),
                                                    "meprop_")  # fmt: skip
     return _finish(result)
 
@@ -202,9 +210,7 @@ def strip_training_ops(gm: fx.GraphModule, inplace: bool = False) -> PassResult:
 
 def _finish(result: PassResult) -> PassResult:
     if result.inserted:
-        result.graph_module.delete_all_unused_submodules()
-        result.graph_module.graph.lint()
-        result.graph_module.recompile()
+        finish_rewrite(result.graph_module)
     return result
 
 
@@ -253,22 +259,6 @@ def _linear_module(gm: fx.GraphModule, layer: Layer) -> nn.Linear:
     if layer.bias is not None:
         linear.bias = nn.Parameter(layer.bias.detach(), requires_grad=True)
     return linear
-
-
-def _replace(gm: fx.GraphModule, layer: Layer, op: nn.Module, prefix: str) -> str:
-    name = free_name(gm, prefix + layer.name.replace(".", "_"))
-    gm.add_submodule(name, op)
-    graph = gm.graph
-    with graph.inserting_before(layer.node):
-        node = graph.call_module(name, (layer.node.args[0],))
-    node.meta = dict(layer.node.meta)
-    layer.node.replace_all_uses_with(node)
-    inputs = layer.node.all_input_nodes
-    graph.erase_node(layer.node)
-    for orphan in inputs:  # weights read only by the erased layer
-        if orphan.op == "get_attr" and not orphan.users:
-            graph.erase_node(orphan)
-    return name
 
 
 def _dropout_after(gm: fx.GraphModule, node: fx.Node, p: float, layer_name: str, before: fx.Node | None = None) -> str:

@@ -34,3 +34,11 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
             return (0, 0)
         return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
     return tuple(conv.padding)
+
+
+def conv_output_hw(in_hw, kernel_hw, stride, padding, dilation) -> tuple[int, int]:
+    """Output height and width of a 2-D conv (what torch and TVM compute)."""
+    return tuple(
+        (size + 2 * pad - dil * (k - 1) - 1) // st + 1
+        for size, k, st, pad, dil in zip(in_hw, kernel_hw, stride, padding, dilation)
+    )

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import OpCost, conv_padding
+from .base import OpCost, conv_output_hw, conv_padding
 from .registry import OpEntry, is_lowering, register
 
 INTERPOLATIONS = ("nearest", "zero", "barycentric")
@@ -212,8 +212,7 @@ def perforated_conv(
 def _(x, weight, bias, kept_index, interp_index, interp_weight, stride, padding, dilation, groups):
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     return x.new_empty((n, weight.shape[0], out_h, out_w))
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import OpCost, conv_padding
+from .base import OpCost, conv_output_hw, conv_padding
 from .registry import OpEntry, is_lowering, register
 
 EDGES = ("pad", "compute")
@@ -278,8 +278,7 @@ def spatial_conv(
 def _(x, weight, bias, mask, residual, stride, padding, dilation, groups, patch_size, compute_edges, channel_group):
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     return x.new_empty((n, weight.shape[0], out_h, out_w))
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from tvm import relax, te, tirx
 
+from ...ops.base import conv_output_hw
+
 INJECTIVE = 2  # TVM's OpPatternKind kInjective
 
 
@@ -66,8 +68,7 @@ def convert(node, importer):
     stride, padding, dilation, groups = node.args[6:10]
     n, c_in, h, w = (int(v) for v in x.ty.shape)
     c_out, _, kh, kw = (int(v) for v in weight.ty.shape)
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     geometry = PerforatedGeometry(
         n, c_in, (h, w), c_out, (kh, kw), (out_h, out_w), tuple(stride), tuple(padding), tuple(dilation), int(groups),
         int(kept_index.ty.shape[0]),

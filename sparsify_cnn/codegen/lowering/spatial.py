@@ -16,6 +16,8 @@ import tvm
 from tvm import relax
 from tvm.script import tirx as T
 
+from ...ops.base import conv_output_hw
+
 
 def convert(node, importer):
     """TVM frontend converter for ``sparsify::spatial_conv`` (registered in ops.spatial)."""
@@ -24,8 +26,7 @@ def convert(node, importer):
     stride, padding, dilation, groups, patch, compute_edges, channel_group = node.args[5:12]
     n, c_in, h, w = (int(v) for v in x.ty.shape)
     c_out, c_per_group, kh, kw = (int(v) for v in weight.ty.shape)
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     if node.args[4] is not None:
         residual = importer.env[node.args[4]]
     else:  # one kernel for both: a block without a residual adds zeros

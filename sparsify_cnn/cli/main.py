@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from ..errors import SparsifyError
+from .bench import bench_command
 from .compile import compile_command, run_command
 from .inspect import inspect_command
 from .optimize import optimize_command
@@ -54,6 +55,7 @@ cli.add_command(zoo_command)
 cli.add_command(compile_command)
 cli.add_command(run_command)
 cli.add_command(tune_command)
+cli.add_command(bench_command)
 
 
 def main() -> None:

@@ -37,9 +37,11 @@ class CompiledModule:
     """``module`` (a layer, any small module, or a whole captured graph) compiled on its own for
     inputs of ``input_shape`` (N, C, H, W), ready to time.
 
-    ``tune_trials`` and ``records`` as in ``compile_graph``. Timing needs the target's device
-    here: CUDA without a GPU is refused. Compile once and call ``time_ms`` several times to
-    interleave the timings of several modules (fairer on a busy machine).
+    ``tune_trials`` and ``records`` as in ``compile_graph``. ``example`` is the input it runs on
+    (default: seeded random normal; data-dependent ops such as zero prediction need real
+    activations). Timing needs the target's device here: CUDA without a GPU is refused. Compile
+    once and call ``time_ms`` or ``run`` several times to interleave the timings of several
+    modules (fairer on a busy machine).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class CompiledModule:
         target: str = "llvm",
         tune_trials: int = 0,
         records: str | Path | None = None,
+        example: np.ndarray | None = None,
     ):
         import tvm
         from tvm import relax
@@ -66,8 +69,18 @@ class CompiledModule:
         with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
             mod, params = import_program(program, custom_convert_map())
         self.vm = relax.VirtualMachine(compile_module(mod, spec, tune_trials=tune_trials, records=records), self.device)
-        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
-        self.inputs = [tvm.runtime.tensor(a, self.device) for a in (x, *params)]
+        if example is None:
+            example = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        elif tuple(example.shape) != tuple(input_shape):
+            raise InputError(f"example input has shape {tuple(example.shape)}; compiled for {tuple(input_shape)}")
+        example = np.ascontiguousarray(example, dtype=np.float32)
+        self.inputs = [tvm.runtime.tensor(a, self.device) for a in (example, *params)]
+        self._main = self.vm["main"]
+
+    def run(self) -> None:
+        """One inference on the example input, finished (the device synchronised)."""
+        self._main(*self.inputs)
+        self.device.sync()
 
     def time_ms(self, number: int = NUMBER, repeat: int = REPEAT) -> float:
         """Median milliseconds of ``repeat`` timings by TVM's ``time_evaluator``, each the mean

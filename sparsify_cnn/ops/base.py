@@ -20,11 +20,16 @@ class OpCost:
 
 @runtime_checkable
 class CostedOp(Protocol):
-    """An inserted op module that reports its cost (``kind`` names it in reports)."""
+    """An inserted op module that reports its cost (``kind`` names it in reports) and gives the
+    dense layer it replaced (what its kernel is timed against, and what stays when a layer is
+    left dense)."""
 
     kind: str
+    layer_name: str
 
     def cost(self, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> OpCost: ...
+
+    def dense_layer(self) -> nn.Module: ...
 
 
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:

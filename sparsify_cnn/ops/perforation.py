@@ -123,6 +123,10 @@ class PerforatedConv(nn.Module):
     def positions(self) -> int:
         return math.prod(self.out_hw)
 
+    def dense_layer(self) -> nn.Conv2d:
+        """The conv this op replaced (shared, not copied): the dense work it is timed against."""
+        return self.conv
+
     @property
     def kept_count(self) -> int:
         return len(self.kept_index)

@@ -120,6 +120,28 @@ class SpatialStats:
         self.computed_zeros += int((~predicted & (out <= 0)).sum())
 
 
+def _conv_block(block, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    y = block.conv(x)
+    if block.bias is not None:
+        y = y + block.bias
+    if block.norm is not None:
+        y = block.norm(y)
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y)
+
+
+class DenseBlock(nn.Module):
+    """conv [+ bias] [-> batch norm] [+ residual] -> ReLU: what a ``SpatialConv`` replaced."""
+
+    def __init__(self, conv: nn.Conv2d, bias: torch.Tensor | None = None, norm: nn.Module | None = None):
+        super().__init__()
+        self.conv, self.bias, self.norm = conv, bias, norm
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return _conv_block(self, x, residual)
+
+
 class SpatialConv(nn.Module):
     """conv [+ bias] [-> batch norm] [+ residual] -> ReLU, with zero prediction on the output.
 
@@ -163,14 +185,12 @@ class SpatialConv(nn.Module):
 
     def dense(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The output of the replaced layers, without prediction."""
-        y = self.conv(x)
-        if self.bias is not None:
-            y = y + self.bias
-        if self.norm is not None:
-            y = self.norm(y)
-        if residual is not None:
-            y = y + residual
-        return torch.relu(y)
+        return _conv_block(self, x, residual)
+
+    def dense_layer(self) -> nn.Module:
+        """The layers this op replaced, as plain modules (its weights shared): the dense work
+        that its kernel is timed against."""
+        return DenseBlock(self.conv, self.bias, self.norm)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if torch.compiler.is_exporting() and is_lowering():

@@ -197,6 +197,11 @@ class SSCConv(nn.Module):
                 conv.bias.copy_(self.bias.detach())
         return conv
 
+    def dense_layer(self) -> nn.Conv2d:
+        """A dense conv of the replaced layer's geometry (``dense_equivalent``): the dense work
+        this layer is timed against."""
+        return self.dense_equivalent()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
         if self.weight is not None:

@@ -49,17 +49,21 @@ class HalfConv(nn.Conv2d):
     """A test op with static structure that performs half of a dense conv's MACs."""
 
     kind = "half-conv"
+    layer_name = "half"
 
     def cost(self, input_shape, output_shape):
         dense = math.prod(output_shape[1:]) * self.in_channels * math.prod(self.kernel_size)
         return OpCost(dense_macs=dense, performed_macs=dense // 2, exact=False)
+
+    def dense_layer(self):
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size)
 
 
 def test_inserted_ops_report_their_own_cost():
     model = nn.Sequential(HalfConv(2, 4, 3), nn.ReLU())
     acc = account(capture(model, (1, 2, 6, 6)))
     [row] = acc.layers
-    assert (row.kind, row.macs, row.performed_macs, row.exact) == ("half-conv", 4 * 16 * 18, 4 * 16 * 9, False)
+    assert (row.name, row.kind, row.macs, row.performed_macs, row.exact) == ("half", "half-conv", 4 * 16 * 18, 4 * 16 * 9, False)
     assert row.saved_fraction == pytest.approx(0.5)
     table = accounting_markdown(acc)
     assert "performed MACs" in table and "(measured)" in table and "50.0%" in table

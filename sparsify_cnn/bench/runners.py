@@ -1,0 +1,93 @@
+"""One module on one input, ready to run on a backend: PyTorch eager, ``torch.compile``, or
+TVM (compiled through the same pipeline as the artifact, tuned with the same budget).
+
+    run = make_runner("tvm", conv, x, TVMSettings(tune_trials=64, records="records"))
+    run()   # one inference, finished (CUDA synchronised)
+
+A backend that cannot run the module raises ``BackendUnavailable`` with a one-line reason, so
+a benchmark table shows "n/a (reason)" rather than failing as a whole.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SparsifyError
+
+BACKENDS = ("eager", "compile", "tvm")
+
+
+class BackendUnavailable(Exception):
+    """This backend cannot run this module here; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class TVMSettings:
+    """How TVM compiles what is timed: target, MetaSchedule trials (0: default schedules or the
+    best already in ``records``) and the records directory shared by every compile."""
+
+    target: str = "llvm"
+    tune_trials: int = 0
+    records: str | Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.target.partition(":")[0]
+
+
+def make_runner(backend: str, module: nn.Module, x: torch.Tensor, tvm: TVMSettings) -> Callable[[], None]:
+    """A callable running ``module`` on ``x`` once with ``backend`` (see ``BACKENDS``)."""
+    if backend == "eager":
+        return _torch_runner(module, x, tvm.kind, compiled=False)
+    if backend == "compile":
+        return _torch_runner(module, x, tvm.kind, compiled=True)
+    if backend == "tvm":
+        return _tvm_runner(module, x, tvm)
+    raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+
+
+def _torch_runner(module: nn.Module, x: torch.Tensor, kind: str, compiled: bool) -> Callable[[], None]:
+    device = torch.device("cuda" if kind == "cuda" else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("no CUDA device for PyTorch here")
+    if device.type != "cpu":
+        module = copy.deepcopy(module).to(device)
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    try:
+        fn = module
+        if compiled:
+            torch._dynamo.reset()  # a fresh cache per module: earlier modules' guards do not interfere
+            fn = torch.compile(module)
+
+        def run() -> None:
+            with torch.no_grad():
+                fn(x)
+            sync()
+
+        run()  # compiles now, so that a failure is reported here and compile time is not timed
+    except Exception as error:  # any failure of a backend is a row note, not a crash
+        raise BackendUnavailable(_one_line(error)) from error
+    return run
+
+
+def _tvm_runner(module: nn.Module, x: torch.Tensor, settings: TVMSettings) -> Callable[[], None]:
+    from ..codegen.measure import CompiledModule
+
+    try:
+        compiled = CompiledModule(module, tuple(x.shape), settings.target, settings.tune_trials, settings.records,
+                                  example=x.detach().cpu().numpy())  # fmt: skip
+    except SparsifyError as error:
+        raise BackendUnavailable(str(error)) from error
+    return compiled.run
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]

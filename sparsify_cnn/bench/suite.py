@@ -1,0 +1,234 @@
+"""Theoretical against measured, end to end and layer by layer, dense against transformed, on
+every backend, in one process.
+
+    result = bench(dense_gm, images, BenchConfig(batches=(1, 32)), transformed=rewritten_gm)
+    print(render_markdown(result))
+
+For each batch size the dense and the transformed model (and, per layer, each inserted op and
+the dense layer it replaced) are compiled or prepared on every backend first, then timed in
+interleaved rounds (see ``report.timing.interleaved_ms``), so that a busy machine slows the
+candidates of one row alike. Inputs are real images; each layer is timed on the activations
+that reach it, which matters for data-dependent ops (zero prediction).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import fx, nn
+
+from ..errors import InputError
+from ..ops.base import CostedOp
+from ..report.accounting import account
+from ..report.timing import interleaved_ms
+from ..transform.layers import tensor_shape
+from .runners import BACKENDS, BackendUnavailable, TVMSettings, make_runner
+
+BASELINES = {"eager": "eager", "compile": "compile", "tvm-dense": "tvm"}  # --baseline -> the dense backend
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time and how: batch sizes, backends, the reference that speedups divide, TVM's
+    settings, and the timing protocol (warm-up runs, then ``rounds`` of ``number`` runs)."""
+
+    batches: tuple[int, ...] = (1, 32)
+    backends: tuple[str, ...] = BACKENDS
+    baseline: str = "tvm-dense"
+    tvm: TVMSettings = field(default_factory=TVMSettings)
+    rounds: int = 7
+    number: int = 1
+    warmup: int = 2
+    layers: bool = True
+
+    def __post_init__(self):
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise InputError(f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        if self.baseline not in BASELINES:
+            raise InputError(f"unknown baseline '{self.baseline}'; choose from {', '.join(BASELINES)}")
+        if BASELINES[self.baseline] not in self.backends:
+            raise InputError(f"baseline '{self.baseline}' needs the {BASELINES[self.baseline]} backend")
+        if "tvm" not in self.backends:
+            raise InputError("the tvm backend is what sparsify deploys: it cannot be left out")
+        if not self.batches or min(self.batches) < 1:
+            raise InputError("batch sizes must be positive")
+
+
+@dataclass
+class Timings:
+    """Median milliseconds per backend (None: not run; ``notes`` says why)."""
+
+    ms: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    """One model or layer at one batch size: its MACs per image and its timings, dense and (when
+    something was transformed) transformed."""
+
+    scope: str  # "model" or "layer"
+    name: str
+    kind: str  # the technique ("dense" when nothing is transformed)
+    batch: int
+    dense_macs: int
+    macs: int
+    dense: Timings
+    transformed: Timings | None = None
+
+    @property
+    def theoretical(self) -> float:
+        return self.dense_macs / self.macs if self.macs else float("inf")
+
+    def speedup(self, baseline: str) -> float | None:
+        """Measured: the baseline's dense time over the transformed TVM time (for a dense entry:
+        over the dense TVM time, i.e. how compiled dense compares with the baseline)."""
+        reference = self.dense.ms.get(BASELINES[baseline])
+        mine = (self.transformed or self.dense).ms.get("tvm")
+        return reference / mine if reference and mine else None
+
+    @property
+    def below_crossover(self) -> bool:
+        """The transformed kernel is not faster than the dense one on TVM."""
+        if self.transformed is None:
+            return False
+        dense, mine = self.dense.ms.get("tvm"), self.transformed.ms.get("tvm")
+        return dense is not None and mine is not None and mine >= dense
+
+
+@dataclass
+class BenchResult:
+    label: str
+    technique: str | None
+    config: BenchConfig
+    threads: dict
+    entries: list[Entry]
+
+    def to_dict(self) -> dict:
+        rows = []
+        for e in self.entries:
+            row = asdict(e)
+            row.update(theoretical=e.theoretical, speedup=e.speedup(self.config.baseline),
+                       below_crossover=e.below_crossover)  # fmt: skip
+            rows.append(row)
+        config = asdict(self.config)
+        config["tvm"]["records"] = str(self.config.tvm.records) if self.config.tvm.records else None
+        return {"label": self.label, "technique": self.technique, "config": config, "threads": self.threads,
+                "entries": rows}  # fmt: skip
+
+
+def bench(
+    dense: fx.GraphModule,
+    images: torch.Tensor,
+    config: BenchConfig = BenchConfig(),
+    transformed: fx.GraphModule | None = None,
+    label: str = "model",
+) -> BenchResult:
+    """Time ``dense`` (and ``transformed``, a rewrite of it) end to end and, with
+    ``config.layers``, every inserted op against the dense layer it replaced."""
+    if len(images) == 0:
+        raise InputError("benchmarking needs at least one input image")
+    ops = _inserted_ops(transformed) if transformed is not None else {}
+    technique = ",".join(sorted({op.kind for op in ops.values()})) or None
+    dense_total = account(dense).total_macs
+    entries = []
+    for batch in config.batches:
+        x = _batch_of(images, batch)
+        macs = dense_total
+        if transformed is not None:
+            inputs = _record_inputs(transformed, ops, x)  # also counts data-dependent MACs on x
+            macs = account(transformed).total_performed_macs
+        entry = Entry("model", label, technique or "dense", batch, dense_total, macs,
+                      *_time({"dense": dense, "transformed": transformed}, x, config))  # fmt: skip
+        entries.append(entry)
+        if transformed is None or not config.layers:
+            continue
+        for node_name, op in ops.items():
+            args = inputs.get(node_name)
+            if args is None:
+                continue  # not reached by this input
+            cost = op.cost(tuple(args[0].shape), _out_shape(transformed, node_name, batch))
+            if cost.performed_macs >= cost.dense_macs:
+                continue  # nothing saved here (e.g. rate 0): the layer runs as the dense one
+            layer = Entry("layer", op.layer_name or node_name, op.kind, batch, cost.dense_macs, cost.performed_macs,
+                          Timings(), Timings())  # fmt: skip
+            if len(args) > 1:
+                note = "takes a residual input: timed end to end only"
+                layer.dense.notes = layer.transformed.notes = dict.fromkeys(config.backends, note)
+            else:
+                layer.dense, layer.transformed = _time({"dense": op.dense_layer(), "transformed": op}, args[0], config)
+            entries.append(layer)
+    threads = {"torch": torch.get_num_threads(), "tvm": os.environ.get("TVM_NUM_THREADS", "all cores")}
+    return BenchResult(label, technique, config, threads, entries)
+
+
+def _time(variants: dict[str, nn.Module | None], x: torch.Tensor, config: BenchConfig) -> tuple[Timings, Timings | None]:
+    """Prepare every (variant, backend) runner, then time them all interleaved."""
+    timings = {name: Timings() if module is not None else None for name, module in variants.items()}
+    runners, slots = [], []
+    for name, module in variants.items():
+        if module is None:
+            continue
+        _quiet(module)
+        for backend in config.backends:
+            try:
+                runners.append(make_runner(backend, module, x, config.tvm))
+                slots.append((name, backend))
+            except BackendUnavailable as error:
+                timings[name].ms[backend] = None
+                timings[name].notes[backend] = str(error)
+    for (name, backend), ms in zip(slots, interleaved_ms(runners, config.rounds, config.number, config.warmup)):
+        timings[name].ms[backend] = ms
+    return timings["dense"], timings.get("transformed")
+
+
+def _inserted_ops(gm: fx.GraphModule) -> dict[str, CostedOp]:
+    """Node name -> inserted op, in graph order."""
+    return {
+        node.name: gm.get_submodule(node.target)
+        for node in gm.graph.nodes
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), CostedOp)
+    }
+
+
+def _record_inputs(gm: fx.GraphModule, ops: dict[str, CostedOp], x: torch.Tensor) -> dict[str, tuple]:
+    """Run ``gm`` on ``x`` once and keep the tensor arguments each inserted op received; ops
+    that count MACs on data (zero prediction) count them on ``x``."""
+    inputs, hooks = {}, []
+    for node_name, op in ops.items():
+        if hasattr(op, "reset_stats"):
+            op.reset_stats()
+            op.track_stats = True
+
+        def keep(module, args, node_name=node_name):
+            inputs[node_name] = tuple(a.detach().clone() for a in args if isinstance(a, torch.Tensor))
+
+        hooks.append(op.register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            gm(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return inputs
+
+
+def _out_shape(gm: fx.GraphModule, node_name: str, batch: int) -> tuple[int, ...]:
+    node = next(n for n in gm.graph.nodes if n.name == node_name)
+    return (batch, *tensor_shape(node)[1:])
+
+
+def _quiet(module: nn.Module) -> None:
+    """Stop data-dependent ops from counting while they are timed (counting costs time)."""
+    for sub in module.modules():
+        if hasattr(sub, "track_stats"):
+            sub.track_stats = False
+
+
+def _batch_of(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """``batch`` images: the first ones, cycled when there are fewer."""
+    reps = -(-batch // len(images))
+    return images.repeat(reps, *([1] * (images.dim() - 1)))[:batch].contiguous()

@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..ops.base import CostedOp
 from ..report.accounting import account
 from ..report.timing import interleaved_ms
+from ..search.suffix import record_op_inputs
 from ..transform.layers import tensor_shape
 from .runners import BACKENDS, BackendUnavailable, TVMSettings, make_runner
 
@@ -139,7 +140,7 @@ def bench(
         x = _batch_of(images, batch)
         macs = dense_total
         if transformed is not None:
-            inputs = _record_inputs(transformed, ops, x)  # also counts data-dependent MACs on x
+            inputs = record_op_inputs(transformed, ops, x)  # also counts data-dependent MACs on x
             macs = account(transformed).total_performed_macs
         entry = Entry("model", label, technique or "dense", batch, dense_total, macs,
                       *_time({"dense": dense, "transformed": transformed}, x, config))  # fmt: skip
@@ -192,28 +193,6 @@ def _inserted_ops(gm: fx.GraphModule) -> dict[str, CostedOp]:
         for node in gm.graph.nodes
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), CostedOp)
     }
-
-
-def _record_inputs(gm: fx.GraphModule, ops: dict[str, CostedOp], x: torch.Tensor) -> dict[str, tuple]:
-    """Run ``gm`` on ``x`` once and keep the tensor arguments each inserted op received; ops
-    that count MACs on data (zero prediction) count them on ``x``."""
-    inputs, hooks = {}, []
-    for node_name, op in ops.items():
-        if hasattr(op, "reset_stats"):
-            op.reset_stats()
-            op.track_stats = True
-
-        def keep(module, args, node_name=node_name):
-            inputs[node_name] = tuple(a.detach().clone() for a in args if isinstance(a, torch.Tensor))
-
-        hooks.append(op.register_forward_pre_hook(keep))
-    try:
-        with torch.no_grad():
-            gm(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return inputs
 
 
 def _out_shape(gm: fx.GraphModule, node_name: str, batch: int) -> tuple[int, ...]:

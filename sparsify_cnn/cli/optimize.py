@@ -74,6 +74,9 @@ def _ssc_layers(ctx, param, values):
 @click.option("--finetune-lr", type=float, help="[perforation, ssc] Fine-tuning learning rate [default: 0.01 for perforation; "
               "the seed recipe's 0.1 for ssc].")  # fmt: skip
 @click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
+@click.option("--crossover/--no-crossover", default=True,
+              help="Time each transformed layer against its dense layer, compiled for --target at the model's batch "
+              "size (cached in OUT/layer-timings.json), and leave dense those that are not faster.")  # fmt: skip
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json, perforation fine-tuning beside it in finetune-checkpoint.pt; for ssc the training checkpoint, OUT/train-checkpoint.pt).")
 @click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
@@ -81,7 +84,7 @@ def optimize_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, epsilon,
     epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity, top_m, edge, channel_group,
     mask, interpolation, speedup, cost, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-    finetune_epochs, finetune_lr, target, out, checkpoint, resume,
+    finetune_epochs, finetune_lr, target, crossover, out, checkpoint, resume,
 ):  # fmt: skip
     """Transform MODEL with --technique, choose its masks or rates within --epsilon (or up to
     --speedup), verify them, and write the plan, the rewritten model, the report and the
@@ -113,16 +116,17 @@ def optimize_command(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or out_dir / ("train-checkpoint.pt" if technique == "ssc" else "search-checkpoint.json")
+    timer = _crossover_timer(target, out_dir) if crossover else None
     try:
         if technique == "ssc":
             result, write_report = _ssc(
                 prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-                finetune_epochs, finetune_lr, seed, checkpoint, resume,
+                finetune_epochs, finetune_lr, seed, checkpoint, resume, timer,
             )  # fmt: skip
         elif technique == "spatial":
             result, write_report = _spatial(
                 prepared, 0.01 if epsilon is None else epsilon, epsilon_kind, metric, layers, batch_size, mode,
-                patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume,
+                patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume, timer,
             )  # fmt: skip
         else:
             if epsilon is None and speedup is None:
@@ -130,6 +134,7 @@ def optimize_command(
             result, write_report = _perforation(
                 prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
                 finetune_epochs, 0.01 if finetune_lr is None else finetune_lr, seed, target, out_dir, checkpoint, resume,
+                timer,
             )  # fmt: skip
     except KeyboardInterrupt:
         kind = "training" if technique == "ssc" else "search"
@@ -140,6 +145,11 @@ def optimize_command(
     save_rewritten(result.graph_module, prepared.captured.input_shape, out_dir / "model.pt2")
     report = write_report(result, out_dir, title=f"sparsify {model}")
     click.echo(_summary(technique, report))
+    if report.get("crossover"):
+        checked = report["crossover"]
+        left = ", ".join(checked["left_dense"]) or "none"
+        click.echo(f"crossover on {checked['target']}: {len(checked['layers'])} transformed layer(s) timed, "
+                   f"left dense as not faster: {left}")  # fmt: skip
     job = f"job {result.seconds:.1f} s" if technique == "ssc" else f"search {result.search.seconds:.1f} s"
     click.echo(f"{job}; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
     if target != "none":
@@ -156,7 +166,7 @@ def optimize_command(
 
 
 def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity,
-             top_m, edge, channel_group, checkpoint, resume):  # fmt: skip
+             top_m, edge, channel_group, checkpoint, resume, timer):  # fmt: skip
     from ..optimize import optimize_spatial
     from ..passes.spatial import SpatialConfig
     from ..report.spatial import write_report
@@ -171,14 +181,14 @@ def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, 
     progress = ProgressLine()
     try:
         result = optimize_spatial(prepared, spatial, search, metric=metric, checkpoint=checkpoint, resume=resume,
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, crossover=timer)  # fmt: skip
     finally:
         progress.close()
     return result, write_report
 
 
 def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
-                 finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume):  # fmt: skip
+                 finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume, timer):  # fmt: skip
     from ..optimize.perforation import MeasuredCost, optimize_perforation
     from ..passes.perforation import PerforationConfig
     from ..report.perforation import write_report
@@ -194,13 +204,13 @@ def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, ma
         measured = MeasuredCost(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
     result = optimize_perforation(
         prepared, perforation, search, metric=metric, finetune=finetune, measured=measured, checkpoint=checkpoint,
-        resume=resume, progress=lambda text: click.echo(text, err=True),
+        resume=resume, progress=lambda text: click.echo(text, err=True), crossover=timer,
     )  # fmt: skip
     return result, write_report
 
 
 def _ssc(prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-         finetune_epochs, finetune_lr, seed, checkpoint, resume):  # fmt: skip
+         finetune_epochs, finetune_lr, seed, checkpoint, resume, timer):  # fmt: skip
     import dataclasses
 
     from ..optimize.ssc import optimize_ssc
@@ -217,7 +227,23 @@ def _ssc(prepared, metric, layers, preset, target_params, ssc_layer, no_pointwis
             finetune = dataclasses.replace(finetune, lr=finetune_lr)
     if not resume and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    return optimize_ssc(prepared, config, finetune, metric=metric, checkpoint=checkpoint), write_report
+    return optimize_ssc(prepared, config, finetune, metric=metric, checkpoint=checkpoint, crossover=timer), write_report
+
+
+def _crossover_timer(target: str, out_dir: Path):
+    """Where the crossover rule times layers: the artifact's target, if it can run here."""
+    if target == "none":
+        return None
+    from ..codegen.target import target_spec
+    from ..search.crossover import LayerTimer
+
+    if target_spec(target)["kind"] == "cuda":
+        import tvm
+
+        if not tvm.cuda(0).exist:
+            click.echo(f"note: no GPU here to time {target} layers on; the crossover rule is not applied", err=True)
+            return None
+    return LayerTimer(target=target, cache=out_dir / "layer-timings.json")
 
 
 def _summary(technique: str, report: dict) -> str:

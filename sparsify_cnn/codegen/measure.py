@@ -105,10 +105,11 @@ def measure_ms(
     records: str | Path | None = None,
     number: int = NUMBER,
     repeat: int = REPEAT,
+    example: np.ndarray | None = None,
 ) -> float:
     """Median milliseconds of ``module`` compiled alone for ``input_shape`` (see
     ``CompiledModule``): ``measure_ms(nn.Conv2d(64, 64, 3), (1, 64, 32, 32))``."""
-    return CompiledModule(module, input_shape, target, tune_trials, records).time_ms(number, repeat)
+    return CompiledModule(module, input_shape, target, tune_trials, records, example).time_ms(number, repeat)
 
 
 def signature(module: nn.Module, input_shape: tuple[int, ...], target: str = "llvm", tune_trials: int = 0) -> dict:
@@ -154,16 +155,16 @@ def cache_key(signature: dict) -> str:
 
 
 class TimingCache:
-    """Measured milliseconds kept in a JSON file, keyed by ``signature``.
+    """Measured milliseconds kept in a JSON file (or in memory), keyed by ``signature``.
 
     ``get_or_measure`` compiles and times only what the file does not hold yet, and writes the
     file after each new timing, so an interrupted search keeps what it paid for.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None  # None: kept in memory only
         self.entries: dict[str, dict] = {}
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             try:
                 self.entries = json.loads(self.path.read_text())["timings"]
             except (ValueError, KeyError, TypeError) as error:
@@ -177,17 +178,22 @@ class TimingCache:
         target: str = "llvm",
         tune_trials: int = 0,
         records: str | Path | None = None,
+        example: np.ndarray | None = None,
     ) -> float:
-        """The cached time of ``module`` (ms), measured with ``measure_ms`` on a miss."""
+        """The cached time of ``module`` (ms), measured with ``measure_ms`` on a miss. With
+        ``example`` (the input it runs on, for data-dependent ops) its digest joins the key."""
         key_data = signature(module, input_shape, target, tune_trials)
+        if example is not None:
+            key_data["example"] = _digest(torch.as_tensor(example))
         key = cache_key(key_data)
         if key in self.entries:
             self.hits += 1
             return self.entries[key]["ms"]
         self.misses += 1
-        ms = measure_ms(module, input_shape, target, tune_trials, records)
+        ms = measure_ms(module, input_shape, target, tune_trials, records, example=example)
         self.entries[key] = {"ms": ms, "signature": key_data}
-        self._save()
+        if self.path is not None:
+            self._save()
         return ms
 
     def _save(self) -> None:

@@ -180,6 +180,7 @@ class SpatialConv(nn.Module):
         self.out_hw = tuple(out_hw)
         hp, wp = (padded_size(s, patch_size) for s in out_hw)
         self.register_buffer("mask", torch.ones(conv.out_channels, hp, wp, dtype=torch.bool))
+        self.all_ones = True  # kept in step with the mask: an all-ones op exports as the dense layers
         self.stats = SpatialStats()
         self.track_stats = True
 
@@ -193,7 +194,7 @@ class SpatialConv(nn.Module):
         return DenseBlock(self.conv, self.bias, self.norm)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if torch.compiler.is_exporting() and is_lowering():
+        if torch.compiler.is_exporting() and is_lowering() and not self.all_ones:
             return self._custom_op(x, residual)
         out = self.dense(x, residual)
         if tuple(out.shape[-2:]) != self.out_hw:
@@ -202,8 +203,10 @@ class SpatialConv(nn.Module):
                 f"output maps, got {out.shape[-2]}x{out.shape[-1]}"
             )
         if torch.compiler.is_exporting():  # no data-dependent branches or counters in a program
+            if self.all_ones:  # predicts nothing: the layers it replaced, as they were
+                return out
             return out.masked_fill(predicted_zero(out, self.mask, self.patch_size, self.edge, self.channel_group), 0.0)
-        if bool(self.mask.all()):
+        if self.all_ones:
             if self.track_stats:
                 self.stats.add(out, torch.zeros_like(out, dtype=torch.bool))
             return out
@@ -248,6 +251,11 @@ class SpatialConv(nn.Module):
                 f"({tuple(self.mask.shape)})"
             )
         self.mask.copy_(mask)
+        self.all_ones = bool(self.mask.all())
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.all_ones = bool(self.mask.all())
 
     @property
     def macs_per_position(self) -> int:

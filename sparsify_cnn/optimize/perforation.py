@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import fx
 
 from ..errors import InputError
@@ -22,6 +23,7 @@ from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import Checkpoint
+from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig, RateSearchResult
 from ..search.perforation_masks import KEPT_FRACTIONS, impact_scores, kept_mask
 from ..training import TrainConfig, train
@@ -54,6 +56,7 @@ class PerforationOutcome:
     metric: str
     finetune: dict = field(default_factory=dict)  # config and per-epoch calib scores
     checkpoint_resumed: int = 0
+    crossover: CrossoverResult | None = None  # None: not checked
 
 
 def optimize_perforation(
@@ -66,8 +69,10 @@ def optimize_perforation(
     checkpoint: str | Path | None = None,
     resume: bool = True,
     progress: Callable[[str], None] | None = None,
+    crossover: LayerTimer | None = None,
 ) -> PerforationOutcome:
-    """Choose perforation rates for ``prepared`` (a model with data). Example::
+    """Choose perforation rates for ``prepared`` (a model with data); with ``crossover``, leave
+    dense every layer whose perforated kernel is not faster than its conv. Example::
 
         result = optimize_perforation(prepare("cq.pt2", data="digits"), search=RateSearchConfig(speedup=2))
         result.plan.save("plan.json")
@@ -103,6 +108,12 @@ def optimize_perforation(
                 Path(path).unlink()
     store = Checkpoint(checkpoint, identity)
     found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress).run()
+    checked = None
+    if crossover is not None:
+        checked = check_crossover(gm, data.calib.x[: prepared.captured.input_shape[0]], crossover)
+        ops = perforated_ops(gm)
+        for name in checked.left_dense:
+            ops[name].set_kept(torch.ones(ops[name].out_hw, dtype=torch.bool))
 
     scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
                       "perforated": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
@@ -118,7 +129,7 @@ def optimize_perforation(
     plan = Plan(
         technique="perforation",
         config=perforation.to_dict(),
-        masks=dict(found.kept),
+        masks={name: op.kept.clone() for name, op in perforated_ops(gm).items()},
         search={**search.to_dict(), "metric": metric, "finetune": finetune_log.get("config")},
         data={"name": data.name, "fingerprint": data.fingerprint()},
         model={"source": prepared.loaded.source, "graph": identity["graph"],
@@ -130,7 +141,7 @@ def optimize_perforation(
     return PerforationOutcome(
         plan=plan, search=found, graph_module=gm, dense=account(dense_gm), sparse=account(gm), scores=scores,
         skipped=result.skipped, mask_notes=notes, metric=metric, finetune=finetune_log,
-        checkpoint_resumed=store.resumed,
+        checkpoint_resumed=store.resumed, crossover=checked,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import fx
 
 from ..errors import InputError
@@ -16,6 +17,7 @@ from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import Checkpoint
+from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..search.evaluator import Evaluator
 from ..search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
 from ..versions import versions
@@ -33,6 +35,7 @@ class OptimizeResult:
     skipped: dict[str, str]
     metric: str
     checkpoint_resumed: int = 0
+    crossover: CrossoverResult | None = None  # None: not checked
 
 
 def optimize_spatial(
@@ -43,8 +46,11 @@ def optimize_spatial(
     checkpoint: str | Path | None = None,
     resume: bool = True,
     progress: Progress | None = None,
+    crossover: LayerTimer | None = None,
 ) -> OptimizeResult:
-    """Search Spatial masks for ``prepared`` (a model with data) and verify them. Example::
+    """Search Spatial masks for ``prepared`` (a model with data) and verify them; with
+    ``crossover``, leave dense every layer whose kernel is not faster than its dense layers
+    (timed on calibration activations). Example::
 
         result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
         result.plan.save("plan.json")
@@ -73,6 +79,12 @@ def optimize_spatial(
     evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
     found = SpatialSearch(evaluator, search, store, progress).run()
     evaluator.install(found.masks)
+    checked = None
+    if crossover is not None:
+        checked = check_crossover(gm, data.calib.x[: prepared.captured.input_shape[0]], crossover)
+        ops = spatial_ops(gm)
+        for name in checked.left_dense:
+            ops[name].set_mask(torch.ones_like(ops[name].mask))
     for op in spatial_ops(gm).values():
         op.track_stats = True
         op.reset_stats()
@@ -90,7 +102,7 @@ def optimize_spatial(
     plan = Plan(
         technique="spatial",
         config=spatial.to_dict(),
-        masks=dict(found.masks),
+        masks={name: op.mask.clone() for name, op in spatial_ops(gm).items() if name in found.masks},
         search={**search.to_dict(), "metric": metric},
         data={"name": data.name, "fingerprint": data.fingerprint()},
         model={"source": prepared.loaded.source, "graph": identity["graph"], "input_shape": list(prepared.captured.input_shape)},
@@ -110,4 +122,5 @@ def optimize_spatial(
         skipped=result.skipped,
         metric=metric,
         checkpoint_resumed=store.resumed,
+        crossover=checked,
     )

@@ -16,6 +16,7 @@ from ..passes.ssc import SSCAssignment, SSCConfig, insert_ssc
 from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
+from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..training import TrainConfig, train
 from ..versions import versions
 from .common import resolve_metric
@@ -33,6 +34,7 @@ class SSCOutcome:
     config: SSCConfig  # as asked (the plan records the exact choices)
     seconds: float = 0.0  # insertion, scoring and training
     finetune: dict = field(default_factory=dict)  # config, seconds, per-epoch calib scores
+    crossover: CrossoverResult | None = None  # None: not checked
 
 
 def optimize_ssc(
@@ -41,8 +43,11 @@ def optimize_ssc(
     finetune: TrainConfig | None = None,
     metric: str = "auto",
     checkpoint: str | Path | None = None,
+    crossover: LayerTimer | None = None,
 ) -> SSCOutcome:
-    """Replace convs of ``prepared`` by SSC layers as ``config`` says and score them. Example::
+    """Replace convs of ``prepared`` by SSC layers as ``config`` says and score them; with
+    ``crossover``, layers whose SSC kernels are not faster than their dense conv stay dense
+    (checked before fine-tuning, so they train as dense convs). Example::
 
         outcome = optimize_ssc(prepare("cq.pt2", data="digits"), SSCConfig(target_fraction=0.3))
         outcome.plan.save("plan.json")
@@ -59,6 +64,17 @@ def optimize_ssc(
         reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
         raise InputError(f"no layer of the model can take SSC ({reasons})")
     gm = result.graph_module
+    checked = None
+    if crossover is not None:
+        checked = check_crossover(gm, data.calib.x[: prepared.captured.input_shape[0]], crossover)
+        if checked.left_dense:
+            kept = {name: c for name, c in assignment.choices.items() if name not in checked.left_dense}
+            if not kept:
+                timings = ", ".join(f"{n} {v.transformed_ms:.3f} vs {v.dense_ms:.3f} ms" for n, v in checked.speeds.items())
+                raise InputError(f"no SSC layer is faster than its dense conv on {crossover.target} ({timings}); "
+                                 f"nothing to gain here (--no-crossover keeps them anyway)")  # fmt: skip
+            exact = SSCConfig.exact(kept, pointwise_branch=config.pointwise_branch, init=config.init)
+            gm = insert_ssc(dense_gm, exact).graph_module
     scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
                       "ssc": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
               for split in ("calib", "test")}  # fmt: skip
@@ -73,7 +89,8 @@ def optimize_ssc(
         finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
                         "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
     final = "finetuned" if finetune_log else "ssc"
-    exact = SSCConfig.exact(assignment.choices, pointwise_branch=config.pointwise_branch, init=config.init)
+    chosen = {name: c for name, c in assignment.choices.items() if checked is None or name not in checked.left_dense}
+    exact = SSCConfig.exact(chosen, pointwise_branch=config.pointwise_branch, init=config.init)
     dense_acc, sparse_acc = account(dense_gm), account(gm)
     plan = Plan(
         technique="ssc",
@@ -94,5 +111,5 @@ def optimize_ssc(
     )
     return SSCOutcome(
         plan=plan, assignment=assignment, graph_module=gm, dense=dense_acc, sparse=sparse_acc, scores=scores,
-        metric=metric, config=config, seconds=time.perf_counter() - start, finetune=finetune_log,
+        metric=metric, config=config, seconds=time.perf_counter() - start, finetune=finetune_log, crossover=checked,
     )  # fmt: skip

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..evaluate import METRICS
 from ..passes.perforation import perforated_ops
+from .render import crossover_markdown
 
 
 def write_report(result, out_dir: str | Path, title: str = "sparsify report") -> dict:
@@ -60,6 +61,7 @@ def report_data(result) -> dict:
         "finetune": result.finetune,
         "layers": layers,
         "skipped": result.skipped,
+        "crossover": result.crossover.to_dict() if result.crossover is not None else None,
         "operating_points": [
             {"step": p.step, "layer": p.layer, "kept": p.kept, "macs": p.macs, "macs_speedup": dense_macs / p.macs,
              "cost": p.cost, "speedup": p.speedup, "loss": p.loss, "accuracy": p.accuracy}  # fmt: skip
@@ -133,6 +135,7 @@ def report_markdown(data: dict, title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if data["skipped"]:
         lines += ["", "Layers left dense:", ""] + [f"- `{name}`: {why}" for name, why in data["skipped"].items()]
+    lines += crossover_markdown(data.get("crossover"))
     lines += ["", "Kept positions: `masks/*.png` (white: computed). Curve: `operating_points.png`.", ""]
     return "\n".join(lines)
 

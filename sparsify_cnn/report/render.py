@@ -46,3 +46,23 @@ def accounting_markdown(acc: Accounting) -> str:
         f"(all, batch norm included), {human(acc.total_macs)} MACs per image."
     )
     return "\n".join(lines)
+
+
+def crossover_markdown(crossover: dict | None) -> list[str]:
+    """The crossover section of a job's report: each transformed layer compiled alone, dense
+    against transformed, and which layers were left dense because they were not faster."""
+    if crossover is None:
+        return ["", "## Crossover", "", "Not checked (no target to time on here: `--target none`, a target "
+                "without its device here, or `--no-crossover`)."]  # fmt: skip
+    lines = ["", "## Crossover", "",
+             f"Each transformed layer and its dense layer compiled alone for {crossover['target']} at batch "
+             f"{crossover['batch']}, timed on the activations that reach it; a layer that is not faster is left dense.",
+             "", "| layer | kind | dense ms | transformed ms | measured | theoretical | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in crossover["layers"]:
+        verdict = "below crossover: left dense" if row["below_crossover"] else "kept"
+        lines.append(f"| `{row['layer']}` | {row['kind']} | {row['dense_ms']:.3f} | {row['transformed_ms']:.3f} | "
+                     f"{row['speedup']:.2f}x | {row['theoretical']:.2f}x | {verdict} |")  # fmt: skip
+    if not crossover["layers"]:
+        lines.append("| (no transformed layer saves work) | | | | | | |")
+    return lines

@@ -13,6 +13,7 @@ from PIL import Image
 from ..evaluate import METRICS
 from ..ops.spatial import SpatialConv
 from ..passes.spatial import spatial_ops
+from .render import crossover_markdown
 
 
 def write_report(result, out_dir: str | Path, title: str = "sparsify report") -> dict:
@@ -69,6 +70,7 @@ def report_data(result) -> dict:
         },
         "layers": layers,
         "skipped": result.skipped,
+        "crossover": result.crossover.to_dict() if result.crossover is not None else None,
         "operating_points": [
             {"step": p.step, "accuracy": p.accuracy, "macs_saved": p.macs_saved} for p in search.points
         ],
@@ -120,6 +122,7 @@ def report_markdown(data: dict, title: str) -> str:
     ]
     if data["skipped"]:
         lines += ["", "Layers left dense:", ""] + [f"- `{name}`: {why}" for name, why in data["skipped"].items()]
+    lines += crossover_markdown(data.get("crossover"))
     lines += ["", "Masks: `masks/*.png` (white: computed first). Operating points: `operating_points.png`.", ""]
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..evaluate import METRICS
 from ..passes.ssc_presets import get_preset
+from .render import crossover_markdown
 
 
 def write_report(result, out_dir: str | Path, title: str = "sparsify report") -> dict:
@@ -27,13 +28,16 @@ def report_data(result) -> dict:
     layers = []
     for row in result.sparse.layers:
         before = dense_rows.get(row.name, row)
-        g, p = assignment.choices.get(row.name, (None, None))
+        ssc = row.kind == "ssc"
+        g, p = assignment.choices[row.name] if ssc else (None, None)
+        left_dense = result.crossover is not None and row.name in result.crossover.left_dense
         layers.append({
             "name": row.name, "kind": row.kind, "output": list(row.output_shape[1:]),
-            "g": g, "p": p, "ssc": row.name in assignment.choices,
+            "g": g, "p": p, "ssc": ssc,
             "params_before": before.params, "params_after": row.params,
             "macs_before": before.macs, "macs_after": row.performed_macs,
-            "note": assignment.notes.get(row.name, "") or assignment.skipped.get(row.name, ""),
+            "note": "below crossover: left dense" if left_dense
+            else assignment.notes.get(row.name, "") or assignment.skipped.get(row.name, ""),
         })  # fmt: skip
     dense_params, params = result.dense.total_params, result.sparse.total_params
     dense_macs, macs = result.dense.total_macs, result.sparse.total_performed_macs
@@ -54,6 +58,7 @@ def report_data(result) -> dict:
         "seconds": result.seconds,
         "finetune": result.finetune,
         "layers": layers,
+        "crossover": result.crossover.to_dict() if result.crossover is not None else None,
     }
 
 
@@ -110,4 +115,5 @@ def report_markdown(data: dict, title: str) -> str:
         lines += ["", "## Left dense", ""] + [f"- `{name}`: {why}" for name, why in data["skipped"].items()]
     if data["notes"]:
         lines += ["", "## Notes", ""] + [f"- `{name}`: {note}" for name, note in data["notes"].items()]
+    lines += crossover_markdown(data.get("crossover"))
     return "\n".join(lines) + "\n"

@@ -51,3 +51,25 @@ def suffix_after(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, li
             env[node] = graph.node_copy(node, lambda n: env[n])
     return fx.GraphModule(gm, graph), frontier
 
+
+
+def record_op_inputs(gm: fx.GraphModule, modules: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, tuple]:
+    """Run ``gm`` on ``x`` once; return the tensor arguments each of ``modules`` (keyed by any
+    name) received. Modules that count work on the data (zero prediction) count it on ``x``."""
+    inputs, hooks = {}, []
+    for name, module in modules.items():
+        if hasattr(module, "reset_stats"):
+            module.reset_stats()
+            module.track_stats = True
+
+        def keep(_module, args, name=name):
+            inputs[name] = tuple(a.detach().clone() for a in args if isinstance(a, torch.Tensor))
+
+        hooks.append(module.register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            gm(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return inputs

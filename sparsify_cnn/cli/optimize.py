@@ -60,7 +60,9 @@ def _ssc_layers(ctx, param, values):
 @click.option("--mask", type=click.Choice(["uniform", "grid", "pooling", "impact"]), default="impact", help="[perforation] How kept positions are chosen.")
 @click.option("--interpolation", type=click.Choice(["nearest", "zero", "barycentric"]), default="nearest", help="[perforation] How skipped positions are filled.")
 @click.option("--speedup", type=float, help="[perforation] Stop once the network is this much faster (by --cost).")
-@click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs", help="[perforation] Greedy cost T: MACs, or compiled layer times measured on --target.")
+@click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs",
+              help="[perforation, spatial] What a layer's choice saves: MACs, or its compiled time measured on --target "
+              "(cached in OUT/layer-timings.json; choices that save no time are never taken).")  # fmt: skip
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="[ssc] (g, p) per layer from a table of the seed, by filter count.")
 @click.option("--target-params", type=float, metavar="F", help="[ssc] Solve (g, p) per layer to keep this fraction of the parameters.")
 @click.option("--ssc-layer", multiple=True, callback=_ssc_layers, metavar="GLOB=G,P",
@@ -127,6 +129,7 @@ def optimize_command(
             result, write_report = _spatial(
                 prepared, 0.01 if epsilon is None else epsilon, epsilon_kind, metric, layers, batch_size, mode,
                 patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume, timer,
+                cost, target, out_dir,
             )  # fmt: skip
         else:
             if epsilon is None and speedup is None:
@@ -166,7 +169,7 @@ def optimize_command(
 
 
 def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity,
-             top_m, edge, channel_group, checkpoint, resume, timer):  # fmt: skip
+             top_m, edge, channel_group, checkpoint, resume, timer, cost, target, out_dir):  # fmt: skip
     from ..optimize import optimize_spatial
     from ..passes.spatial import SpatialConfig
     from ..report.spatial import write_report
@@ -176,12 +179,17 @@ def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, 
     spatial = SpatialConfig(patch_size=patch_size, edge=edge, channel_group=channel_group, layers=layers)
     search = SearchConfig(
         mode=mode, epsilon=epsilon, epsilon_kind=epsilon_kind, ones_range=ones_range,
-        granularity=granularity, top_m=top_m, batch_size=batch_size,
+        granularity=granularity, top_m=top_m, batch_size=batch_size, cost=cost,
     )  # fmt: skip
+    measured = None
+    if cost == "measured":
+        from ..search.crossover import LayerTimer
+
+        measured = LayerTimer(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
     progress = ProgressLine()
     try:
         result = optimize_spatial(prepared, spatial, search, metric=metric, checkpoint=checkpoint, resume=resume,
-                                  progress=progress, crossover=timer)  # fmt: skip
+                                  progress=progress, crossover=timer, measured=measured)  # fmt: skip
     finally:
         progress.close()
     return result, write_report
@@ -189,7 +197,7 @@ def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, 
 
 def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
                  finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume, timer):  # fmt: skip
-    from ..optimize.perforation import MeasuredCost, optimize_perforation
+    from ..optimize.perforation import optimize_perforation
     from ..passes.perforation import PerforationConfig
     from ..report.perforation import write_report
     from ..search.perforation import RateSearchConfig
@@ -201,7 +209,9 @@ def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, ma
     finetune = TrainConfig(epochs=finetune_epochs, lr=finetune_lr, seed=seed) if finetune_epochs > 0 else None
     measured = None
     if cost == "measured":
-        measured = MeasuredCost(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
+        from ..search.crossover import LayerTimer
+
+        measured = LayerTimer(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
     result = optimize_perforation(
         prepared, perforation, search, metric=metric, finetune=finetune, measured=measured, checkpoint=checkpoint,
         resume=resume, progress=lambda text: click.echo(text, err=True), crossover=timer,

@@ -1,17 +1,27 @@
 """The compile pipeline: a short, named, linear list of steps from a Relax module to an
-executable. ``dump_ir`` writes the module before and after every step."""
+executable. ``dump_ir`` writes the module before and after every step.
+
+On CPU with tuning, weights are layout-free: MetaSchedule may choose a packed layout for each
+kernel's weights (vectorised over output channels, say), and ``pack_weights`` lifts those
+layout transforms into a function ``main_transform_params`` that runs once, at compile time
+(``transform_params``), so the artifact stores the weights already packed and its interface
+does not change."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "build")
+STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights", "build")
+TRANSFORM_PARAMS = "main_transform_params"
 
 
 def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
     import tvm
     from tvm import relax
+
+    tuned = tune_trials > 0 or records is not None
+    packed = tuned and target.kind.name == "llvm"
 
     def decompose(mod):
         # from_* importers keep batch norm in training form: decompose it for inference.
@@ -27,19 +37,30 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
                 mod = dlight.ApplyDefaultSchedule(
                     gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
                 )(mod)
+            if packed:  # the tuner may then pick packed weight layouts
+                mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         return mod
 
     def tune(mod):
-        if tune_trials <= 0 and records is None:
+        if not tuned:
             return mod  # rule-based default schedules
         from .tuning import tune as tune_module
 
         return tune_module(mod, target, records or "tuning-records", tune_trials)
 
+    def pack_weights(mod):
+        if not packed:
+            return mod
+        with target:  # weight layout transforms move into main_transform_params
+            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = relax.transform.LiftTransformParams()(mod)
+            return relax.transform.FoldConstant()(mod)
+
     def build(mod):
         return tvm.compile(mod, target=target)
 
-    return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune, "build": build}
+    return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,
+            "pack_weights": pack_weights, "build": build}  # fmt: skip
 
 
 def compile_module(
@@ -61,3 +82,16 @@ def compile_module(
         if dump and name != "build":
             (dump / f"{i:02d}_{name}_after.py").write_text(mod.script())
     return mod
+
+
+def transform_params(executable, params: list, device) -> list:
+    """The weights as the executable's ``main`` takes them: packed by ``main_transform_params``
+    when ``pack_weights`` made one (run once, here), else as given. Numpy arrays in and out."""
+    import tvm
+    from tvm import relax
+
+    if TRANSFORM_PARAMS not in executable.as_text():
+        return list(params)
+    vm = relax.VirtualMachine(executable, device)
+    packed = vm[TRANSFORM_PARAMS]([tvm.runtime.tensor(p, device) for p in params])
+    return [packed[i].numpy() for i in range(len(packed))]

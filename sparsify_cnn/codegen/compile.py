@@ -16,7 +16,7 @@ from ..ops.registry import custom_convert_map
 from ..transform.layers import output_shape
 from ..versions import versions
 from .artifact import cpu_features, cuda_source, write_artifact
-from .build import compile_module
+from .build import compile_module, transform_params
 from .exporting import export_static
 from .importer import import_program
 from .target import target_spec
@@ -57,6 +57,7 @@ def compile_graph(
     with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
         mod, params = import_program(program, custom_convert_map())
     executable = compile_module(mod, spec, dump_ir, tune_trials, records)
+    params = transform_params(executable, params, tvm.cpu())  # packed once, stored packed
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):
         max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)

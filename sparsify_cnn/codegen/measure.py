@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..ops.perforation import PerforatedConv
 from ..ops.registry import custom_convert_map
 from ..transform.capture import capture
-from .build import compile_module
+from .build import compile_module, transform_params
 from .exporting import export_static
 from .importer import import_program
 from .target import target_spec
@@ -68,7 +68,9 @@ class CompiledModule:
                 module.train(training)
         with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
             mod, params = import_program(program, custom_convert_map())
-        self.vm = relax.VirtualMachine(compile_module(mod, spec, tune_trials=tune_trials, records=records), self.device)
+        executable = compile_module(mod, spec, tune_trials=tune_trials, records=records)
+        params = transform_params(executable, params, self.device)
+        self.vm = relax.VirtualMachine(executable, self.device)
         if example is None:
             example = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
         elif tuple(example.shape) != tuple(input_shape):

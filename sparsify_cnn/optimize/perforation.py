@@ -33,16 +33,6 @@ from ..versions import versions
 from .common import resolve_metric
 
 
-@dataclass(frozen=True)
-class MeasuredCost:
-    """Where ``--cost measured`` times layers: the compile target, tuning budget and cache."""
-
-    target: str = "llvm"
-    tune_trials: int = 0
-    records: str | Path | None = None
-    cache: str | Path | None = None
-
-
 @dataclass
 class PerforationOutcome:
     plan: Plan
@@ -65,7 +55,7 @@ def optimize_perforation(
     search: RateSearchConfig = RateSearchConfig(),
     metric: str = "auto",
     finetune: TrainConfig | None = None,
-    measured: MeasuredCost | None = None,
+    measured: LayerTimer | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = True,
     progress: Callable[[str], None] | None = None,
@@ -170,13 +160,13 @@ def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig):
     return FixedMasks(masks), notes
 
 
-def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: MeasuredCost | None) -> CostModel:
+def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: LayerTimer | None) -> CostModel:
     if search.cost == "macs":
         return CostModel(gm)
     from ..codegen.measure import TimingCache, measure_ms
 
-    measured = measured or MeasuredCost()
-    cache = TimingCache(measured.cache or "layer-timings.json")
+    measured = measured or LayerTimer()
+    cache = measured.timing_cache()
     layer_input = {gm.get_submodule(n.target).layer_name: (1, *tensor_shape(n.args[0])[1:])
                    for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), PerforatedConv)}  # fmt: skip
 

@@ -4,6 +4,7 @@ rewritten model and the report."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import Checkpoint
-from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
+from ..search.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
 from ..search.evaluator import Evaluator
 from ..search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
+from ..search.suffix import record_op_inputs
 from ..versions import versions
 from .common import resolve_metric
 
@@ -47,10 +49,12 @@ def optimize_spatial(
     resume: bool = True,
     progress: Progress | None = None,
     crossover: LayerTimer | None = None,
+    measured: LayerTimer | None = None,
 ) -> OptimizeResult:
     """Search Spatial masks for ``prepared`` (a model with data) and verify them; with
     ``crossover``, leave dense every layer whose kernel is not faster than its dense layers
-    (timed on calibration activations). Example::
+    (timed on calibration activations). ``search.cost == "measured"`` times layer options with
+    ``measured`` (default: this CPU). Example::
 
         result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
         result.plan.save("plan.json")
@@ -77,7 +81,10 @@ def optimize_spatial(
         Path(checkpoint).unlink()
     store = Checkpoint(checkpoint, identity)
     evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
-    found = SpatialSearch(evaluator, search, store, progress).run()
+    time_saved = None
+    if search.cost == "measured":
+        time_saved = _time_saved(gm, data.calib.x[: prepared.captured.input_shape[0]], measured or LayerTimer())
+    found = SpatialSearch(evaluator, search, store, progress, time_saved).run()
     evaluator.install(found.masks)
     checked = None
     if crossover is not None:
@@ -124,3 +131,22 @@ def optimize_spatial(
         checkpoint_resumed=store.resumed,
         crossover=checked,
     )
+
+
+def _time_saved(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer):
+    """(layer, mask) -> milliseconds its Spatial op saves with ``mask`` against its dense layers,
+    both compiled alone and run on the layer's activations for ``images``."""
+    ops = spatial_ops(gm)
+    inputs = record_op_inputs(gm, ops, images)
+    cache = timer.timing_cache()
+    dense_ms: dict[str, float] = {}
+
+    def saved(layer: str, mask: torch.Tensor) -> float:
+        op, args = ops[layer], inputs[layer]
+        if layer not in dense_ms:
+            dense_ms[layer] = time_layer(op.dense_layer(), args, timer, cache)
+        trial = copy.deepcopy(op)
+        trial.set_mask(mask)
+        return dense_ms[layer] - time_layer(trial, args, timer, cache)
+
+    return saved

@@ -24,6 +24,9 @@ class SearchConfig:
     top_m: options of each target kept for the next level.
     exact_limit: uniform_layer searches every combination of layer options when there are at
         most this many.
+    cost: what a layer option saves when layers are combined: "macs" (counted on the
+        calibration data) or "measured" (the layer's compiled time, dense minus with the
+        option's mask, on calibration activations; options that save no time are dropped).
     """
 
     mode: str = "uniform_filter"
@@ -34,6 +37,7 @@ class SearchConfig:
     top_m: int = 5
     exact_limit: int = 2048
     batch_size: int = 256
+    cost: str = "macs"
     version: int = 1
 
     def __post_init__(self):
@@ -43,6 +47,8 @@ class SearchConfig:
             raise InputError(f"epsilon must be in [0, 1), got {self.epsilon}")
         if self.epsilon_kind not in EPSILON_KINDS:
             raise InputError(f"epsilon kind must be one of {', '.join(EPSILON_KINDS)}, got '{self.epsilon_kind}'")
+        if self.cost not in ("macs", "measured"):
+            raise InputError(f"cost must be macs or measured, got '{self.cost}'")
         if self.granularity < 0 or self.top_m < 1 or self.batch_size < 1:
             raise InputError("granularity must be >= 0, top-M and batch size >= 1")
         if self.ones_range is not None:

@@ -91,25 +91,27 @@ def layer_speeds(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) ->
         args = inputs.get(node_name)
         if args is None:
             continue
-        x = args[0]
-        cost = op.cost(tuple(x.shape), (len(x), *tensor_shape(nodes[node_name])[1:]))
+        cost = op.cost(tuple(args[0].shape), (len(args[0]), *tensor_shape(nodes[node_name])[1:]))
         if cost.performed_macs >= cost.dense_macs:
             continue  # saves nothing: runs as the dense layer already
-        transformed, dense = op, op.dense_layer()
-        if len(args) > 1:
-            transformed, dense = _WithResidual(op, args[1]), _WithResidual(dense, args[1])
-        was_tracking = getattr(op, "track_stats", None)
-        if was_tracking is not None:
-            op.track_stats = False
-        try:
-            example = x.numpy()
-            timed = [cache.get_or_measure(m, tuple(x.shape), timer.target, timer.tune_trials, timer.records, example)
-                     for m in (dense, transformed)]  # fmt: skip
-        finally:
-            if was_tracking is not None:
-                op.track_stats = was_tracking
+        timed = [time_layer(module, args, timer, cache) for module in (op.dense_layer(), op)]
         speeds[op.layer_name] = LayerSpeed(op.layer_name, op.kind, *timed, cost.dense_macs / cost.performed_macs)
     return speeds
+
+
+def time_layer(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTimer, cache) -> float:
+    """Milliseconds of ``module`` compiled alone and run on ``args`` (its recorded inputs: the
+    activation, and a residual input fed as a constant), through ``cache``."""
+    x = args[0]
+    timed = _WithResidual(module, args[1]) if len(args) > 1 else module
+    was_tracking = getattr(module, "track_stats", None)
+    if was_tracking is not None:
+        module.track_stats = False  # time the kernel, not the counters
+    try:
+        return cache.get_or_measure(timed, tuple(x.shape), timer.target, timer.tune_trials, timer.records, x.numpy())
+    finally:
+        if was_tracking is not None:
+            module.track_stats = was_tracking
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ class SpatialSearch:
         config: SearchConfig,
         checkpoint: Checkpoint | None = None,
         progress: Progress | None = None,
+        time_saved: Callable[[str, torch.Tensor], float] | None = None,
     ):
         self.ev = evaluator
+        self.time_saved = time_saved  # (layer, mask) -> measured ms saved, for cost "measured"
         self.config = config
         self.checkpoint = checkpoint or Checkpoint(None)
         self.progress = progress or (lambda *args: None)
@@ -77,6 +79,8 @@ class SpatialSearch:
         start = time.perf_counter()
         try:
             options = {layer: self._layer_options(layer) for layer in self.ev.layer_names}
+            if self.config.cost == "measured":
+                options = {layer: self._by_time_saved(layer, layer_options) for layer, layer_options in options.items()}
             masks, points = self._combine_layers(options)
         finally:
             self.checkpoint.flush()
@@ -301,6 +305,16 @@ class SpatialSearch:
         c, hb, wb = assignment.shape
         patterns = self._padded_patterns[assignment]  # NONE (-1) picks the all-ones pattern
         return tile(patterns, c, hb * self.p, wb * self.p, self.p)
+
+    def _by_time_saved(self, layer: str, options: list[_Option]) -> list[_Option]:
+        """The layer's options with ``saved`` in measured milliseconds, those that save no time
+        dropped (below the crossover), most time saved first."""
+        if self.time_saved is None:
+            raise InputError("cost 'measured' needs a layer timer")
+        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment))) for o in options]
+        kept = [o for o in timed if o.saved > 0]
+        kept.sort(key=lambda o: (-o.saved, -o.accuracy))
+        return kept
 
     def _ranked(self, options: list[_Option]) -> list[_Option]:
         """Options within epsilon, most MACs saved first (ties: higher accuracy), top M."""

@@ -57,3 +57,15 @@ def test_model_without_conv_relu(tmp_path):
     result = run("zoo:mlp", "--out", tmp_path / "o")
     assert result.exit_code == 2
     assert "no layer of the model can take a Spatial op" in result.output
+
+
+def test_measured_cost_times_layer_options_on_the_target_and_caches_them(tmp_path, model_files):
+    out = tmp_path / "m"
+    result = run(model_files["pt2"], "--mode", "uniform_layer", "--epsilon", "0.05", "--cost", "measured",
+                 "--data", "digits", "--target", "none", "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    timings = json.loads((out / "layer-timings.json").read_text())["timings"]
+    kinds = {entry["signature"]["kind"] for entry in timings.values()}
+    assert any("DenseBlock" in k for k in kinds) and any("_WithResidual" in k or "SpatialConv" in k for k in kinds)
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["search"]["cost"] == "measured"

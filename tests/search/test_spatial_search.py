@@ -91,3 +91,24 @@ def test_patch_size_three_with_a_ones_range(trained_lenet, digits28):
     assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9
     for mask in result.masks.values():
         assert mask.shape[1] % 3 == 0  # padded to a multiple of 3
+
+
+def test_measured_cost_keeps_only_options_that_save_time_and_prefers_the_most_saved(trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=120)
+    timed = []
+
+    def time_saved(layer, mask):
+        timed.append(layer)
+        ones = float(mask.float().mean())
+        return -1.0 if layer == "conv1" else 1.0 - ones  # conv1 never faster; conv2 faster with fewer ones
+
+    config = SearchConfig(mode="uniform_layer", epsilon=0.05, top_m=3, cost="measured")
+    result = SpatialSearch(ev, config, time_saved=time_saved).run()
+    assert set(timed) == {"conv1", "conv2"}
+    assert "conv1" not in result.masks and "conv2" in result.masks  # conv1 saves no time: never chosen
+    macs_only = SpatialSearch(ev, SearchConfig(mode="uniform_layer", epsilon=0.05, top_m=3)).run()
+    assert "conv1" in macs_only.masks  # by MACs alone conv1 would have been predicted
+    with pytest.raises(InputError, match="needs a layer timer"):
+        SpatialSearch(ev, config).run()
+    with pytest.raises(InputError, match="cost must be"):
+        SearchConfig(cost="joules")

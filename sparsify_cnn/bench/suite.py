@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..ops.base import CostedOp
 from ..report.accounting import account
 from ..report.timing import interleaved_ms
+from ..search.crossover import WithResidual
 from ..search.suffix import record_op_inputs
 from ..transform.layers import tensor_shape
 from .runners import BACKENDS, BackendUnavailable, TVMSettings, make_runner
@@ -156,11 +157,11 @@ def bench(
                 continue  # nothing saved here (e.g. rate 0): the layer runs as the dense one
             layer = Entry("layer", op.layer_name or node_name, op.kind, batch, cost.dense_macs, cost.performed_macs,
                           Timings(), Timings())  # fmt: skip
-            if len(args) > 1:
-                note = "takes a residual input: timed end to end only"
-                layer.dense.notes = layer.transformed.notes = dict.fromkeys(config.backends, note)
-            else:
-                layer.dense, layer.transformed = _time({"dense": op.dense_layer(), "transformed": op}, args[0], config)
+            dense_layer, transformed_layer = op.dense_layer(), op
+            if len(args) > 1:  # a residual input, fed as the constant it was
+                dense_layer, transformed_layer = WithResidual(dense_layer, args[1]), WithResidual(op, args[1])
+            layer.dense, layer.transformed = _time({"dense": dense_layer, "transformed": transformed_layer}, args[0],
+                                                   config)  # fmt: skip
             entries.append(layer)
     threads = {"torch": torch.get_num_threads(), "tvm": os.environ.get("TVM_NUM_THREADS", "all cores")}
     return BenchResult(label, technique, config, threads, entries)

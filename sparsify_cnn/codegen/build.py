@@ -1,10 +1,11 @@
 """The compile pipeline: a short, named, linear list of steps from a Relax module to an
 executable. ``dump_ir`` writes the module before and after every step.
 
-On CPU with tuning, weights are layout-free: MetaSchedule may choose a packed layout for each
-kernel's weights (vectorised over output channels, say), and ``pack_weights`` lifts those
-layout transforms into a function ``main_transform_params`` that runs once, at compile time
-(``transform_params``), so the artifact stores the weights already packed and its interface
+On CPU, ``pack_weights`` lifts the work that depends on the weights alone into a function
+``main_transform_params`` that runs once, at compile time (``transform_params``): the
+perforation's window starts and index tables, reshaped biases, and on CPU with tuning the
+packed weight layouts MetaSchedule may choose for each kernel (weights are declared
+layout-free before tuning). The artifact stores the weights so transformed, and its interface
 does not change."""
 
 from __future__ import annotations
@@ -30,13 +31,6 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
     def legalize_and_fuse(mod):
         with target:
             mod = relax.get_pipeline("zero")(mod)
-            if target.kind.name == "cuda":  # GPU kernels need thread bindings to build at all
-                from tvm.s_tir import dlight
-
-                gpu = dlight.gpu
-                mod = dlight.ApplyDefaultSchedule(
-                    gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
-                )(mod)
             if packed:  # the tuner may then pick packed weight layouts
                 mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         return mod
@@ -49,14 +43,23 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
         return tune_module(mod, target, records or "tuning-records", tune_trials)
 
     def pack_weights(mod):
-        if not packed:
-            return mod
-        with target:  # weight layout transforms move into main_transform_params
-            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        if target.kind.name != "llvm":
+            return mod  # a GPU's transform would need the GPU at compile time: weights stay as given
+        with target:  # work on the weights alone (layouts, tables) moves into main_transform_params
+            if packed:
+                mod = relax.transform.SplitLayoutRewritePreproc()(mod)
             mod = relax.transform.LiftTransformParams()(mod)
             return relax.transform.FoldConstant()(mod)
 
     def build(mod):
+        if target.kind.name == "cuda":  # GPU kernels need thread bindings: dlight's rules schedule
+            from tvm.s_tir import dlight  # what tuning left unscheduled (after it, not before)
+
+            gpu = dlight.gpu
+            with target:
+                mod = dlight.ApplyDefaultSchedule(
+                    gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
+                )(mod)
         return tvm.compile(mod, target=target)
 
     return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,

@@ -8,6 +8,10 @@ import re
 from ..errors import InputError
 
 CUDA_ARCH = re.compile(r"^sm_\d{2,3}[a-z]?$")
+# Per-block limits of every NVIDIA GPU since Volta (TVM's "nvidia/nvidia-h100" tag lists the
+# same): MetaSchedule's GPU rules and VerifyGPUCode need them to tune at all.
+CUDA_LIMITS = {"max_num_threads": 1024, "max_threads_per_block": 1024, "thread_warp_size": 32,
+               "max_shared_memory_per_block": 49152, "registers_per_block": 65536}  # fmt: skip
 
 
 def host_cpu() -> str:
@@ -29,5 +33,5 @@ def target_spec(name: str) -> dict:
         arch = detail or "sm_80"
         if not CUDA_ARCH.match(arch):
             raise InputError(f"CUDA architecture '{arch}' is not of the form sm_80, sm_90, sm_90a")
-        return {"kind": "cuda", "arch": arch}
+        return {"kind": "cuda", "arch": arch, **CUDA_LIMITS}
     raise InputError(f"unknown target '{name}'; choose llvm, llvm:CPU or cuda:sm_XX")

@@ -42,12 +42,17 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
     tasks = [
         task
         for task in ms.relax_integration.extract_tasks(mod, target)
-        if not task.mod.attrs.get("tirx.is_scheduled", False) and not _tuned(database, task)
+        if not _scheduled(task) and not _tuned(database, task)
     ]
+    gpu = target.kind.name == "cuda"
     if tasks and trials > 0:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # no per-trial tables
-        # The default population (2048 schedules mutated per round) dwarfs a small budget.
-        strategy = ms.search_strategy.EvolutionarySearch(population_size=min(2048, max(64, 16 * trials)))
+        # The default population (2048 schedules mutated per round) dwarfs a small budget. On a
+        # GPU few random schedules of a wide conv on a small map fit in shared memory: sample
+        # longer before giving up on the initial population.
+        strategy = ms.search_strategy.EvolutionarySearch(
+            population_size=min(2048, max(64, 16 * trials)), max_fail_count=60 if gpu else 5
+        )
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, str(records), strategy=strategy, seed=seed
         )
@@ -59,11 +64,20 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
             max_trials_per_task=max(1, trials // len(contexts)),
             num_trials_per_iter=min(64, max(2, trials // len(contexts))),
             builder=ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=_worker_init, timeout_sec=120.0),
-            runner=ms.runner.LocalRunner(),
+            # A GPU kernel runs in microseconds: the default 100 ms minimum per measurement
+            # would cost more than the rest of a trial.
+            runner=ms.runner.LocalRunner(
+                evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=1, min_repeat_ms=0) if gpu else None
+            ),
             database=database,
         )
     with target, database:
         return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _scheduled(task) -> bool:
+    """A kernel written with its schedule (``tirx.is_scheduled``): nothing to tune."""
+    return any(bool(func.attrs and func.attrs.get("tirx.is_scheduled", False)) for func in task.mod.functions.values())
 
 
 def _tuned(database, task) -> bool:

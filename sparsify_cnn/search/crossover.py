@@ -64,7 +64,7 @@ class LayerSpeed:
                 "speedup": self.speedup, "theoretical": self.theoretical, "below_crossover": self.below_crossover}  # fmt: skip
 
 
-class _WithResidual(nn.Module):
+class WithResidual(nn.Module):
     """A layer that takes a residual input, with that input fixed: timeable alone."""
 
     def __init__(self, layer: nn.Module, residual: torch.Tensor):
@@ -103,7 +103,7 @@ def time_layer(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTi
     """Milliseconds of ``module`` compiled alone and run on ``args`` (its recorded inputs: the
     activation, and a residual input fed as a constant), through ``cache``."""
     x = args[0]
-    timed = _WithResidual(module, args[1]) if len(args) > 1 else module
+    timed = WithResidual(module, args[1]) if len(args) > 1 else module
     was_tracking = getattr(module, "track_stats", None)
     if was_tracking is not None:
         module.track_stats = False  # time the kernel, not the counters

@@ -31,3 +31,40 @@ def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
         expected = model(x[:1]).numpy()
     np.testing.assert_allclose(load(tmp_path / "b")(x[:1].numpy()), expected, rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["check"]["relative_diff"] <= TOLERANCE
+
+
+def test_cuda_targets_carry_the_limits_metaschedule_needs():
+    import tvm
+
+    from sparsify_cnn.codegen.target import target_spec
+
+    spec = target_spec("cuda:sm_90")
+    assert tvm.target.Target(spec).attrs["max_threads_per_block"] == 1024
+    assert spec["max_shared_memory_per_block"] == 49152 and spec["thread_warp_size"] == 32
+
+
+def test_kernels_written_with_their_schedule_are_not_tuned():
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from sparsify_cnn.codegen.exporting import export_static
+    from sparsify_cnn.codegen.importer import import_program
+    from sparsify_cnn.codegen.target import target_spec
+    from sparsify_cnn.codegen.tuning import _scheduled
+    from sparsify_cnn.ops.registry import custom_convert_map
+    from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)).eval()
+    gm = insert_spatial_ops(capture(model, (1, 2, 8, 8)).graph_module, SpatialConfig()).graph_module
+    op = next(iter(spatial_ops(gm).values()))
+    mask = torch.ones_like(op.mask)
+    mask[:, 1::2, :] = False
+    op.set_mask(mask)  # not all ones: lowered as the skipping kernel
+    target = tvm.target.Target(target_spec("llvm"))
+    with target:
+        mod, _ = import_program(export_static(gm, (1, 2, 8, 8)), custom_convert_map())
+        mod = relax.get_pipeline("zero")(relax.transform.DecomposeOpsForInference()(mod))
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    flags = {task.task_name: _scheduled(task) for task in tasks}
+    assert any(flags.values()) and not all(flags.values())  # the Spatial kernel is; the linear is not

@@ -9,7 +9,7 @@ from sparsify_cnn.codegen import measure
 from sparsify_cnn.ops.perforation import PerforatedConv
 from sparsify_cnn.ops.spatial import SpatialConv
 from sparsify_cnn.passes.perforation import PerforationConfig, insert_perforated_convs, perforated_ops
-from sparsify_cnn.search.crossover import LayerTimer, _WithResidual, check_crossover, layer_speeds
+from sparsify_cnn.search.crossover import LayerTimer, WithResidual, check_crossover, layer_speeds
 from sparsify_cnn.transform.capture import capture
 
 
@@ -73,7 +73,7 @@ def test_real_compiled_timings_of_a_perforated_layer():
 def test_a_layer_with_a_residual_input_is_timed_with_that_input_fixed():
     op = SpatialConv(nn.Conv2d(4, 4, 3, padding=1), (8, 8), layer_name="block")
     residual = torch.randn(1, 4, 8, 8)
-    wrapped, x = _WithResidual(op, residual), torch.randn(1, 4, 8, 8)
+    wrapped, x = WithResidual(op, residual), torch.randn(1, 4, 8, 8)
     torch.testing.assert_close(wrapped(x), op(x, residual))
-    dense = _WithResidual(op.dense_layer(), residual)
+    dense = WithResidual(op.dense_layer(), residual)
     torch.testing.assert_close(dense(x), op.dense(x, residual))

@@ -7,9 +7,10 @@ Each step is a kernel that TVM schedules (dlight on CUDA, MetaSchedule when tuni
 2. ``im2col`` of the kept positions: a (groups, C_in/groups*kh*kw, N*K) matrix gathered from
    the flat padded map at each kept window's start. Images are stacked along the columns, so
    one GEMM serves the whole batch.
-3. One GEMM per group with the weights read in place (a view, no transpose: they are inputs of
-   the compiled function), ``(C_out/groups, C_in/groups*kh*kw) x cols``, the bias fused in:
-   the compact output (groups, C_out/groups, N*K).
+3. One GEMM per group with the weights read in place (no transpose: they are inputs of the
+   compiled function, and on CPU a tuned kernel may take them packed, packed once at compile
+   time), ``(C_out/groups, C_in/groups*kh*kw) x cols``, the bias fused in: the compact output
+   (groups, C_out/groups, N*K). On CUDA it is a plain matmul for dlight's GPU rule.
 4. Interpolation: output position p is ``sum_j weight[p, j] * compact[index[p, j]]`` (J = 1
    or 3), written straight into the NCHW map; the elementwise ops after the conv fuse into it.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import tvm
 from tvm import relax, te, tirx
 
 from ...ops.base import conv_output_hw
@@ -86,10 +88,14 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     # Where each kept window starts in the flat padded map; constant-folded when the table is.
     starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
     cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, starts: im2col(x, starts, g), [flat, starts])
-    filters = bb.emit(relax.op.memory.view(weight, (g.groups, g.out_channels // g.groups, g.reduction)))
-    # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
-    per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))
-    compact = bb.emit(relax.op.add(relax.op.matmul(filters, cols), per_channel))  # (groups, C_out/groups, N*K)
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "cuda":  # dlight's GPU matmul rule schedules a plain matmul
+        filters = bb.emit(relax.op.memory.view(weight, (g.groups, g.out_channels // g.groups, g.reduction)))
+        # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
+        per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))
+        compact = bb.emit(relax.op.add(relax.op.matmul(filters, cols), per_channel))  # (groups, C_out/groups, N*K)
+    else:  # the weights read in place, so a tuned CPU kernel may take them packed (build.pack_weights)
+        compact = bb.emit_te(lambda w, c, b: gemm(w, c, b, g), weight, cols, bias, primfunc_name_hint="perforated_gemm")
     # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
     index = bb.emit_te(
         lambda index: te.compute(index.shape, lambda p, j: _clamp_index(index[p, j], g.kept), name="index32"),
@@ -152,6 +158,21 @@ def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry) -> te.Tens
         return flat[column // g.kept, group * per_group + row // (kh * kw), offset]
 
     return te.compute((g.groups, g.reduction, g.batch * g.kept), value, name="im2col")
+
+
+def gemm(weight: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(groups, C_out/groups, N*K): each group's filters times its columns, plus the bias. The
+    reduction runs over (channel, ky, kx) so that the 4-D weight is read with affine indices:
+    MetaSchedule can then rewrite its layout (pack it) for the schedule it picks."""
+    (kh, kw), per_in, per_out = g.kernel, g.in_channels // g.groups, g.out_channels // g.groups
+    c, ky, kx = te.reduce_axis((0, per_in), "c"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+    acc = te.compute(
+        (g.groups, per_out, g.batch * g.kept),
+        lambda grp, o, col: te.sum(weight[grp * per_out + o, c, ky, kx] * cols[grp, (c * kh + ky) * kw + kx, col],
+                                   axis=[c, ky, kx]),
+        name="gemm",
+    )  # fmt: skip
+    return te.compute(acc.shape, lambda grp, o, col: acc[grp, o, col] + bias[grp * per_out + o], name="gemm_bias")
 
 
 def interpolate(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:

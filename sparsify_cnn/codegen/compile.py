@@ -119,5 +119,7 @@ def _nvcc_compile(executable, spec: dict) -> str:
                 source, target_format="fatbin", arch=["-gencode", f"arch=compute_{suffix},code=sm_{suffix}"], compiler="nvcc"
             )
     except Exception as error:  # noqa: BLE001 - nvcc's own message says what failed
-        raise SparsifyError(f"nvcc cannot compile the generated CUDA for {spec['arch']}: {str(error).strip().splitlines()[-1]}") from error
+        lines = str(error).strip().splitlines() or ["(no message)"]
+        reason = next((line.strip() for line in lines if "error" in line.lower()), lines[-1].strip())
+        raise SparsifyError(f"nvcc cannot compile the generated CUDA for {spec['arch']}: {reason}") from error
     return f"compiled by nvcc for {spec['arch']} ({len(binary):,} bytes of fatbin)"

@@ -92,6 +92,18 @@ def test_cuda_build_compiles_with_nvcc(tmp_path):
     assert "perforated_im2col" in source and "perforated_interpolate" in source
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_gemm_with_a_single_kept_column_fits_a_block(tmp_path):
+    # A wide conv on a 2x2 map keeping one position: GPU matmul tiles of one column would stage
+    # more than a block's 48 KB of shared memory; the lowering picks the reduction form.
+    op = _perforated(lambda: nn.Conv2d(512, 512, 3, padding=1), (512, 2, 2), "uniform", "nearest")
+    kept = torch.zeros(2, 2, dtype=torch.bool)
+    kept[0, 0] = True
+    op.set_kept(kept)
+    result = _compile_and_compare(op, (512, 2, 2), 1, tmp_path, target="cuda:sm_90")
+    assert result.manifest["check"]["nvcc"].startswith("compiled by nvcc")
+
+
 def _lowered(op: PerforatedConv, input_shape):
     """The Relax module of ``op`` after legalization and fusion, for the host CPU."""
     import tvm

@@ -31,6 +31,7 @@ from tvm import relax, te, tirx
 from ...ops.base import conv_output_hw
 
 INJECTIVE = 2  # TVM's OpPatternKind kInjective
+MATMUL_COLUMNS = 16  # on CUDA, the GEMM is a plain matmul from this many columns (N * K) on
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
     cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, starts: im2col(x, starts, g), [flat, starts])
     target = tvm.target.Target.current(allow_none=True)
-    if target is not None and target.kind.name == "cuda":  # dlight's GPU matmul rule schedules a plain matmul
+    if target is not None and target.kind.name == "cuda" and g.batch * g.kept >= MATMUL_COLUMNS:
+        # dlight's GPU matmul rule schedules a plain matmul; with fewer columns its tiles stage
+        # more than a block's shared memory, and the reduction rules serve the TE form instead.
         filters = bb.emit(relax.op.memory.view(weight, (g.groups, g.out_channels // g.groups, g.reduction)))
         # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
         per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))

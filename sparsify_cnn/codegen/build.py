@@ -22,7 +22,7 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
     from tvm import relax
 
     tuned = tune_trials > 0 or records is not None
-    packed = tuned and target.kind.name == "llvm"
+    packed = {"weights": tuned and target.kind.name == "llvm"}  # decided for the module in legalize_and_fuse
 
     def decompose(mod):
         # from_* importers keep batch norm in training form: decompose it for inference.
@@ -31,7 +31,10 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
     def legalize_and_fuse(mod):
         with target:
             mod = relax.get_pipeline("zero")(mod)
-            if packed:  # the tuner may then pick packed weight layouts
+            # Hand-written kernels (the Spatial op's) have no root block, which the layout
+            # rewrite passes require: a module with one keeps its weights as they are.
+            packed["weights"] &= not any(_hand_scheduled(func) for func in mod.functions.values())
+            if packed["weights"]:  # the tuner may then pick packed weight layouts
                 mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         return mod
 
@@ -46,7 +49,7 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
         if target.kind.name != "llvm":
             return mod  # a GPU's transform would need the GPU at compile time: weights stay as given
         with target:  # work on the weights alone (layouts, tables) moves into main_transform_params
-            if packed:
+            if packed["weights"]:
                 mod = relax.transform.SplitLayoutRewritePreproc()(mod)
             mod = relax.transform.LiftTransformParams()(mod)
             return relax.transform.FoldConstant()(mod)
@@ -64,6 +67,10 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
 
     return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,
             "pack_weights": pack_weights, "build": build}  # fmt: skip
+
+
+def _hand_scheduled(func) -> bool:
+    return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
 
 def compile_module(

@@ -68,3 +68,19 @@ def test_kernels_written_with_their_schedule_are_not_tuned():
     tasks = ms.relax_integration.extract_tasks(mod, target)
     flags = {task.task_name: _scheduled(task) for task in tasks}
     assert any(flags.values()) and not all(flags.values())  # the Spatial kernel is; the linear is not
+
+
+def test_a_tuned_model_with_hand_written_kernels_compiles_and_matches(tmp_path):
+    # The Spatial kernel has no root block: the layout rewrite passes must leave such modules be.
+    from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()
+    gm = insert_spatial_ops(capture(model, (1, 3, 8, 8)).graph_module, SpatialConfig()).graph_module
+    for op in spatial_ops(gm).values():
+        mask = torch.ones_like(op.mask)
+        mask[:, 1::2, :] = False
+        op.set_mask(mask)
+    result = compile_graph(gm, (1, 3, 8, 8), tmp_path / "a", check_inputs=torch.randn(4, 3, 8, 8), tune_trials=2,
+                           records=tmp_path / "records")  # fmt: skip
+    assert result.relative_diff <= TOLERANCE

@@ -5,7 +5,7 @@ measured speedup over the chosen baseline."""
 from __future__ import annotations
 
 from .runners import BACKENDS
-from .suite import BenchResult, Entry, Timings
+from .suite import BenchResult, Timings
 
 HEADERS = {"eager": "eager ms", "compile": "torch.compile ms", "tvm": "TVM ms"}
 
@@ -28,8 +28,7 @@ def render_markdown(result: BenchResult) -> str:
     ]
     notes: dict[str, None] = {}
     for entry in result.entries:
-        rows = [("dense", entry.dense, entry.dense_macs, 1.0, entry.speedup(config.baseline) if entry.transformed is None
-                 else _dense_speedup(entry, config.baseline))]  # fmt: skip
+        rows = [("dense", entry.dense, entry.dense_macs, 1.0, entry.dense_speedup(config.baseline))]
         if entry.transformed is not None:
             rows.append((entry.kind, entry.transformed, entry.macs, entry.theoretical, entry.speedup(config.baseline)))
         for variant, timings, macs, theoretical, speedup in rows:
@@ -42,11 +41,6 @@ def render_markdown(result: BenchResult) -> str:
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"
-
-
-def _dense_speedup(entry: Entry, baseline: str) -> float | None:
-    dense_only = Entry(entry.scope, entry.name, "dense", entry.batch, entry.dense_macs, entry.dense_macs, entry.dense)
-    return dense_only.speedup(baseline)
 
 
 def _ms(timings: Timings, backend: str, notes: dict[str, None]) -> str:

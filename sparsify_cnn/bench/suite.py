@@ -88,9 +88,11 @@ class Entry:
     def speedup(self, baseline: str) -> float | None:
         """Measured: the baseline's dense time over the transformed TVM time (for a dense entry:
         over the dense TVM time, i.e. how compiled dense compares with the baseline)."""
-        reference = self.dense.ms.get(BASELINES[baseline])
-        mine = (self.transformed or self.dense).ms.get("tvm")
-        return reference / mine if reference and mine else None
+        return _ratio(self.dense.ms.get(BASELINES[baseline]), (self.transformed or self.dense).ms.get("tvm"))
+
+    def dense_speedup(self, baseline: str) -> float | None:
+        """The baseline's dense time over the dense TVM time."""
+        return _ratio(self.dense.ms.get(BASELINES[baseline]), self.dense.ms.get("tvm"))
 
     @property
     def below_crossover(self) -> bool:
@@ -114,7 +116,7 @@ class BenchResult:
         for e in self.entries:
             row = asdict(e)
             row.update(theoretical=e.theoretical, speedup=e.speedup(self.config.baseline),
-                       below_crossover=e.below_crossover)  # fmt: skip
+                       dense_speedup=e.dense_speedup(self.config.baseline), below_crossover=e.below_crossover)  # fmt: skip
             rows.append(row)
         config = asdict(self.config)
         config["tvm"]["records"] = str(self.config.tvm.records) if self.config.tvm.records else None
@@ -185,6 +187,10 @@ def _time(variants: dict[str, nn.Module | None], x: torch.Tensor, config: BenchC
     for (name, backend), ms in zip(slots, interleaved_ms(runners, config.rounds, config.number, config.warmup)):
         timings[name].ms[backend] = ms
     return timings["dense"], timings.get("transformed")
+
+
+def _ratio(reference: float | None, mine: float | None) -> float | None:
+    return reference / mine if reference and mine else None
 
 
 def _inserted_ops(gm: fx.GraphModule) -> dict[str, CostedOp]:

@@ -33,7 +33,7 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
             mod = relax.get_pipeline("zero")(mod)
             # Hand-written kernels (the Spatial op's) have no root block, which the layout
             # rewrite passes require: a module with one keeps its weights as they are.
-            packed["weights"] &= not any(_hand_scheduled(func) for func in mod.functions.values())
+            packed["weights"] &= not any(hand_scheduled(func) for func in mod.functions.values())
             if packed["weights"]:  # the tuner may then pick packed weight layouts
                 mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         return mod
@@ -69,7 +69,8 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
             "pack_weights": pack_weights, "build": build}  # fmt: skip
 
 
-def _hand_scheduled(func) -> bool:
+def hand_scheduled(func) -> bool:
+    """A function written with its schedule (``tirx.is_scheduled``), such as the Spatial kernel."""
     return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
 

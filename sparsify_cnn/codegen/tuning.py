@@ -77,7 +77,9 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
 
 def _scheduled(task) -> bool:
     """A kernel written with its schedule (``tirx.is_scheduled``): nothing to tune."""
-    return any(bool(func.attrs and func.attrs.get("tirx.is_scheduled", False)) for func in task.mod.functions.values())
+    from .build import hand_scheduled
+
+    return any(hand_scheduled(func) for func in task.mod.functions.values())
 
 
 def _tuned(database, task) -> bool:

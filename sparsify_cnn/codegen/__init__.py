@@ -5,3 +5,7 @@ Stages, in order: ``exporting`` (the graph as a static-shape torch.export progra
 linear pipeline of passes, then code generation), ``artifact`` (library, parameters, manifest
 with checksums). ``sparsify_cnn.runtime`` loads an artifact with TVM's runtime and numpy only.
 """
+
+from .threads import default_tvm_threads
+
+default_tvm_threads()  # before TVM's runtime starts its thread pool (see threads.py)

@@ -8,6 +8,7 @@ tuned again, so re-tuning the same shapes costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 BUILD_FUNC = "sparsify.meta_schedule.build"
+LOGGER = "tvm.s_tir.meta_schedule"
 
 
 @tvm.register_global_func(BUILD_FUNC, override=True)
@@ -46,16 +48,17 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
     ]
     gpu = target.kind.name == "cuda"
     if tasks and trials > 0:
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # no per-trial tables
+        logging.getLogger(LOGGER).setLevel(logging.WARNING)  # no per-trial tables
         # The default population (2048 schedules mutated per round) dwarfs a small budget. On a
         # GPU few random schedules of a wide conv on a small map fit in shared memory: sample
         # longer before giving up on the initial population.
         strategy = ms.search_strategy.EvolutionarySearch(
             population_size=min(2048, max(64, 16 * trials)), max_fail_count=60 if gpu else 5
         )
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, str(records), strategy=strategy, seed=seed
-        )
+        with _unnamed_handlers_detached(logging.getLogger(LOGGER)):
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, str(records), strategy=strategy, seed=seed
+            )
         ms.tune.tune_tasks(
             tasks=contexts,
             task_weights=weights,
@@ -73,6 +76,21 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
         )
     with target, database:
         return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached(logger: logging.Logger):
+    """MetaSchedule's logging setup refers to every handler of its logger by name and fails on
+    one without a name (a user's, or pytest's capture handler once a session has run): such
+    handlers are detached while it runs and attached again after."""
+    unnamed = [handler for handler in logger.handlers if handler.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 def _scheduled(task) -> bool:

@@ -1,62 +1,268 @@
-"""The Spatial op as a TIR kernel that skips the predicted work.
+"""The Spatial op as TIR kernels that skip the predicted work.
 
-For each (image, channel group, patch): compute the pattern's 1-positions (conv, folded bias,
-residual, ReLU); if every one of them is zero in every channel of the group, write zeros at the
-0-positions without computing them; otherwise compute those too. The mask is an input, so one
-kernel serves every mask of a layer shape.
+Prediction is per (channel, patch), so the work left is sparse in a pattern that no dense
+tile covers: with 32 channels, a patch of 2x2 outputs is almost never predicted zero in 8
+channels at once (measured on CQ), and per-element predication inside a dense loop nest
+destroys vectorisation. The CPU kernel therefore keeps the *inner* loop dense instead: every
+output activation it computes is one dot product of length K = C_in/groups * kh * kw, with
+SIMD lanes and independent accumulators running along K, and the skipping happens between
+dot products, where a branch costs nothing against K multiply-adds.
 
-This first kernel is scalar and branchy: it really skips the predicted MACs, and it is the
-correctness baseline that faster schedules must match. A block without a residual add passes
-zeros, so one kernel body serves every case; CPU and GPU differ only in how work is spread.
+CPU, per (image, row of patches) in parallel, per patch:
+
+1. The patch's input windows are copied once into a small column buffer, one row of K per
+   output position (zeros where a window leaves the map); every channel then reads them from
+   L1.
+2. For each prediction group (g consecutive channels): the pattern's 1-positions are computed
+   (dot product with the channel's packed weight row, folded bias, residual, ReLU); if all of
+   them are zero in all g channels, the 0-positions are written as zeros without being
+   computed, otherwise they are computed too.
+
+The weights are packed once (at compile time on CPU) into rows of K padded to a multiple of
+the SIMD width. The mask is an input, so one compiled kernel serves every mask of a layer
+shape (the measured-cost search times many masks). Small accumulators are ``global`` buffers
+so that TVM allocates them on the stack (its ``local`` scope goes through the workspace
+allocator on CPU) and LLVM keeps them in registers.
+
+GPU: one thread per (image, channel group, patch), scalar. A block without a residual add
+passes zeros there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.script import tirx as T
 
 from ...ops.base import conv_output_hw
+
+SIMD = 8  # fp32 lanes of one AVX2 register: K is padded to a multiple of this
+
+
+@dataclass(frozen=True)
+class SpatialGeometry:
+    """Every size of one Spatial op (compile-time constants of its kernel)."""
+
+    batch: int
+    in_channels: int
+    in_hw: tuple[int, int]
+    out_channels: int
+    kernel: tuple[int, int]
+    out_hw: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    patch: int
+    compute_edges: bool
+    channel_group: int
+    residual: bool
+
+    @property
+    def reduction(self) -> int:
+        """K: the length of one output's dot product, C_in/groups * kh * kw."""
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+    @property
+    def packed_reduction(self) -> int:
+        """K padded with zeros to a multiple of the SIMD width: a packed weight row."""
+        return -(-self.reduction // SIMD) * SIMD
+
+    @property
+    def patches_hw(self) -> tuple[int, int]:
+        return -(-self.out_hw[0] // self.patch), -(-self.out_hw[1] // self.patch)
 
 
 def convert(node, importer):
     """TVM frontend converter for ``sparsify::spatial_conv`` (registered in ops.spatial)."""
     bb = importer.block_builder
     x, weight, bias, mask = (importer.env[arg] for arg in node.args[:4])
+    residual = importer.env[node.args[4]] if node.args[4] is not None else None
     stride, padding, dilation, groups, patch, compute_edges, channel_group = node.args[5:12]
     n, c_in, h, w = (int(v) for v in x.ty.shape)
-    c_out, c_per_group, kh, kw = (int(v) for v in weight.ty.shape)
-    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
-    if node.args[4] is not None:
-        residual = importer.env[node.args[4]]
-    else:  # one kernel for both: a block without a residual adds zeros
-        residual = bb.emit(relax.op.zeros(relax.ShapeExpr([n, c_out, out_h, out_w]), "float32"))
-    target = tvm.target.Target.current(allow_none=True)
-    kernel = spatial_kernel(
-        (n, c_in, h, w), (c_out, c_per_group, kh, kw), (out_h, out_w), tuple(stride), tuple(padding),
-        tuple(dilation), groups, patch, compute_edges, channel_group,
-        gpu=target is not None and target.kind.name == "cuda",
+    c_out, _, kh, kw = (int(v) for v in weight.ty.shape)
+    out_hw = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
+    geometry = SpatialGeometry(
+        n, c_in, (h, w), c_out, (kh, kw), out_hw, tuple(stride), tuple(padding), tuple(dilation), int(groups),
+        int(patch), bool(compute_edges), int(channel_group), residual is not None,
     )  # fmt: skip
-    gvar = bb.add_func(kernel, "sparsify_spatial_conv")
-    out = relax.TensorType((n, c_out, out_h, out_w), "float32")
-    return bb.emit(relax.call_tir(gvar, [x, weight, bias, mask, residual], out))
+    out = relax.TensorType((n, c_out, *out_hw), "float32")
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "cuda":
+        if residual is None:
+            residual = bb.emit(relax.op.zeros(relax.ShapeExpr([n, c_out, *out_hw]), "float32"))
+        gvar = bb.add_func(gpu_kernel(geometry), "sparsify_spatial_conv")
+        return bb.emit(relax.call_tir(gvar, [x, weight, bias, mask, residual], out))
+    packed = bb.emit_te(lambda w: pack_weight(w, geometry), weight, primfunc_name_hint="spatial_pack_weight")
+    # Weight-only work, lifted to compile time on CPU (build.pack_weights): nothing to tune.
+    pack = bb.lookup_binding(packed).args[0]
+    bb.update_func(pack, bb.get()[pack].with_attr("tirx.is_scheduled", True))
+    gvar = bb.add_func(cpu_kernel(geometry), "sparsify_spatial_conv")
+    args = [x, packed, bias, mask] + ([residual] if residual is not None else [])
+    return bb.emit(relax.call_tir(gvar, args, out))
 
 
-def spatial_kernel(x_shape, w_shape, out_hw, stride, padding, dilation, groups, p, compute_edges, g, gpu=False):
-    """A PrimFunc for one layer shape (every size is a compile-time constant): one thread of
-    work per (image, channel group, patch); on CPU the (image, group) loop runs in parallel, on
-    GPU every patch is a thread."""
-    N, CI, H, W = x_shape
-    CO, CG, KH, KW = w_shape
-    HO, WO = out_hw
-    HB, WB = -(-HO // p), -(-WO // p)
-    SH, SW = stride
-    PH, PW = padding
-    DH, DW = dilation
-    OUT_PER_GROUP = CO // groups
-    NG = CO // g  # channel groups of the prediction rule
-    EDGE_H = HO % p != 0 and compute_edges  # the last patch row / column sticks out: never predict it
-    EDGE_W = WO % p != 0 and compute_edges
+def pack_weight(weight: te.Tensor, g: SpatialGeometry) -> te.Tensor:
+    """(C_out, K padded): each filter as one row over (channel, ky, kx), zeros after K."""
+    (kh, kw), k = g.kernel, g.reduction
+
+    def value(o, j):
+        inside = j < k
+        j = tvm.tirx.min(j, k - 1)
+        return tvm.tirx.if_then_else(inside, weight[o, j // (kh * kw), j // kw % kh, j % kw], tvm.tirx.const(0, "float32"))
+
+    return te.compute((g.out_channels, g.packed_reduction), value, name="packed_weight")
+
+
+def _lanes(packed_reduction: int) -> int:
+    """SIMD lanes of the dot product's accumulator: up to 8 registers of independent sums (FMA
+    latency needs several in flight), fewer for short rows."""
+    for lanes in (64, 32, 16):
+        if packed_reduction >= 2 * lanes:
+            return lanes
+    return SIMD
+
+
+def cpu_kernel(g: SpatialGeometry):
+    """The CPU PrimFunc for ``g``: inputs (x, packed weight, bias, mask[, residual])."""
+    N, CI = g.batch, g.in_channels
+    H, W = g.in_hw
+    PH, PW = g.padding
+    CO, (KH, KW), (HO, WO) = g.out_channels, g.kernel, g.out_hw
+    (SH, SW), (DH, DW), p, G = g.stride, g.dilation, g.patch, g.channel_group
+    HB, WB = g.patches_hw
+    CG, OPG = CI // g.groups, CO // g.groups
+    GROUPS, K, KP = g.groups, g.reduction, g.packed_reduction
+    L = _lanes(KP)
+    MAIN, TAIL, PARTS = KP // L, KP % L // SIMD, L // SIMD
+    P2, NG = p * p, CO // G
+    EDGE_H = HO % p != 0 and g.compute_edges  # the last patch row / column sticks out: never predicted
+    EDGE_W = WO % p != 0 and g.compute_edges
+
+    @T.macro
+    def dot(wp, cols, acc, acc8, val, c, pos):
+        """val[0] = packed weight row c . column row pos (of c's conv group)."""
+        for i in T.vectorized(L):
+            acc[i] = T.float32(0)
+        for ko in range(MAIN):
+            for i in T.vectorized(L):
+                acc[i] = acc[i] + wp[c, ko * L + i] * cols[c // OPG, pos, ko * L + i]
+        for ko in range(TAIL):
+            for i in T.vectorized(SIMD):
+                acc[i] = acc[i] + wp[c, MAIN * L + ko * SIMD + i] * cols[c // OPG, pos, MAIN * L + ko * SIMD + i]
+        for i in T.vectorized(SIMD):
+            acc8[i] = acc[i]
+        for part in T.unroll(PARTS - 1):
+            for i in T.vectorized(SIMD):
+                acc8[i] = acc8[i] + acc[(part + 1) * SIMD + i]
+        val[0] = acc8[0]
+        for i in T.unroll(SIMD - 1):
+            val[0] = val[0] + acc8[i + 1]
+
+    @T.macro
+    def plus_residual(bias, res, val, img, c, y, xx):
+        """relu(val + bias + residual) at output (img, c, y, xx)."""
+        val[0] = T.max(val[0] + bias[c] + res[img, c, y, xx], T.float32(0))
+
+    @T.macro
+    def plain(bias, res, val, img, c, y, xx):
+        """relu(val + bias) (``res`` is None)."""
+        val[0] = T.max(val[0] + bias[c], T.float32(0))
+
+    activation = plus_residual if g.residual else plain
+
+    @T.macro
+    def body(x, wp, bias, mask, res, out):
+        for job in T.parallel(N * HB):
+            cols = T.alloc_buffer((GROUPS, P2, KP), "float32")
+            acc = T.alloc_buffer((L,), "float32")  # small "global" buffers: stack, then registers
+            acc8 = T.alloc_buffer((SIMD,), "float32")
+            val = T.alloc_buffer((1,), "float32")
+            live = T.alloc_buffer((1,), "int32")
+            for grp, pos, k in T.grid(GROUPS, P2, KP - K):
+                cols[grp, pos, K + k] = T.float32(0)
+            for bx in range(WB):
+                # 1. the patch's windows, a row of K per output position (zeros outside the map)
+                for grp, pos in T.grid(GROUPS, P2):
+                    if job % HB * p + pos // p < HO and bx * p + pos % p < WO:
+                        for ci, ky in T.grid(CG, KH):
+                            for kx in T.vectorized(KW):
+                                cols[grp, pos, (ci * KH + ky) * KW + kx] = T.if_then_else(
+                                    0 <= (job % HB * p + pos // p) * SH - PH + ky * DH < H
+                                    and 0 <= (bx * p + pos % p) * SW - PW + kx * DW < W,
+                                    x[job // HB, grp * CG + ci,
+                                      T.max(T.min((job % HB * p + pos // p) * SH - PH + ky * DH, H - 1), 0),
+                                      T.max(T.min((bx * p + pos % p) * SW - PW + kx * DW, W - 1), 0)],
+                                    T.float32(0),
+                                )  # fmt: skip
+                for group in range(NG):
+                    # 2. the pattern's 1-positions in the group's channels
+                    live[0] = 0
+                    for cc, pos in T.grid(G, P2):
+                        if (mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
+                                and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
+                            dot(wp, cols, acc, acc8, val, group * G + cc, pos)
+                            activation(bias, res, val, job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p)
+                            out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = val[0]
+                            if val[0] > T.float32(0):
+                                live[0] = 1
+                    if (EDGE_H and job % HB == HB - 1) or (EDGE_W and bx == WB - 1):
+                        live[0] = 1
+                    # 3. the 0-positions: zeros when predicted, else computed
+                    for cc, pos in T.grid(G, P2):
+                        if (not mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
+                                and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
+                            if live[0] == 0:
+                                out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = T.float32(0)
+                            else:
+                                dot(wp, cols, acc, acc8, val, group * G + cc, pos)
+                                activation(bias, res, val, job // HB, group * G + cc, job % HB * p + pos // p,
+                                           bx * p + pos % p)  # fmt: skip
+                                out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = val[0]
+
+    if g.residual:
+
+        @T.prim_func(private=True)
+        def kernel(
+            x: T.Buffer((N, CI, H, W), "float32"),
+            wp: T.Buffer((CO, KP), "float32"),
+            bias: T.Buffer((CO,), "float32"),
+            mask: T.Buffer((CO, HB * p, WB * p), "bool"),
+            res: T.Buffer((N, CO, HO, WO), "float32"),
+            out: T.Buffer((N, CO, HO, WO), "float32"),
+        ):
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            body(x, wp, bias, mask, res, out)
+
+    else:  # a separate signature: parsing a function parses its whole body
+
+        @T.prim_func(private=True)
+        def kernel(
+            x: T.Buffer((N, CI, H, W), "float32"),
+            wp: T.Buffer((CO, KP), "float32"),
+            bias: T.Buffer((CO,), "float32"),
+            mask: T.Buffer((CO, HB * p, WB * p), "bool"),
+            out: T.Buffer((N, CO, HO, WO), "float32"),
+        ):
+            T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+            body(x, wp, bias, mask, None, out)
+
+    return kernel
+
+
+def gpu_kernel(g: SpatialGeometry):
+    """The CUDA PrimFunc for ``g``: inputs (x, weight, bias, mask, residual); every (image,
+    channel group, patch) is one thread."""
+    N, CI, (H, W) = g.batch, g.in_channels, g.in_hw
+    CO, (KH, KW), (HO, WO) = g.out_channels, g.kernel, g.out_hw
+    (SH, SW), (PH, PW), (DH, DW), p, G = g.stride, g.padding, g.dilation, g.patch, g.channel_group
+    HB, WB = g.patches_hw
+    CG, OPG = CI // g.groups, CO // g.groups
+    NG = CO // G
+    EDGE_H = HO % p != 0 and g.compute_edges
+    EDGE_W = WO % p != 0 and g.compute_edges
     JOBS = N * NG * HB * WB
     THREADS = 128
 
@@ -66,47 +272,29 @@ def spatial_kernel(x_shape, w_shape, out_hw, stride, padding, dilation, groups, 
         acc[0] = bias[c]
         for ci, ky, kx in T.grid(CG, KH, KW):
             if 0 <= y * SH - PH + ky * DH < H and 0 <= xx * SW - PW + kx * DW < W:
-                acc[0] = acc[0] + x[img, c // OUT_PER_GROUP * CG + ci, y * SH - PH + ky * DH, xx * SW - PW + kx * DW] * weight[c, ci, ky, kx]
+                acc[0] = acc[0] + x[img, c // OPG * CG + ci, y * SH - PH + ky * DH, xx * SW - PW + kx * DW] * weight[c, ci, ky, kx]
         acc[0] = T.max(acc[0] + res[img, c, y, xx], T.float32(0))
         out[img, c, y, xx] = acc[0]
 
     @T.macro
     def patch(x, weight, bias, mask, res, out, acc, live, img, group, by, bx):
         live[0] = 0
-        # Pass 1: the pattern's 1-positions, in every channel of the group.
-        for cc, dy, dx in T.grid(g, p, p):
-            if mask[group * g + cc, by * p + dy, bx * p + dx] and by * p + dy < HO and bx * p + dx < WO:
-                position(x, weight, bias, res, out, acc, img, group * g + cc, by * p + dy, bx * p + dx)
+        for cc, dy, dx in T.grid(G, p, p):
+            if mask[group * G + cc, by * p + dy, bx * p + dx] and by * p + dy < HO and bx * p + dx < WO:
+                position(x, weight, bias, res, out, acc, img, group * G + cc, by * p + dy, bx * p + dx)
                 if acc[0] > T.float32(0):
                     live[0] = 1
         if (EDGE_H and by == HB - 1) or (EDGE_W and bx == WB - 1):
             live[0] = 1
-        # Pass 2: the 0-positions: zeros if the patch is predicted zero, else computed.
-        for cc, dy, dx in T.grid(g, p, p):
-            if not mask[group * g + cc, by * p + dy, bx * p + dx] and by * p + dy < HO and bx * p + dx < WO:
+        for cc, dy, dx in T.grid(G, p, p):
+            if not mask[group * G + cc, by * p + dy, bx * p + dx] and by * p + dy < HO and bx * p + dx < WO:
                 if live[0] == 0:
-                    out[img, group * g + cc, by * p + dy, bx * p + dx] = T.float32(0)
+                    out[img, group * G + cc, by * p + dy, bx * p + dx] = T.float32(0)
                 else:
-                    position(x, weight, bias, res, out, acc, img, group * g + cc, by * p + dy, bx * p + dx)
+                    position(x, weight, bias, res, out, acc, img, group * G + cc, by * p + dy, bx * p + dx)
 
     @T.prim_func(private=True)
-    def cpu_kernel(
-        x: T.Buffer((N, CI, H, W), "float32"),
-        weight: T.Buffer((CO, CG, KH, KW), "float32"),
-        bias: T.Buffer((CO,), "float32"),
-        mask: T.Buffer((CO, HB * p, WB * p), "bool"),
-        res: T.Buffer((N, CO, HO, WO), "float32"),
-        out: T.Buffer((N, CO, HO, WO), "float32"),
-    ):
-        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
-        for job in T.parallel(N * NG):
-            acc = T.alloc_buffer((1,), "float32", scope="local")
-            live = T.alloc_buffer((1,), "int32", scope="local")
-            for by, bx in T.grid(HB, WB):
-                patch(x, weight, bias, mask, res, out, acc, live, job // NG, job % NG, by, bx)
-
-    @T.prim_func(private=True)
-    def gpu_kernel(
+    def kernel(
         x: T.Buffer((N, CI, H, W), "float32"),
         weight: T.Buffer((CO, CG, KH, KW), "float32"),
         bias: T.Buffer((CO,), "float32"),
@@ -124,4 +312,4 @@ def spatial_kernel(x_shape, w_shape, out_hw, stride, padding, dilation, groups, 
                           (block * THREADS + thread) // (NG * HB * WB), (block * THREADS + thread) // (HB * WB) % NG,
                           (block * THREADS + thread) // WB % HB, (block * THREADS + thread) % WB)  # fmt: skip
 
-    return gpu_kernel if gpu else cpu_kernel
+    return kernel

@@ -11,8 +11,8 @@ dot products, where a branch costs nothing against K multiply-adds.
 CPU, per (image, row of patches) in parallel, per patch:
 
 1. The patch's input windows are copied once into a small column buffer, one row of K per
-   output position (zeros where a window leaves the map); every channel then reads them from
-   L1.
+   output position (plain copies inside the map, checked ones with zeros on its border);
+   every channel then reads them from L1.
 2. For each prediction group (g consecutive channels): the pattern's 1-positions are computed
    (dot product with the channel's packed weight row, folded bias, residual, ReLU); if all of
    them are zero in all g channels, the 0-positions are written as zeros without being
@@ -184,19 +184,30 @@ def cpu_kernel(g: SpatialGeometry):
             for grp, pos, k in T.grid(GROUPS, P2, KP - K):
                 cols[grp, pos, K + k] = T.float32(0)
             for bx in range(WB):
-                # 1. the patch's windows, a row of K per output position (zeros outside the map)
-                for grp, pos in T.grid(GROUPS, P2):
-                    if job % HB * p + pos // p < HO and bx * p + pos % p < WO:
-                        for ci, ky in T.grid(CG, KH):
-                            for kx in T.vectorized(KW):
-                                cols[grp, pos, (ci * KH + ky) * KW + kx] = T.if_then_else(
-                                    0 <= (job % HB * p + pos // p) * SH - PH + ky * DH < H
-                                    and 0 <= (bx * p + pos % p) * SW - PW + kx * DW < W,
-                                    x[job // HB, grp * CG + ci,
-                                      T.max(T.min((job % HB * p + pos // p) * SH - PH + ky * DH, H - 1), 0),
-                                      T.max(T.min((bx * p + pos % p) * SW - PW + kx * DW, W - 1), 0)],
-                                    T.float32(0),
-                                )  # fmt: skip
+                # 1. the patch's windows, a row of K per output position: plain copies inside
+                # the map, checked ones (zeros outside) on its border
+                if (job % HB * p * SH - PH >= 0 and bx * p * SW - PW >= 0
+                        and (job % HB * p + p - 1) * SH - PH + (KH - 1) * DH < H
+                        and (bx * p + p - 1) * SW - PW + (KW - 1) * DW < W):  # fmt: skip
+                    for grp, pos, ci, ky in T.grid(GROUPS, P2, CG, KH):
+                        for kx in T.vectorized(KW):
+                            cols[grp, pos, (ci * KH + ky) * KW + kx] = x[
+                                job // HB, grp * CG + ci,
+                                (job % HB * p + pos // p) * SH - PH + ky * DH, (bx * p + pos % p) * SW - PW + kx * DW,
+                            ]  # fmt: skip
+                else:
+                    for grp, pos in T.grid(GROUPS, P2):
+                        if job % HB * p + pos // p < HO and bx * p + pos % p < WO:
+                            for ci, ky in T.grid(CG, KH):
+                                for kx in T.vectorized(KW):
+                                    cols[grp, pos, (ci * KH + ky) * KW + kx] = T.if_then_else(
+                                        0 <= (job % HB * p + pos // p) * SH - PH + ky * DH < H
+                                        and 0 <= (bx * p + pos % p) * SW - PW + kx * DW < W,
+                                        x[job // HB, grp * CG + ci,
+                                          T.max(T.min((job % HB * p + pos // p) * SH - PH + ky * DH, H - 1), 0),
+                                          T.max(T.min((bx * p + pos % p) * SW - PW + kx * DW, W - 1), 0)],
+                                        T.float32(0),
+                                    )  # fmt: skip
                 for group in range(NG):
                     # 2. the pattern's 1-positions in the group's channels
                     live[0] = 0

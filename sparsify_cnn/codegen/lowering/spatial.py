@@ -116,13 +116,13 @@ def pack_weight(weight: te.Tensor, g: SpatialGeometry) -> te.Tensor:
     return te.compute((g.out_channels, g.packed_reduction), value, name="packed_weight")
 
 
-def _lanes(packed_reduction: int) -> int:
-    """SIMD lanes of the dot product's accumulator: up to 8 registers of independent sums (FMA
-    latency needs several in flight), fewer for short rows."""
-    for lanes in (64, 32, 16):
-        if packed_reduction >= 2 * lanes:
-            return lanes
-    return SIMD
+def _lanes(packed_reduction: int, block: int) -> int:
+    """SIMD lanes of each of ``block`` dot products computed together: about 8 registers of
+    independent sums in all (FMA latency needs several in flight), fewer for short rows."""
+    lanes = max(SIMD, 64 // block // SIMD * SIMD)
+    while lanes > SIMD and packed_reduction < 2 * lanes:
+        lanes //= 2
+    return lanes
 
 
 def cpu_kernel(g: SpatialGeometry):
@@ -135,41 +135,66 @@ def cpu_kernel(g: SpatialGeometry):
     HB, WB = g.patches_hw
     CG, OPG = CI // g.groups, CO // g.groups
     GROUPS, K, KP = g.groups, g.reduction, g.packed_reduction
-    L = _lanes(KP)
-    MAIN, TAIL, PARTS = KP // L, KP % L // SIMD, L // SIMD
     P2, NG = p * p, CO // G
     EDGE_H = HO % p != 0 and g.compute_edges  # the last patch row / column sticks out: never predicted
     EDGE_W = WO % p != 0 and g.compute_edges
 
-    @T.macro
-    def dot(wp, cols, acc, acc8, val, c, pos):
-        """val[0] = packed weight row c . column row pos (of c's conv group)."""
-        for i in T.vectorized(L):
-            acc[i] = T.float32(0)
-        for ko in range(MAIN):
-            for i in T.vectorized(L):
-                acc[i] = acc[i] + wp[c, ko * L + i] * cols[c // OPG, pos, ko * L + i]
-        for ko in range(TAIL):
-            for i in T.vectorized(SIMD):
-                acc[i] = acc[i] + wp[c, MAIN * L + ko * SIMD + i] * cols[c // OPG, pos, MAIN * L + ko * SIMD + i]
-        for i in T.vectorized(SIMD):
-            acc8[i] = acc[i]
-        for part in T.unroll(PARTS - 1):
-            for i in T.vectorized(SIMD):
-                acc8[i] = acc8[i] + acc[(part + 1) * SIMD + i]
-        val[0] = acc8[0]
-        for i in T.unroll(SIMD - 1):
-            val[0] = val[0] + acc8[i + 1]
+    def block_dot(B):
+        """A macro: vals[at:at+B] = packed weight row c . column rows todo[at:at+B] (of c's conv
+        group); the weight row is loaded once for the B positions."""
+        L = _lanes(KP, B)
+        MAIN, TAIL, PARTS = KP // L, KP % L // SIMD, L // SIMD
+
+        @T.macro
+        def dot(wp, cols, acc, acc8, vals, todo, c, at):
+            for i in T.vectorized(B * L):
+                acc[i] = T.float32(0)
+            for ko in range(MAIN):
+                for b in T.unroll(B):
+                    for i in T.vectorized(L):
+                        acc[b * L + i] = acc[b * L + i] + wp[c, ko * L + i] * cols[c // OPG, todo[at + b], ko * L + i]
+            for ko in range(TAIL):
+                for b in T.unroll(B):
+                    for i in T.vectorized(SIMD):
+                        acc[b * L + i] = acc[b * L + i] + wp[c, MAIN * L + ko * SIMD + i] * cols[
+                            c // OPG, todo[at + b], MAIN * L + ko * SIMD + i]  # fmt: skip
+            for b in T.unroll(B):
+                for i in T.vectorized(SIMD):
+                    acc8[i] = acc[b * L + i]
+                for part in T.unroll(PARTS - 1):
+                    for i in T.vectorized(SIMD):
+                        acc8[i] = acc8[i] + acc[b * L + (part + 1) * SIMD + i]
+                for i in T.vectorized(4):
+                    acc8[i] = acc8[i] + acc8[i + 4]
+                vals[at + b] = acc8[0] + acc8[1] + acc8[2] + acc8[3]
+
+        return dot
+
+    dot1, dot2, dot3, dot4 = (block_dot(b) for b in (1, 2, 3, 4))
+    ACC = max(B * _lanes(KP, B) for B in (1, 2, 3, 4))
 
     @T.macro
-    def plus_residual(bias, res, val, img, c, y, xx):
-        """relu(val + bias + residual) at output (img, c, y, xx)."""
-        val[0] = T.max(val[0] + bias[c] + res[img, c, y, xx], T.float32(0))
+    def dots(wp, cols, acc, acc8, vals, todo, count, c):
+        """vals[0:count] for the positions todo[0:count], in blocks of up to 4."""
+        for chunk in range((P2 + 3) // 4):
+            if count[0] - chunk * 4 >= 4:
+                dot4(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
+            elif count[0] - chunk * 4 == 3:
+                dot3(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
+            elif count[0] - chunk * 4 == 2:
+                dot2(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
+            elif count[0] - chunk * 4 == 1:
+                dot1(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
 
     @T.macro
-    def plain(bias, res, val, img, c, y, xx):
-        """relu(val + bias) (``res`` is None)."""
-        val[0] = T.max(val[0] + bias[c], T.float32(0))
+    def plus_residual(bias, res, vals, b, img, c, y, xx):
+        """relu(vals[b] + bias + residual) at output (img, c, y, xx)."""
+        vals[b] = T.max(vals[b] + bias[c] + res[img, c, y, xx], T.float32(0))
+
+    @T.macro
+    def plain(bias, res, vals, b, img, c, y, xx):
+        """relu(vals[b] + bias) (``res`` is None)."""
+        vals[b] = T.max(vals[b] + bias[c], T.float32(0))
 
     activation = plus_residual if g.residual else plain
 
@@ -177,9 +202,11 @@ def cpu_kernel(g: SpatialGeometry):
     def body(x, wp, bias, mask, res, out):
         for job in T.parallel(N * HB):
             cols = T.alloc_buffer((GROUPS, P2, KP), "float32")
-            acc = T.alloc_buffer((L,), "float32")  # small "global" buffers: stack, then registers
+            acc = T.alloc_buffer((ACC,), "float32")  # small "global" buffers: stack, then registers
             acc8 = T.alloc_buffer((SIMD,), "float32")
-            val = T.alloc_buffer((1,), "float32")
+            vals = T.alloc_buffer((P2,), "float32")
+            todo = T.alloc_buffer((P2,), "int32")  # the positions of a patch to compute in a channel
+            count = T.alloc_buffer((1,), "int32")
             live = T.alloc_buffer((1,), "int32")
             for grp, pos, k in T.grid(GROUPS, P2, KP - K):
                 cols[grp, pos, K + k] = T.float32(0)
@@ -211,27 +238,39 @@ def cpu_kernel(g: SpatialGeometry):
                 for group in range(NG):
                     # 2. the pattern's 1-positions in the group's channels
                     live[0] = 0
-                    for cc, pos in T.grid(G, P2):
-                        if (mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
-                                and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
-                            dot(wp, cols, acc, acc8, val, group * G + cc, pos)
-                            activation(bias, res, val, job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p)
-                            out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = val[0]
-                            if val[0] > T.float32(0):
+                    for cc in range(G):
+                        count[0] = 0
+                        for pos in range(P2):
+                            if (mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
+                                    and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
+                                todo[count[0]] = pos
+                                count[0] = count[0] + 1
+                        dots(wp, cols, acc, acc8, vals, todo, count, group * G + cc)
+                        for b in range(count[0]):
+                            activation(bias, res, vals, b, job // HB, group * G + cc,
+                                       job % HB * p + todo[b] // p, bx * p + todo[b] % p)  # fmt: skip
+                            out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
+                            if vals[b] > T.float32(0):
                                 live[0] = 1
                     if (EDGE_H and job % HB == HB - 1) or (EDGE_W and bx == WB - 1):
                         live[0] = 1
                     # 3. the 0-positions: zeros when predicted, else computed
-                    for cc, pos in T.grid(G, P2):
-                        if (not mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
-                                and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
-                            if live[0] == 0:
-                                out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = T.float32(0)
-                            else:
-                                dot(wp, cols, acc, acc8, val, group * G + cc, pos)
-                                activation(bias, res, val, job // HB, group * G + cc, job % HB * p + pos // p,
-                                           bx * p + pos % p)  # fmt: skip
-                                out[job // HB, group * G + cc, job % HB * p + pos // p, bx * p + pos % p] = val[0]
+                    for cc in range(G):
+                        count[0] = 0
+                        for pos in range(P2):
+                            if (not mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
+                                    and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
+                                todo[count[0]] = pos
+                                count[0] = count[0] + 1
+                        if live[0] == 0:
+                            for b in range(count[0]):
+                                out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = T.float32(0)
+                        else:
+                            dots(wp, cols, acc, acc8, vals, todo, count, group * G + cc)
+                            for b in range(count[0]):
+                                activation(bias, res, vals, b, job // HB, group * G + cc,
+                                           job % HB * p + todo[b] // p, bx * p + todo[b] % p)  # fmt: skip
+                                out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
 
     if g.residual:
 

@@ -84,3 +84,24 @@ def test_a_tuned_model_with_hand_written_kernels_compiles_and_matches(tmp_path):
     result = compile_graph(gm, (1, 3, 8, 8), tmp_path / "a", check_inputs=torch.randn(4, 3, 8, 8), tune_trials=2,
                            records=tmp_path / "records")  # fmt: skip
     assert result.relative_diff <= TOLERANCE
+
+
+def test_unnamed_log_handlers_are_set_aside_while_metaschedule_configures_logging():
+    # MetaSchedule's logging setup names every handler of its logger; an unnamed one (pytest's
+    # capture handler, a user's) made the second tuning session of a process fail.
+    import logging
+
+    from sparsify_cnn.codegen.tuning import LOGGER, _unnamed_handlers_detached
+
+    logger = logging.getLogger(LOGGER)
+    unnamed, named = logging.NullHandler(), logging.NullHandler()
+    named.set_name("mine")
+    logger.addHandler(unnamed)
+    logger.addHandler(named)
+    try:
+        with _unnamed_handlers_detached(logger):
+            assert unnamed not in logger.handlers and named in logger.handlers
+        assert unnamed in logger.handlers and named in logger.handlers
+    finally:
+        logger.removeHandler(unnamed)
+        logger.removeHandler(named)

@@ -16,7 +16,9 @@ CPU, per (image, row of patches) in parallel, per patch:
 2. For each prediction group (g consecutive channels): the pattern's 1-positions are computed
    (dot product with the channel's packed weight row, folded bias, residual, ReLU); if all of
    them are zero in all g channels, the 0-positions are written as zeros without being
-   computed, otherwise they are computed too.
+   computed, otherwise they are computed too. The positions one channel computes in a patch
+   go through its weight row together, up to 4 at a time, so that each weight load serves
+   several multiply-adds.
 
 The weights are packed once (at compile time on CPU) into rows of K padded to a multiple of
 the SIMD width. The mask is an input, so one compiled kernel serves every mask of a layer

@@ -201,6 +201,25 @@ def cpu_kernel(g: SpatialGeometry):
     activation = plus_residual if g.residual else plain
 
     @T.macro
+    def positions(mask, todo, count, c, by, bx, ones):
+        """todo[0:count] = the positions of patch (by, bx) inside the map where c's mask is
+        ``ones`` (1 or 0)."""
+        count[0] = 0
+        for pos in range(P2):
+            if (T.Cast("int32", mask[c, by * p + pos // p, bx * p + pos % p]) == ones
+                    and by * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
+                todo[count[0]] = pos
+                count[0] = count[0] + 1
+
+    @T.macro
+    def compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, img, c, by, bx):
+        """out and vals at the positions todo[0:count] of patch (by, bx) in channel c."""
+        dots(wp, cols, acc, acc8, vals, todo, count, c)
+        for b in range(count[0]):
+            activation(bias, res, vals, b, img, c, by * p + todo[b] // p, bx * p + todo[b] % p)
+            out[img, c, by * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
+
+    @T.macro
     def body(x, wp, bias, mask, res, out):
         for job in T.parallel(N * HB):
             cols = T.alloc_buffer((GROUPS, P2, KP), "float32")
@@ -241,38 +260,23 @@ def cpu_kernel(g: SpatialGeometry):
                     # 2. the pattern's 1-positions in the group's channels
                     live[0] = 0
                     for cc in range(G):
-                        count[0] = 0
-                        for pos in range(P2):
-                            if (mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
-                                    and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
-                                todo[count[0]] = pos
-                                count[0] = count[0] + 1
-                        dots(wp, cols, acc, acc8, vals, todo, count, group * G + cc)
+                        positions(mask, todo, count, group * G + cc, job % HB, bx, 1)
+                        compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB, group * G + cc,
+                                job % HB, bx)  # fmt: skip
                         for b in range(count[0]):
-                            activation(bias, res, vals, b, job // HB, group * G + cc,
-                                       job % HB * p + todo[b] // p, bx * p + todo[b] % p)  # fmt: skip
-                            out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
                             if vals[b] > T.float32(0):
                                 live[0] = 1
                     if (EDGE_H and job % HB == HB - 1) or (EDGE_W and bx == WB - 1):
                         live[0] = 1
                     # 3. the 0-positions: zeros when predicted, else computed
                     for cc in range(G):
-                        count[0] = 0
-                        for pos in range(P2):
-                            if (not mask[group * G + cc, job % HB * p + pos // p, bx * p + pos % p]
-                                    and job % HB * p + pos // p < HO and bx * p + pos % p < WO):  # fmt: skip
-                                todo[count[0]] = pos
-                                count[0] = count[0] + 1
+                        positions(mask, todo, count, group * G + cc, job % HB, bx, 0)
                         if live[0] == 0:
                             for b in range(count[0]):
                                 out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = T.float32(0)
                         else:
-                            dots(wp, cols, acc, acc8, vals, todo, count, group * G + cc)
-                            for b in range(count[0]):
-                                activation(bias, res, vals, b, job // HB, group * G + cc,
-                                           job % HB * p + todo[b] // p, bx * p + todo[b] % p)  # fmt: skip
-                                out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
+                            compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB, group * G + cc,
+                                    job % HB, bx)  # fmt: skip
 
     if g.residual:
 

@@ -257,26 +257,25 @@ def cpu_kernel(g: SpatialGeometry):
                                         T.float32(0),
                                     )  # fmt: skip
                 for group in range(NG):
-                    # 2. the pattern's 1-positions in the group's channels
                     live[0] = 0
-                    for cc in range(G):
-                        positions(mask, todo, count, group * G + cc, job % HB, bx, 1)
-                        compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB, group * G + cc,
-                                job % HB, bx)  # fmt: skip
-                        for b in range(count[0]):
-                            if vals[b] > T.float32(0):
-                                live[0] = 1
-                    if (EDGE_H and job % HB == HB - 1) or (EDGE_W and bx == WB - 1):
-                        live[0] = 1
-                    # 3. the 0-positions: zeros when predicted, else computed
-                    for cc in range(G):
-                        positions(mask, todo, count, group * G + cc, job % HB, bx, 0)
-                        if live[0] == 0:
-                            for b in range(count[0]):
-                                out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = T.float32(0)
-                        else:
-                            compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB, group * G + cc,
-                                    job % HB, bx)  # fmt: skip
+                    # 2. (phase 0) the pattern's 1-positions in the group's channels; 3. (phase 1)
+                    # the 0-positions: zeros when predicted, else computed. One loop, so that the
+                    # dot products are generated once.
+                    for phase in range(2):
+                        if phase == 1 and ((EDGE_H and job % HB == HB - 1) or (EDGE_W and bx == WB - 1)):
+                            live[0] = 1
+                        for cc in range(G):
+                            positions(mask, todo, count, group * G + cc, job % HB, bx, 1 - phase)
+                            if phase == 1 and live[0] == 0:
+                                for b in range(count[0]):
+                                    out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = T.float32(0)
+                            else:
+                                compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB,
+                                        group * G + cc, job % HB, bx)  # fmt: skip
+                                if phase == 0:
+                                    for b in range(count[0]):
+                                        if vals[b] > T.float32(0):
+                                            live[0] = 1
 
     if g.residual:
 

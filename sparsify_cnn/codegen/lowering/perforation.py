@@ -29,25 +29,16 @@ import tvm
 from tvm import relax, te, tirx
 
 from ...ops.base import conv_output_hw
+from .geometry import ConvGeometry
 
 INJECTIVE = 2  # TVM's OpPatternKind kInjective
 MATMUL_COLUMNS = 16  # on CUDA, the GEMM is a plain matmul from this many columns (N * K) on
 
 
 @dataclass(frozen=True)
-class PerforatedGeometry:
+class PerforatedGeometry(ConvGeometry):
     """Every size of one perforated conv (compile-time constants of its kernels)."""
 
-    batch: int
-    in_channels: int
-    in_hw: tuple[int, int]
-    out_channels: int
-    kernel: tuple[int, int]
-    out_hw: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
     kept: int  # K, kept output positions
 
     @property
@@ -58,10 +49,6 @@ class PerforatedGeometry:
     def padded_hw(self) -> tuple[int, int]:
         return self.in_hw[0] + 2 * self.padding[0], self.in_hw[1] + 2 * self.padding[1]
 
-    @property
-    def reduction(self) -> int:
-        """Length of one GEMM row: C_in/groups * kh * kw."""
-        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
 
 
 def convert(node, importer):

@@ -39,33 +39,19 @@ from tvm import relax, te
 from tvm.script import tirx as T
 
 from ...ops.base import conv_output_hw
+from .geometry import ConvGeometry
 
 SIMD = 8  # fp32 lanes of one AVX2 register: K is padded to a multiple of this
 
 
 @dataclass(frozen=True)
-class SpatialGeometry:
+class SpatialGeometry(ConvGeometry):
     """Every size of one Spatial op (compile-time constants of its kernel)."""
 
-    batch: int
-    in_channels: int
-    in_hw: tuple[int, int]
-    out_channels: int
-    kernel: tuple[int, int]
-    out_hw: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
     patch: int
     compute_edges: bool
     channel_group: int
     residual: bool
-
-    @property
-    def reduction(self) -> int:
-        """K: the length of one output's dot product, C_in/groups * kh * kw."""
-        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
 
     @property
     def packed_reduction(self) -> int:

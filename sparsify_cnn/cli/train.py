@@ -9,7 +9,7 @@ import click
 from .options import data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
-STAN_KERNELS = ("positions", "channels", "dense", "auto")  # sparsify_cnn.stan.conv.KERNELS (kept import-free)
+STAN_KERNELS = ("compiled", "positions", "channels", "dense", "auto")  # sparsify_cnn.stan.conv.KERNELS (kept import-free)
 
 
 def _memory(ctx, param, value):
@@ -55,10 +55,11 @@ def _memory(ctx, param, value):
 @click.option(
     "--stan-kernel",
     type=click.Choice(STAN_KERNELS),
-    default="positions",
+    default="auto",
     metavar="KERNEL",
-    help="Skipping forward: positions (gather uncovered positions, one GEMM), channels (per channel), dense "
-    "(compute all, then overwrite) or auto (the faster of positions and dense, per layer and epoch).",
+    help="Skipping forward: compiled (only the uncovered entries, a TVM-compiled CPU kernel), positions (gather "
+    "uncovered positions, one GEMM), channels (per channel), dense (compute all, then overwrite) or auto (the "
+    "faster of compiled and dense, per layer and epoch).",
 )
 @click.option(
     "--max-entry-memory",

@@ -35,7 +35,8 @@ class StanConfig:
         coverage per layer (theta is that quantile of each batch's outputs). Give one.
     pre_epochs: p_t, dense epochs before the first entry matrix. period: Z, skipping epochs
         after each entry-matrix epoch.
-    kernel: the skipping forward ("positions", "channels", "dense"; see ``stan/conv.py``).
+    kernel: the skipping forward ("auto", "compiled", "positions", "channels", "dense"; see
+        ``stan/conv.py``).
     layers: glob patterns of conv names (none: every 2-D conv).
     """
 
@@ -44,7 +45,7 @@ class StanConfig:
     coverage: float | None = None
     pre_epochs: int = 0
     period: int = 1
-    kernel: str = "positions"
+    kernel: str = "auto"
     layers: tuple[str, ...] = ()
     version: int = 1
 

@@ -9,14 +9,21 @@
 
 Kernels for the skipping forward (``kernel``), measured on a 2-core CPU in the README:
 
+- ``compiled``: computes exactly the uncovered entries, each as its own SIMD dot product, in a
+  TVM-compiled CPU kernel (``compiled.py``); its time follows the entries left;
 - ``positions``: gathers the input windows of the output positions where some channel is
   uncovered and computes them in one GEMM; positions covered in every channel are never
   computed, covered entries of computed positions are overwritten;
 - ``channels``: per output channel, gathers the windows of its uncovered outputs only (the
-  strict form: no covered entry is computed, but each channel is a matrix-vector product);
+  strict form in torch: each channel is a matrix-vector product);
 - ``dense``: computes everything, then writes the covered entries (the reference semantics);
-- ``auto``: per layer and skipping epoch, the first batch runs ``positions`` and ``dense`` and
-  the faster serves the epoch (both are timed: the trial is part of the cost).
+- ``auto`` (the default): per layer and skipping epoch, ``compiled`` where it beat the dense
+  conv in ``benchmarks/stan_kernel.py``: at least ``AUTO_MIN_REDUCTION`` multiply-adds per
+  output (below, the per-entry bookkeeping costs as much as computing the entry: a first conv
+  over 3 channels never won) and at least ``AUTO_MIN_COVERAGE`` of the layer covered in the
+  last entry-matrix epoch; ``dense`` otherwise. A rule rather than a timed trial: the kernels
+  round differently, and a choice that followed the machine's load would make training
+  irreproducible.
 
 In eval mode the module is the plain conv.
 """
@@ -33,10 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.base import conv_padding
+from .compiled import compiled, geometry, skip_conv, zero_covered
 from .entry import EntryStore
 from .schedule import BUILD, DENSE, SKIP
 
-KERNELS = ("positions", "channels", "dense", "auto")
+KERNELS = ("compiled", "positions", "channels", "dense", "auto")
+AUTO_MIN_REDUCTION = 256  # kh * kw * C_in
+AUTO_MIN_COVERAGE = 0.5
 _QUANTILE_SAMPLE = 1 << 16  # entries sampled per batch to place a coverage quantile
 
 
@@ -64,7 +74,7 @@ class StanContext:
     store: EntryStore
     theta: float | None = 0.0  # absolute threshold, or
     coverage: float | None = None  # target coverage: theta is that quantile of each batch
-    kernel: str = "positions"
+    kernel: str = "auto"
     seed: int = 0
     kind: str = DENSE
     ids: torch.Tensor | None = None
@@ -97,6 +107,8 @@ class StanConv(nn.Module):
         self.layer_name = layer_name
         self.context = context
         self.padding = conv_padding(conv)
+        self.built = [0, 0]  # covered and seen entries of the last entry-matrix epoch
+        self.phase = DENSE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -110,6 +122,17 @@ class StanConv(nn.Module):
         conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, self.padding, conv.dilation, conv.groups)
 
+    def choose(self, x: torch.Tensor, weight: torch.Tensor) -> str:
+        """``auto``'s kernel for this layer in this skipping epoch."""
+        conv = self.conv
+        reduction = geometry(x.shape, weight.shape, self.padding, conv.stride, conv.dilation, packed=True).reduction
+        coverage = self.built[0] / self.built[1] if self.built[1] else 0.0
+        return "compiled" if reduction >= AUTO_MIN_REDUCTION and coverage >= AUTO_MIN_COVERAGE else "dense"
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(covered, values) of this batch's samples, (B, H', W', T): ``EntryStore.read``."""
+        return self.context.store.read(self.layer_name, self.context.ids)
+
     def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The training forward for the context's epoch kind (timed)."""
         context, stats = self.context, self.context.stats[self.layer_name]
@@ -121,26 +144,28 @@ class StanConv(nn.Module):
             stats.forward += built - start
             if context.kind == BUILD:
                 theta = context.threshold(out)
-                stats.covered += context.store.write(self.layer_name, context.ids, out, theta)
+                covered = context.store.write(self.layer_name, context.ids, out, theta)
                 stats.entry += clock() - built
+                if self.phase != BUILD:  # a new entry matrix
+                    self.built = [0, 0]
+                self.built = [self.built[0] + covered, self.built[1] + out.numel()]
+                stats.covered += covered
                 stats.entries += out.numel()
                 stats.theta_sum += theta
                 stats.batches += 1
+            self.phase = context.kind
             return out
-        covered, values = context.store.read(self.layer_name, context.ids)
+        self.phase = SKIP
         kernel = stats.kernel or context.kernel
-        if kernel == "auto":  # time both on this batch, keep the faster for the epoch
-            tried = {}
-            for name in ("positions", "dense"):
-                begin = clock()
-                tried[name] = (_KERNELS[name](self, x, weight, bias, covered, values), clock() - begin)
-            kernel = min(tried, key=lambda name: tried[name][1])
-            out, computed = tried[kernel][0]
-        else:
-            out, computed = _KERNELS[kernel](self, x, weight, bias, covered, values)
+        if kernel == "auto":
+            kernel = self.choose(x, weight)
+        if kernel == "compiled":  # once per process and layer shape: in the epoch's time, not in t_skip
+            prepare(self, x, weight)
+            start = clock()
+        out, computed = _KERNELS[kernel](self, x, weight, bias)
         stats.kernel = kernel
         stats.skip += clock() - start
-        stats.entries += covered.numel()
+        stats.entries += out.numel()
         stats.computed += computed
         return out
 
@@ -212,7 +237,8 @@ def _keep(res: torch.Tensor, covered: torch.Tensor, values: torch.Tensor | None)
 
 # The kernels work channels-last (B, H', W', T), as E is stored, and return that memory as a
 # (B, T, H', W') view (torch's channels_last format): the next layers take it without a copy.
-def _positions(op, x, weight, bias, covered, values):
+def _positions(op, x, weight, bias):
+    covered, values = op.read()
     t = weight.shape[0]
     out = values.clone() if values is not None else torch.zeros(covered.shape)
     flat_covered = covered.view(-1, t)
@@ -226,7 +252,8 @@ def _positions(op, x, weight, bias, covered, values):
     return out.permute(0, 3, 1, 2), len(positions) * t
 
 
-def _channels(op, x, weight, bias, covered, values):
+def _channels(op, x, weight, bias):
+    covered, values = op.read()
     t = weight.shape[0]
     out = values.clone() if values is not None else torch.zeros(covered.shape)
     flat_out, flat_uncovered = out.view(-1, t), ~covered.view(-1, t)
@@ -241,9 +268,34 @@ def _channels(op, x, weight, bias, covered, values):
     return out.permute(0, 3, 1, 2), computed
 
 
-def _dense(op, x, weight, bias, covered, values):
-    out = _keep(op.dense(x, weight, bias).permute(0, 2, 3, 1), covered, values)
+def _compiled(op, x, weight, bias):
+    conv, store = op.conv, op.context.store
+    packed = store.variant == "stan-lite"
+    if packed:  # the kernel reads E's bits and writes the zeros
+        t, h, w = store.shapes[op.layer_name]
+        covered, out = store.bits(op.layer_name, op.context.ids), torch.empty((len(x), h, w, t))
+    else:
+        covered, values = op.read()
+        out = values.clone()
+    computed = skip_conv(x, weight, bias, covered, out, op.padding, conv.stride, conv.dilation, packed)
+    return out.permute(0, 3, 1, 2), computed
+
+
+def prepare(op: StanConv, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Compile ``op``'s kernel for inputs like ``x`` now (once per process and layer shape)."""
+    conv, packed = op.conv, op.context.store.variant == "stan-lite"
+    compiled(geometry(x.shape, weight.shape, op.padding, conv.stride, conv.dilation, packed))
+
+
+def _dense(op, x, weight, bias):
+    out = op.dense(x, weight, bias)
+    store = op.context.store
+    if store.variant == "stan-lite":  # E's bits read in place by a compiled loop
+        zero_covered(out, store.bits(op.layer_name, op.context.ids))
+        return out, out.numel()
+    covered, values = op.read()
+    out = _keep(out.permute(0, 2, 3, 1), covered, values)
     return out.permute(0, 3, 1, 2), covered.numel()
 
 
-_KERNELS = {"positions": _positions, "channels": _channels, "dense": _dense}
+_KERNELS = {"compiled": _compiled, "positions": _positions, "channels": _channels, "dense": _dense}

@@ -73,16 +73,25 @@ class EntryStore:
 
     def write(self, layer: str, ids: torch.Tensor, out: torch.Tensor, theta: float) -> int:
         """Record the outputs ``out`` (B, T, H', W') of samples ``ids``; return how many are covered."""
-        out = out.detach().permute(0, 2, 3, 1)
+        out = out.detach()
+        if self.variant == "stan-lite":
+            covered = out <= theta
+            self.rows[layer].index_copy_(0, ids, pack_channels(covered))
+            return int(torch.count_nonzero(covered))
+        out = out.permute(0, 2, 3, 1)
         if self.variant == "stan":
             theta = float(torch.tensor(theta).half())  # compared in fp16, when built and when read
             values = out.clamp(-_FP16_MAX, _FP16_MAX).half()  # finite: -inf would not compare as covered
             self.rows[layer].index_copy_(0, ids, values)
             self.thetas[layer][ids] = theta
-            return int((values <= theta).sum())
-        covered = out <= theta
-        self.rows[layer].index_copy_(0, ids, pack_bits(covered.reshape(len(ids), -1)))
-        return int(covered.sum())
+            return int(torch.count_nonzero(values <= theta))
+
+    def bits(self, layer: str, ids: torch.Tensor) -> torch.Tensor:
+        """STAN-lite's rows of samples ``ids`` as stored: (B, bytes), entry e of (H', W', T) is
+        bit e % 8 of byte e // 8."""
+        if self.variant != "stan-lite":
+            raise ValueError("only STAN-lite stores bits")
+        return self.rows[layer][ids]
 
     def read(self, layer: str, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(covered, values) of samples ``ids``, both (B, H', W', T); values is None for STAN-lite
@@ -102,6 +111,18 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
         bits = torch.cat([bits, bits.new_zeros((b, 8 - n % 8))], 1)
     words = bits.contiguous().view(torch.uint8).view(torch.int64)
     return ((words * _GATHER_BITS) >> 56 & 0xFF).to(torch.uint8)
+
+
+def pack_channels(bits: torch.Tensor) -> torch.Tensor:
+    """(B, T, H', W') bool -> E's rows, (B, ceil(H' W' T / 8)) uint8 over (H', W', T): what
+    ``pack_bits`` gives for the channels-last bits, faster when T is a multiple of 8 (a byte is
+    then 8 channels at one position: packed across planes, then transposed)."""
+    b, t, h, w = bits.shape
+    if t % 8:
+        return pack_bits(bits.permute(0, 2, 3, 1).reshape(b, -1))
+    planes = bits.contiguous().view(torch.uint8).view(b, t // 8, 8, h, w)
+    packed = (planes << _SHIFTS.view(1, 1, 8, 1, 1)).sum(2, dtype=torch.uint8)
+    return packed.permute(0, 2, 3, 1).reshape(b, -1)
 
 
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ def test_train_with_stan_reports_coverage_times_and_speedups(tmp_path, small_npz
     result = run("train", "zoo:lenet", "--data", small_npz, "--epochs", 3, "--batch-size", 30, "--stan", "stan-lite",
                  "--theta", 0, "--period", 2, "--report", report, "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "stan-lite: theta 0, p_t 0, Z 2, kernel positions; entry matrix" in result.output
+    assert "stan-lite: theta 0, p_t 0, Z 2, kernel auto; entry matrix" in result.output
     assert "epoch   2  skip" in result.output and "coverage conv1" in result.output
     assert "conv2: t_f" in result.output and "timing model" in result.output
     data = json.loads(report.read_text())

@@ -71,7 +71,7 @@ def test_skipping_replays_stored_values_or_writes_zeros(kind, variant, kernel):
         expected = torch.where(covered, torch.zeros(()), fresh)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     computed = context.take_stats()["c"].computed
-    if kernel == "channels":  # the strict kernel computes exactly the uncovered entries
+    if kernel in ("channels", "compiled"):  # the strict kernels compute exactly the uncovered entries
         assert computed == int((~covered).sum())
     elif kernel == "positions":  # positions covered in every channel are not computed
         assert computed == int((~covered).any(1).sum()) * covered.shape[1]
@@ -111,3 +111,21 @@ def test_eval_mode_is_the_plain_conv():
     context.kind = "skip"  # ignored in eval mode
     x = _x(1)
     assert torch.equal(op.eval()(x), op.conv(x))
+
+
+@pytest.mark.parametrize(
+    "c_in, theta, chosen",
+    [(32, 10.0, "compiled"), (32, -10.0, "dense"), (3, 10.0, "dense")],  # 288 / 27 multiply-adds per output
+)
+def test_auto_follows_run_length_and_the_last_coverage(c_in, theta, chosen):
+    conv = nn.Conv2d(c_in, 8, 3, padding=1)
+    context = StanContext(EntryStore({"c": (8, 6, 6)}, 4, "stan-lite"), theta, None, "auto")
+    op = StanConv(conv, "c", context).train()
+    x, ids = torch.randn(4, c_in, 6, 6, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    _run(op, context, "build", x, ids)
+    with torch.no_grad():
+        out = _run(op, context, "skip", x, ids)
+    stats = context.take_stats()["c"]
+    assert stats.kernel == chosen
+    expected = torch.zeros(()) if theta > 0 else op.conv(x)  # all covered, or none
+    torch.testing.assert_close(out, expected.expand_as(out), rtol=1e-5, atol=1e-5)

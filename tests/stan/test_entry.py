@@ -9,6 +9,7 @@ from sparsify_cnn.stan.entry import (
     estimate_bytes,
     format_bytes,
     pack_bits,
+    pack_channels,
     parse_bytes,
     unpack_bits,
 )
@@ -24,6 +25,12 @@ def test_bits_round_trip(n):
     assert torch.equal(unpack_bits(packed, n), bits)
     # bit i of byte j is entry 8 j + i
     assert int(pack_bits(torch.tensor([[True, False, True] + [False] * 5]))[0, 0]) == 0b101
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 5), (8, 1, 1), (12, 2, 3), (3, 4, 4)])
+def test_channel_packing_is_bit_packing_channels_last(shape):
+    bits = torch.rand(3, *shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert torch.equal(pack_channels(bits), pack_bits(bits.permute(0, 2, 3, 1).reshape(3, -1)))
 
 
 @pytest.mark.parametrize("variant", ["stan", "stan-lite"])

@@ -50,7 +50,6 @@ class PerforatedGeometry(ConvGeometry):
         return self.in_hw[0] + 2 * self.padding[0], self.in_hw[1] + 2 * self.padding[1]
 
 
-
 def convert(node, importer):
     """TVM frontend converter for ``sparsify::perforated_conv`` (registered in ops.perforation)."""
     bb = importer.block_builder

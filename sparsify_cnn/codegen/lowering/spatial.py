@@ -3,9 +3,8 @@
 Prediction is per (channel, patch), so the work left is sparse in a pattern that no dense
 tile covers: with 32 channels, a patch of 2x2 outputs is almost never predicted zero in 8
 channels at once (measured on CQ), and per-element predication inside a dense loop nest
-destroys vectorisation. The CPU kernel therefore keeps the *inner* loop dense instead: every
-output activation it computes is one dot product of length K = C_in/groups * kh * kw, with
-SIMD lanes and independent accumulators running along K, and the skipping happens between
+destroys vectorisation. The CPU kernel therefore computes every output it needs as one dot
+product of length K = C_in/groups * kh * kw (``dots.py``), and the skipping happens between
 dot products, where a branch costs nothing against K multiply-adds.
 
 CPU, per (image, row of patches) in parallel, per patch:
@@ -16,15 +15,11 @@ CPU, per (image, row of patches) in parallel, per patch:
 2. For each prediction group (g consecutive channels): the pattern's 1-positions are computed
    (dot product with the channel's packed weight row, folded bias, residual, ReLU); if all of
    them are zero in all g channels, the 0-positions are written as zeros without being
-   computed, otherwise they are computed too. The positions one channel computes in a patch
-   go through its weight row together, up to 4 at a time, so that each weight load serves
-   several multiply-adds.
+   computed, otherwise they are computed too.
 
 The weights are packed once (at compile time on CPU) into rows of K padded to a multiple of
 the SIMD width. The mask is an input, so one compiled kernel serves every mask of a layer
-shape (the measured-cost search times many masks). Small accumulators are ``global`` buffers
-so that TVM allocates them on the stack (its ``local`` scope goes through the workspace
-allocator on CPU) and LLVM keeps them in registers.
+shape (the measured-cost search times many masks).
 
 GPU: one thread per (image, channel group, patch), scalar. A block without a residual add
 passes zeros there.
@@ -39,9 +34,8 @@ from tvm import relax, te
 from tvm.script import tirx as T
 
 from ...ops.base import conv_output_hw
+from .dots import SIMD, accumulators, dot_products
 from .geometry import ConvGeometry
-
-SIMD = 8  # fp32 lanes of one AVX2 register: K is padded to a multiple of this
 
 
 @dataclass(frozen=True)
@@ -99,18 +93,11 @@ def pack_weight(weight: te.Tensor, g: SpatialGeometry) -> te.Tensor:
     def value(o, j):
         inside = j < k
         j = tvm.tirx.min(j, k - 1)
-        return tvm.tirx.if_then_else(inside, weight[o, j // (kh * kw), j // kw % kh, j % kw], tvm.tirx.const(0, "float32"))
+        return tvm.tirx.if_then_else(
+            inside, weight[o, j // (kh * kw), j // kw % kh, j % kw], tvm.tirx.const(0, "float32")
+        )
 
     return te.compute((g.out_channels, g.packed_reduction), value, name="packed_weight")
-
-
-def _lanes(packed_reduction: int, block: int) -> int:
-    """SIMD lanes of each of ``block`` dot products computed together: about 8 registers of
-    independent sums in all (FMA latency needs several in flight), fewer for short rows."""
-    lanes = max(SIMD, 64 // block // SIMD * SIMD)
-    while lanes > SIMD and packed_reduction < 2 * lanes:
-        lanes //= 2
-    return lanes
 
 
 def cpu_kernel(g: SpatialGeometry):
@@ -127,52 +114,8 @@ def cpu_kernel(g: SpatialGeometry):
     EDGE_H = HO % p != 0 and g.compute_edges  # the last patch row / column sticks out: never predicted
     EDGE_W = WO % p != 0 and g.compute_edges
 
-    def block_dot(B):
-        """A macro: vals[at:at+B] = packed weight row c . column rows todo[at:at+B] (of c's conv
-        group); the weight row is loaded once for the B positions."""
-        L = _lanes(KP, B)
-        MAIN, TAIL, PARTS = KP // L, KP % L // SIMD, L // SIMD
-
-        @T.macro
-        def dot(wp, cols, acc, acc8, vals, todo, c, at):
-            for i in T.vectorized(B * L):
-                acc[i] = T.float32(0)
-            for ko in range(MAIN):
-                for b in T.unroll(B):
-                    for i in T.vectorized(L):
-                        acc[b * L + i] = acc[b * L + i] + wp[c, ko * L + i] * cols[c // OPG, todo[at + b], ko * L + i]
-            for ko in range(TAIL):
-                for b in T.unroll(B):
-                    for i in T.vectorized(SIMD):
-                        acc[b * L + i] = acc[b * L + i] + wp[c, MAIN * L + ko * SIMD + i] * cols[
-                            c // OPG, todo[at + b], MAIN * L + ko * SIMD + i]  # fmt: skip
-            for b in T.unroll(B):
-                for i in T.vectorized(SIMD):
-                    acc8[i] = acc[b * L + i]
-                for part in T.unroll(PARTS - 1):
-                    for i in T.vectorized(SIMD):
-                        acc8[i] = acc8[i] + acc[b * L + (part + 1) * SIMD + i]
-                for i in T.vectorized(4):
-                    acc8[i] = acc8[i] + acc8[i + 4]
-                vals[at + b] = acc8[0] + acc8[1] + acc8[2] + acc8[3]
-
-        return dot
-
-    dot1, dot2, dot3, dot4 = (block_dot(b) for b in (1, 2, 3, 4))
-    ACC = max(B * _lanes(KP, B) for B in (1, 2, 3, 4))
-
-    @T.macro
-    def dots(wp, cols, acc, acc8, vals, todo, count, c):
-        """vals[0:count] for the positions todo[0:count], in blocks of up to 4."""
-        for chunk in range((P2 + 3) // 4):
-            if count[0] - chunk * 4 >= 4:
-                dot4(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
-            elif count[0] - chunk * 4 == 3:
-                dot3(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
-            elif count[0] - chunk * 4 == 2:
-                dot2(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
-            elif count[0] - chunk * 4 == 1:
-                dot1(wp, cols, acc, acc8, vals, todo, c, chunk * 4)
+    dots = dot_products(P2, 1, KP, lambda wp, c, s, k: wp[c, k], lambda cols, grp, pos, s, k: cols[grp, pos, k])
+    ACC = accumulators(KP)
 
     @T.macro
     def plus_residual(bias, res, vals, b, img, c, y, xx):
@@ -200,7 +143,7 @@ def cpu_kernel(g: SpatialGeometry):
     @T.macro
     def compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, img, c, by, bx):
         """out and vals at the positions todo[0:count] of patch (by, bx) in channel c."""
-        dots(wp, cols, acc, acc8, vals, todo, count, c)
+        dots(wp, cols, acc, acc8, vals, todo, count, c, c // OPG)
         for b in range(count[0]):
             activation(bias, res, vals, b, img, c, by * p + todo[b] // p, bx * p + todo[b] % p)
             out[img, c, by * p + todo[b] // p, bx * p + todo[b] % p] = vals[b]
@@ -254,7 +197,9 @@ def cpu_kernel(g: SpatialGeometry):
                             positions(mask, todo, count, group * G + cc, job % HB, bx, 1 - phase)
                             if phase == 1 and live[0] == 0:
                                 for b in range(count[0]):
-                                    out[job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p] = T.float32(0)
+                                    out[
+                                        job // HB, group * G + cc, job % HB * p + todo[b] // p, bx * p + todo[b] % p
+                                    ] = T.float32(0)
                             else:
                                 compute(wp, cols, acc, acc8, vals, todo, count, bias, res, out, job // HB,
                                         group * G + cc, job % HB, bx)  # fmt: skip
@@ -313,7 +258,10 @@ def gpu_kernel(g: SpatialGeometry):
         acc[0] = bias[c]
         for ci, ky, kx in T.grid(CG, KH, KW):
             if 0 <= y * SH - PH + ky * DH < H and 0 <= xx * SW - PW + kx * DW < W:
-                acc[0] = acc[0] + x[img, c // OPG * CG + ci, y * SH - PH + ky * DH, xx * SW - PW + kx * DW] * weight[c, ci, ky, kx]
+                acc[0] = (
+                    acc[0]
+                    + x[img, c // OPG * CG + ci, y * SH - PH + ky * DH, xx * SW - PW + kx * DW] * weight[c, ci, ky, kx]
+                )
         acc[0] = T.max(acc[0] + res[img, c, y, xx], T.float32(0))
         out[img, c, y, xx] = acc[0]
 

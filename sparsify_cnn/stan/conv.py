@@ -122,12 +122,10 @@ class StanConv(nn.Module):
         conv = self.conv
         return F.conv2d(x, weight, bias, conv.stride, self.padding, conv.dilation, conv.groups)
 
-    def choose(self, x: torch.Tensor, weight: torch.Tensor) -> str:
+    def choose(self, weight: torch.Tensor) -> str:
         """``auto``'s kernel for this layer in this skipping epoch."""
-        conv = self.conv
-        reduction = geometry(x.shape, weight.shape, self.padding, conv.stride, conv.dilation, packed=True).reduction
         coverage = self.built[0] / self.built[1] if self.built[1] else 0.0
-        return "compiled" if reduction >= AUTO_MIN_REDUCTION and coverage >= AUTO_MIN_COVERAGE else "dense"
+        return "compiled" if weight[0].numel() >= AUTO_MIN_REDUCTION and coverage >= AUTO_MIN_COVERAGE else "dense"
 
     def read(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(covered, values) of this batch's samples, (B, H', W', T): ``EntryStore.read``."""
@@ -158,7 +156,7 @@ class StanConv(nn.Module):
         self.phase = SKIP
         kernel = stats.kernel or context.kernel
         if kernel == "auto":
-            kernel = self.choose(x, weight)
+            kernel = self.choose(weight)
         if kernel == "compiled":  # once per process and layer shape: in the epoch's time, not in t_skip
             prepare(self, x, weight)
             start = clock()
@@ -291,6 +289,7 @@ def _dense(op, x, weight, bias):
     out = op.dense(x, weight, bias)
     store = op.context.store
     if store.variant == "stan-lite":  # E's bits read in place by a compiled loop
+        out = out.contiguous()  # a copy only after a kernel that left its output channels-last
         zero_covered(out, store.bits(op.layer_name, op.context.ids))
         return out, out.numel()
     covered, values = op.read()

@@ -78,13 +78,12 @@ class EntryStore:
             covered = out <= theta
             self.rows[layer].index_copy_(0, ids, pack_channels(covered))
             return int(torch.count_nonzero(covered))
-        out = out.permute(0, 2, 3, 1)
-        if self.variant == "stan":
-            theta = float(torch.tensor(theta).half())  # compared in fp16, when built and when read
-            values = out.clamp(-_FP16_MAX, _FP16_MAX).half()  # finite: -inf would not compare as covered
-            self.rows[layer].index_copy_(0, ids, values)
-            self.thetas[layer][ids] = theta
-            return int(torch.count_nonzero(values <= theta))
+        theta = float(torch.tensor(theta).half())  # compared in fp16, when built and when read
+        # finite: -inf would not compare as covered
+        values = out.permute(0, 2, 3, 1).clamp(-_FP16_MAX, _FP16_MAX).half()
+        self.rows[layer].index_copy_(0, ids, values)
+        self.thetas[layer][ids] = theta
+        return int(torch.count_nonzero(values <= theta))
 
     def bits(self, layer: str, ids: torch.Tensor) -> torch.Tensor:
         """STAN-lite's rows of samples ``ids`` as stored: (B, bytes), entry e of (H', W', T) is

@@ -129,3 +129,15 @@ def test_auto_follows_run_length_and_the_last_coverage(c_in, theta, chosen):
     assert stats.kernel == chosen
     expected = torch.zeros(()) if theta > 0 else op.conv(x)  # all covered, or none
     torch.testing.assert_close(out, expected.expand_as(out), rtol=1e-5, atol=1e-5)
+
+
+def test_the_dense_fallback_takes_a_channels_last_input():
+    """After a layer whose kernel left its output channels-last, the dense conv's output is
+    channels-last too; zeroing from E's bits must still hit the right entries."""
+    op, context = _op("same", "stan-lite", kernel="dense")
+    ids = torch.arange(8)
+    built = _run(op, context, "build", _x(1), ids).detach()
+    x = _x(2).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = _run(op, context, "skip", x, ids)
+    torch.testing.assert_close(out, op.conv(_x(2)) * ~(built <= 0.1), rtol=1e-5, atol=1e-5)

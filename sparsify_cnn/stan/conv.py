@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.base import conv_padding
-from .compiled import compiled, geometry, skip_conv, zero_covered
 from .entry import EntryStore
 from .schedule import BUILD, DENSE, SKIP
 
@@ -266,7 +265,10 @@ def _channels(op, x, weight, bias):
     return out.permute(0, 3, 1, 2), computed
 
 
+# ``compiled`` imports TVM (seconds): only when a skipping epoch first needs it.
 def _compiled(op, x, weight, bias):
+    from .compiled import skip_conv
+
     conv, store = op.conv, op.context.store
     packed = store.variant == "stan-lite"
     if packed:  # the kernel reads E's bits and writes the zeros
@@ -281,6 +283,8 @@ def _compiled(op, x, weight, bias):
 
 def prepare(op: StanConv, x: torch.Tensor, weight: torch.Tensor) -> None:
     """Compile ``op``'s kernel for inputs like ``x`` now (once per process and layer shape)."""
+    from .compiled import compiled, geometry
+
     conv, packed = op.conv, op.context.store.variant == "stan-lite"
     compiled(geometry(x.shape, weight.shape, op.padding, conv.stride, conv.dilation, packed))
 
@@ -289,6 +293,8 @@ def _dense(op, x, weight, bias):
     out = op.dense(x, weight, bias)
     store = op.context.store
     if store.variant == "stan-lite":  # E's bits read in place by a compiled loop
+        from .compiled import zero_covered
+
         out = out.contiguous()  # a copy only after a kernel that left its output channels-last
         zero_covered(out, store.bits(op.layer_name, op.context.ids))
         return out, out.numel()

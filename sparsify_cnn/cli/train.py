@@ -9,7 +9,8 @@ import click
 from .options import data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
-STAN_KERNELS = ("compiled", "positions", "channels", "dense", "auto")  # sparsify_cnn.stan.conv.KERNELS (kept import-free)
+# sparsify_cnn.stan.conv.KERNELS (kept import-free)
+STAN_KERNELS = ("compiled", "positions", "channels", "dense", "auto")
 
 
 def _memory(ctx, param, value):
@@ -58,8 +59,8 @@ def _memory(ctx, param, value):
     default="auto",
     metavar="KERNEL",
     help="Skipping forward: compiled (only the uncovered entries, a TVM-compiled CPU kernel), positions (gather "
-    "uncovered positions, one GEMM), channels (per channel), dense (compute all, then overwrite) or auto (the "
-    "faster of compiled and dense, per layer and epoch).",
+    "uncovered positions, one GEMM), channels (per channel), dense (compute all, then overwrite) or auto "
+    "(compiled for layers with at least 256 multiply-adds per output and 50% coverage, else dense).",
 )
 @click.option(
     "--max-entry-memory",

@@ -40,6 +40,7 @@ from tvm.script import tirx as T
 
 from ..codegen.lowering.dots import SIMD, accumulators, dot_products
 from ..codegen.target import target_spec
+from ..ops.base import conv_output_hw
 
 POSITIONS_PER_JOB = 256
 MIN_RUN = 32  # shorter runs go through a column buffer
@@ -187,11 +188,16 @@ def primfunc(g: SkipGeometry) -> tvm.tirx.PrimFunc:
     return kernel
 
 
+def _build(kernel: tvm.tirx.PrimFunc, name: str):
+    """``kernel`` built for this CPU, as a callable."""
+    module = tvm.IRModule({name: kernel})
+    return tvm.compile(module, target=tvm.target.Target(target_spec("llvm")))[name]
+
+
 @functools.cache
 def compiled(g: SkipGeometry):
     """The kernel for ``g``, built for this CPU (once per process and geometry)."""
-    module = tvm.IRModule({"stan_skip_conv": primfunc(g)})
-    return tvm.compile(module, target=tvm.target.Target(target_spec("llvm")))["stan_skip_conv"]
+    return _build(primfunc(g), "stan_skip_conv")
 
 
 def zeroing_primfunc(shape: tuple[int, int, int]) -> tvm.tirx.PrimFunc:
@@ -222,8 +228,7 @@ def zeroing_primfunc(shape: tuple[int, int, int]) -> tvm.tirx.PrimFunc:
 @functools.cache
 def zeroing(shape: tuple[int, int, int]):
     """``zeroing_primfunc(shape)``, built for this CPU (once per process and shape)."""
-    module = tvm.IRModule({"stan_zero_covered": zeroing_primfunc(shape)})
-    return tvm.compile(module, target=tvm.target.Target(target_spec("llvm")))["stan_zero_covered"]
+    return _build(zeroing_primfunc(shape), "stan_zero_covered")
 
 
 def zero_covered(out: torch.Tensor, bits: torch.Tensor) -> None:
@@ -236,10 +241,9 @@ def geometry(x_shape, weight_shape, padding, stride, dilation, packed: bool) -> 
     """The geometry of a conv with these input and weight shapes and settings."""
     _, c, h, w = x_shape
     t, _, kh, kw = weight_shape
-    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
-    ho = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return SkipGeometry(c, (hp, wp), t, (kh, kw), (ho, wo), tuple(stride), tuple(dilation), packed)
+    out_hw = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
+    padded_hw = (h + 2 * padding[0], w + 2 * padding[1])
+    return SkipGeometry(c, padded_hw, t, (kh, kw), out_hw, tuple(stride), tuple(dilation), packed)
 
 
 def skip_conv(x, weight, bias, covered, out, padding, stride, dilation, packed: bool) -> int:

@@ -156,8 +156,8 @@ class StanConv(nn.Module):
         kernel = stats.kernel or context.kernel
         if kernel == "auto":
             kernel = self.choose(weight)
-        if kernel == "compiled":  # once per process and layer shape: in the epoch's time, not in t_skip
-            prepare(self, x, weight)
+        if kernel == "compiled" and not stats.kernel:  # built once per process and layer shape: in the
+            prepare(self, x, weight)  # epoch's time, not in t_skip
             start = clock()
         out, computed = _KERNELS[kernel](self, x, weight, bias)
         stats.kernel = kernel

@@ -117,7 +117,7 @@ def test_eval_mode_is_the_plain_conv():
     "c_in, theta, chosen",
     [(32, 10.0, "compiled"), (32, -10.0, "dense"), (3, 10.0, "dense")],  # 288 / 27 multiply-adds per output
 )
-def test_auto_follows_run_length_and_the_last_coverage(c_in, theta, chosen):
+def test_auto_follows_multiply_adds_per_output_and_the_last_coverage(c_in, theta, chosen):
     conv = nn.Conv2d(c_in, 8, 3, padding=1)
     context = StanContext(EntryStore({"c": (8, 6, 6)}, 4, "stan-lite"), theta, None, "auto")
     op = StanConv(conv, "c", context).train()

@@ -86,13 +86,13 @@ def dot_products(most: int, segments: int, length: int, weight: Callable, window
     @T.macro
     def compute(wp, xs, acc, acc8, vals, todo, count, c, base):
         for chunk in range((most + BLOCK - 1) // BLOCK):
-            if count[0] - chunk * 4 >= 4:
-                dot4(wp, xs, acc, acc8, vals, todo, c, base, chunk * 4)
-            elif count[0] - chunk * 4 == 3:
-                dot3(wp, xs, acc, acc8, vals, todo, c, base, chunk * 4)
-            elif count[0] - chunk * 4 == 2:
-                dot2(wp, xs, acc, acc8, vals, todo, c, base, chunk * 4)
-            elif count[0] - chunk * 4 == 1:
-                dot1(wp, xs, acc, acc8, vals, todo, c, base, chunk * 4)
+            if count[0] - chunk * BLOCK >= 4:
+                dot4(wp, xs, acc, acc8, vals, todo, c, base, chunk * BLOCK)
+            elif count[0] - chunk * BLOCK == 3:
+                dot3(wp, xs, acc, acc8, vals, todo, c, base, chunk * BLOCK)
+            elif count[0] - chunk * BLOCK == 2:
+                dot2(wp, xs, acc, acc8, vals, todo, c, base, chunk * BLOCK)
+            elif count[0] - chunk * BLOCK == 1:
+                dot1(wp, xs, acc, acc8, vals, todo, c, base, chunk * BLOCK)
 
     return compute

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import models
 from .errors import ModelLoadError, first_line
+from .transform.batch import GeneralizationError, generalize_batch, static_batch
 
 METADATA_FILE = "sparsify.json"
 _EXPECTED = (
@@ -130,7 +131,23 @@ def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
         raise ModelLoadError(f"'{path}' is not a readable torch.export program: {first_line(error)}") from error
     metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
     input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
-    return LoadedModel(program.module(), str(path), "export", input_shape, metadata)
+    return LoadedModel(_any_batch(program.module(), path), str(path), "export", input_shape, metadata)
+
+
+def _any_batch(module: torch.fx.GraphModule, path: Path) -> torch.fx.GraphModule:
+    """The program's module, generalised to any batch if it was exported with a static one."""
+    batch = static_batch(module)
+    if batch is None:
+        return module
+    (source,) = (n for n in module.graph.nodes if n.op == "placeholder")
+    example = torch.randn(tuple(source.meta["val"].shape), generator=torch.Generator().manual_seed(0))
+    try:
+        return generalize_batch(module, example)
+    except GeneralizationError as error:
+        raise ModelLoadError(
+            f"'{path}' was exported with a static batch of {batch} and cannot run other batch sizes ({error}); "
+            "export it with dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)"
+        ) from error
 
 
 def _pickled_payloads(path: Path) -> list[str]:

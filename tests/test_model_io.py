@@ -109,3 +109,26 @@ def test_export_program_with_pickled_payload_is_refused(model_files, tmp_path):
             dst.writestr(item, data)
     with pytest.raises(ModelLoadError, match="carries pickled objects.*--trust-pickle"):
         load_model(str(tampered))
+
+
+def test_export_with_a_static_batch_of_one_takes_batches(tmp_path, trained_lenet):
+    """What users do: torch.export.export(model, (one_image,)) specialises the batch to 1."""
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(trained_lenet, (torch.zeros(1, 1, 28, 28),)), str(path))
+    loaded = load_model(str(path))
+    assert loaded.input_shape == (1, 28, 28)
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), trained_lenet(x))
+
+
+def test_static_export_that_mixes_images_is_refused_in_one_line(tmp_path):
+    class SubtractsBatchMean(torch.nn.Module):
+        def forward(self, x):
+            return x - x.mean(0, keepdim=True)
+
+    path = tmp_path / "mixes.pt2"
+    torch.export.save(torch.export.export(SubtractsBatchMean(), (torch.zeros(1, 1, 8, 8),)), str(path))
+    with pytest.raises(ModelLoadError, match="static batch of 1.*Dim.DYNAMIC") as error:
+        load_model(str(path))
+    assert "\n" not in str(error.value)

@@ -29,17 +29,31 @@ class Recorder(fx.Interpreter):
 
 def suffix_after(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, list[fx.Node]]:
     """A graph module computing the model output from ``start``'s value and the values it
-    needs from outside the part of the graph that depends on ``start`` (the frontier)."""
-    descendants, order = set(), list(gm.graph.nodes)
+    needs from outside the part of the graph that depends on ``start`` (the frontier).
+
+    The frontier holds only tensors that carry the batch: they are recorded batch by batch and
+    sliced per image. What else the suffix reads (sizes such as ``x.size(0)``, values computed
+    from weights alone) is recomputed inside it, from the frontier and the weights, so that it
+    fits whatever images the suffix runs on.
+    """
+    order = list(gm.graph.nodes)
+    on_input = _depending_on_input(order)
+    inside = set()
     for node in order[order.index(start) + 1 :]:
-        if any(arg is start or arg in descendants for arg in node.all_input_nodes):
-            descendants.add(node)
-    frontier = []
-    for node in order:
-        if node in descendants:
-            for arg in node.all_input_nodes:
-                if arg is not start and arg not in descendants and arg.op != "get_attr" and arg not in frontier:
-                    frontier.append(arg)
+        if any(arg is start or arg in inside for arg in node.all_input_nodes):
+            inside.add(node)
+    frontier: list[fx.Node] = []
+    pending = [arg for node in order if node in inside for arg in node.all_input_nodes]
+    while pending:
+        arg = pending.pop()
+        if arg is start or arg in inside or arg in frontier or arg.op == "get_attr":
+            continue
+        if arg.op != "placeholder" and (arg not in on_input or not _is_tensor(arg)):
+            inside.add(arg)  # recomputed in the suffix from what it reads
+            pending.extend(arg.all_input_nodes)
+        else:
+            frontier.append(arg)
+    frontier.sort(key=order.index)
     graph = fx.Graph()
     env = {start: graph.placeholder("op_output")}
     env[start].meta = dict(start.meta)  # shapes, for accounting of the suffix
@@ -47,10 +61,26 @@ def suffix_after(gm: fx.GraphModule, start: fx.Node) -> tuple[fx.GraphModule, li
         env[node] = graph.placeholder(f"frontier_{i}")
         env[node].meta = dict(node.meta)
     for node in order:
-        if node in descendants or (node.op == "get_attr" and any(u in descendants for u in node.users)):
+        if node in inside or (node.op == "get_attr" and any(u in inside for u in node.users)):
             env[node] = graph.node_copy(node, lambda n: env[n])
     return fx.GraphModule(gm, graph), frontier
 
+
+def _depending_on_input(order: list[fx.Node]) -> set[fx.Node]:
+    found = set()
+    for node in order:
+        if node.op == "placeholder" or any(arg in found for arg in node.all_input_nodes):
+            found.add(node)
+    return found
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    """Whether ``node``'s value is a tensor (by the shapes capture recorded)."""
+    kind = node.meta.get("type")
+    if kind is not None:
+        return issubclass(kind, torch.Tensor)
+    value = node.meta.get("val", node.meta.get("tensor_meta"))
+    return isinstance(value, torch.Tensor) or hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def record_op_inputs(gm: fx.GraphModule, modules: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, tuple]:

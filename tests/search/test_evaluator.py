@@ -24,10 +24,30 @@ class Residual(nn.Module):
         return self.head(y.flatten(1))
 
 
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle reads the batch size off a tensor (an int in the graph) and
+    adds a value computed from weights alone: neither may be batched with the images."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        skip = torch.relu(self.stem(x))
+        n, c, h, w = skip.size()
+        y = torch.relu(self.a(skip)).view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = torch.relu(self.b(y) + self.b.weight.sum())
+        return self.head(torch.cat([y[:, :4], skip[:, 4:]], 1).view(n, -1))
+
+
 @pytest.mark.parametrize("method", ["fx", "export"])
-def test_suffix_evaluation_equals_the_whole_network(method):
+@pytest.mark.parametrize("model_class", [Residual, Shuffle])
+def test_suffix_evaluation_equals_the_whole_network(method, model_class):
     torch.manual_seed(0)
-    model = Residual().eval()
+    model = model_class().eval()
     x = torch.randn(40, 1, 8, 8)
     target = model(x).argmax(1).roll(3)  # a target the model gets partly wrong
     gm = insert_spatial_ops(capture(model, (1, 1, 8, 8), method=method).graph_module).graph_module

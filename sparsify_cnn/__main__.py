@@ -1,0 +1,5 @@
+"""``python -m sparsify_cnn`` runs the ``sparsify`` command."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,150 @@
+"""Make a program exported with a static batch take any batch.
+
+``torch.export.export(model, (one_image,))``, the ordinary way to export, specialises the batch
+dimension: the program guards ``x.size(0) == 1`` and its reshapes carry the literal batch
+(``view(x, [1, 512])``). Searches, accuracy checks and artifacts run many images at once, so
+such a program is generalised when it is loaded:
+
+- the input guards go (the ``_guards_fn`` node and the pre-forward shape check);
+- every reshape of a value that carries the batch in dim 0 gets ``-1`` there, and the other
+  sizes it had (a ``-1`` it already had is resolved from the recorded shape);
+- an ``expand`` or a tensor factory whose first size is the batch takes the input's batch.
+
+The result is checked, not trusted: a batch of several random images must give what the
+original gives image by image (``GeneralizationError`` otherwise, e.g. for a model that mixes
+images of a batch).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
+
+from ..errors import first_line
+
+_aten = torch.ops.aten
+_RESHAPES = {_aten.view.default, _aten.reshape.default, _aten._unsafe_view.default, _aten.view_copy.default}
+_EXPANDS = {_aten.expand.default, _aten.expand_copy.default}
+# Factories whose size list is their first argument (the ``new_*`` ones: their second).
+_FACTORIES = {_aten.zeros.default: 0, _aten.ones.default: 0, _aten.empty.memory_format: 0, _aten.full.default: 0,
+              _aten.rand.default: 0, _aten.randn.default: 0, _aten.new_zeros.default: 1, _aten.new_ones.default: 1,
+              _aten.new_empty.default: 1, _aten.new_full.default: 1}  # fmt: skip
+_GUARD_HOOKS = ("_check_input_constraints_pre_hook",)
+
+
+class GeneralizationError(Exception):
+    """The program's graph cannot be made to take other batch sizes."""
+
+
+def static_batch(gm: fx.GraphModule) -> int | None:
+    """The batch a torch.export module was specialised to, or None when its batch is dynamic
+    (or the module is no torch.export module with one tensor input)."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    value = inputs[0].meta.get("val") if len(inputs) == 1 else None
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return None
+    return value.shape[0] if isinstance(value.shape[0], int) else None
+
+
+def generalize_batch(gm: fx.GraphModule, example: torch.Tensor, seed: int = 0) -> fx.GraphModule:
+    """Rewrite ``gm`` (a torch.export module specialised to ``example``'s batch) in place so
+    that it takes any batch, and check it. Example::
+
+        program = torch.export.export(model, (torch.randn(1, 3, 64, 64),))
+        gm = generalize_batch(program.module(), torch.randn(1, 3, 64, 64))
+        gm(torch.randn(8, 3, 64, 64))
+    """
+    batch = example.shape[0]
+    probe = torch.randn((2 * batch + (batch == 1), *example.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = _image_by_image(gm, probe, batch)
+    _drop_guards(gm)
+    ShapeProp(gm).propagate(example)
+    _free_batch(gm, batch)
+    gm.graph.lint()
+    gm.recompile()
+    try:
+        with torch.no_grad():
+            got = gm(probe)
+    except Exception as error:  # noqa: BLE001 - any failure means: not generalisable
+        raise GeneralizationError(f"a batch of {len(probe)} fails: {first_line(error)}") from error
+    _check_same(expected, got, len(probe))
+    return gm
+
+
+def _image_by_image(gm: fx.GraphModule, probe: torch.Tensor, batch: int):
+    """The original's outputs for ``probe`` run ``batch`` images at a time, concatenated."""
+    chunks = [pytree.tree_flatten(gm(chunk))[0] for chunk in probe.split(batch) if len(chunk) == batch]
+    return [torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0] for parts in zip(*chunks)]
+
+
+def _drop_guards(gm: fx.GraphModule) -> None:
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+            delattr(gm, "_guards_fn")
+    for key, hook in list(gm._forward_pre_hooks.items()):
+        if getattr(hook, "__name__", "") in _GUARD_HOOKS:
+            del gm._forward_pre_hooks[key]
+
+
+def _free_batch(gm: fx.GraphModule, batch: int) -> None:
+    """Replace the literal batch in the size arguments of the graph's nodes."""
+    graph = gm.graph
+    source = next(n for n in graph.nodes if n.op == "placeholder")
+    batched = {source}
+    batch_size: fx.Node | None = None
+
+    def input_batch() -> fx.Node:
+        nonlocal batch_size
+        if batch_size is None:
+            with graph.inserting_after(source):
+                batch_size = graph.call_function(_aten.sym_size.int, (source, 0))
+        return batch_size
+
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node is batch_size:
+            continue
+        if any(n in batched for n in node.all_input_nodes):
+            batched.add(node)
+        shape = _shape(node)
+        if shape is None or not shape or shape[0] != batch:
+            continue
+        if node.target in _RESHAPES and node.args[0] in batched and (_shape(node.args[0]) or ())[:1] == (batch,):
+            node.args = (node.args[0], [-1, *shape[1:]], *node.args[2:])
+        elif node.target in _EXPANDS and node.args[1][0] == batch:
+            first = -1 if node.args[0] in batched else input_batch()
+            node.args = (node.args[0], [first, *node.args[1][1:]], *node.args[2:])
+        elif node.target in _FACTORIES:
+            position = _FACTORIES[node.target]
+            sizes = list(node.args[position])
+            if sizes and sizes[0] == batch:
+                args = list(node.args)
+                args[position] = [input_batch(), *sizes[1:]]
+                node.args = tuple(args)
+
+
+def _shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _check_same(expected: list, got, images: int) -> None:
+    got = pytree.tree_flatten(got)[0]
+    if len(got) != len(expected):
+        raise GeneralizationError(f"a batch of {images} gives {len(got)} outputs instead of {len(expected)}")
+    for i, (want, have) in enumerate(zip(expected, got)):
+        if not isinstance(want, torch.Tensor):
+            continue
+        if not isinstance(have, torch.Tensor) or have.shape != want.shape:
+            shape = tuple(have.shape) if isinstance(have, torch.Tensor) else type(have).__name__
+            raise GeneralizationError(f"a batch of {images} gives output {i} of shape {shape}, not {tuple(want.shape)}")
+        scale = 1.0 + float(want.abs().max()) if want.numel() else 1.0
+        if not torch.allclose(have, want, rtol=1e-4, atol=1e-5 * scale, equal_nan=True):
+            raise GeneralizationError(
+                f"a batch of {images} gives other values than the images one at a time (output {i}): "
+                "the model mixes the images of a batch"
+            )

@@ -9,6 +9,7 @@ tracing broke and what to do about it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
@@ -68,6 +69,7 @@ def capture(
         raise CaptureError(f"unknown capture method '{method}'; choose one of: {', '.join(METHODS)}")
     input_shape = tuple(int(s) for s in input_shape)
     set_eval(model)
+    _check_one_input(model)
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
     if isinstance(model, fx.GraphModule):
         gm, used = model, "graph"
@@ -86,7 +88,7 @@ def capture(
                 raise CaptureError(
                     f"{_fx_failure(model, tracer, fx_error)}; and {export_error}" + _HINT
                 ) from export_error
-    propagate_shapes(gm, example)
+    _check_output(propagate_shapes(gm, example))
     return Captured(gm, input_shape, used)
 
 
@@ -100,11 +102,12 @@ def set_eval(model: nn.Module) -> nn.Module:
     return model
 
 
-def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
-    """Record every node's output shape (``node.meta['tensor_meta']``) by running ``example``."""
+def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor):
+    """Record every node's output shape (``node.meta['tensor_meta']``) by running ``example``;
+    return the model's output."""
     try:
         with torch.no_grad(), _quiet():  # ShapeProp prints a traceback before it raises
-            ShapeProp(gm).propagate(example)
+            return ShapeProp(gm).propagate(example)
     except Exception as error:  # noqa: BLE001 - the model rejects this input: say where
         cause = error.__cause__ or error
         node = re.search(r"ShapeProp error for: node=%(\w+)", str(error))
@@ -113,6 +116,35 @@ def propagate_shapes(gm: fx.GraphModule, example: torch.Tensor) -> None:
             f"the model does not run on inputs of shape {tuple(example.shape)}{at}: "
             f"{first_line(cause)}; give the right one with --input-shape N,C,H,W"
         ) from error
+
+
+def _check_one_input(model: nn.Module) -> None:
+    """Models take one batch of images; further inputs must have defaults."""
+    if isinstance(model, fx.GraphModule):
+        inputs = [n for n in model.graph.nodes if n.op == "placeholder"]
+        names = [str(n.target) for n in inputs]
+        required = [n for n in inputs[1:] if not n.args]  # fx keeps a default as the node's argument
+    else:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+        names = [p.name for p in parameters]
+        required = [p for p in parameters[1:] if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if required:
+        names = ", ".join(names)
+        raise CaptureError(
+            f"the model takes {1 + len(required)} inputs ({names}); sparsify rewrites and compiles models "
+            "with one image input: wrap it in a module whose forward takes the images alone"
+        )
+
+
+def _check_output(output) -> None:
+    """The model's output must be its scores: a tensor, or a tuple or list that starts with one."""
+    first = output[0] if isinstance(output, (tuple, list)) and output else output
+    if not isinstance(first, torch.Tensor):
+        what = f"a dict (keys {', '.join(map(str, output))})" if isinstance(output, dict) else type(output).__name__
+        raise CaptureError(
+            f"the model returns {what}; sparsify needs a model that returns its scores as a tensor: "
+            "wrap it in a module that returns that tensor"
+        )
 
 
 _HINT = "; mark the module as a leaf (--leaf NAME) or save the model with torch.export"

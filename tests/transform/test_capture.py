@@ -95,3 +95,43 @@ def test_wrong_input_shape_is_a_clear_error_and_prints_nothing(capfd):
     with pytest.raises(CaptureError, match=r"inputs of shape \(1, 3, 8, 8\) \(node 'conv'\).*--input-shape"):
         capture(Net(nn.ReLU()), (1, 3, 8, 8))
     assert capfd.readouterr().err == ""
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x, scale=1.0):
+        return torch.relu(self.conv(x)) * scale
+
+
+class DictOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return {"logits": torch.relu(self.conv(x)).mean((2, 3))}
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_two_required_inputs_are_refused_in_one_line(method):
+    class Both(TwoInputs):
+        def forward(self, x, y):
+            return super().forward(x) + super().forward(y)
+
+    with pytest.raises(CaptureError, match=r"takes 2 inputs \(x, y\).*one image input") as error:
+        capture(Both(), (1, 3, 8, 8), method=method)
+    assert "\n" not in str(error.value)
+
+
+def test_a_second_input_with_a_default_is_fine():
+    captured = capture(TwoInputs(), (1, 3, 8, 8), method="fx")
+    assert captured.graph_module(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_dict_outputs_are_refused_with_their_keys(method):
+    with pytest.raises(CaptureError, match=r"returns a dict \(keys logits\).*scores as a tensor"):
+        capture(DictOutput(), (1, 3, 8, 8), method=method)

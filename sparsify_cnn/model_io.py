@@ -217,8 +217,29 @@ def _load_pickle(path: Path, arch: str | None, trust_pickle: bool) -> LoadedMode
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ModelLoadError(f"'{path}' does not fit --arch {arch}: {_mismatch(error)}") from error
+        refit = _with_classes_of(arch, state, module)
+        if refit is None:
+            raise ModelLoadError(f"'{path}' does not fit --arch {arch}: {_mismatch(error)}") from error
+        module, info["num_classes"] = refit
     return LoadedModel(module, str(path), "state_dict", input_shape, info)
+
+
+def _with_classes_of(arch: str, state: dict, built: nn.Module) -> tuple[nn.Module, int] | None:
+    """The factory's model rebuilt with as many classes as the state dict's classifier has
+    (torchvision's and timm's factories take ``num_classes``), if that makes the state fit."""
+    if arch.startswith("zoo:"):
+        return None
+    classifiers = [v for v in state.values() if v.dim() == 2]
+    built_classifiers = [v for v in built.state_dict().values() if v.dim() == 2]
+    if not classifiers or not built_classifiers or classifiers[-1].shape[0] == built_classifiers[-1].shape[0]:
+        return None
+    classes = classifiers[-1].shape[0]
+    try:
+        module = _factory(arch)(num_classes=classes)
+        module.load_state_dict(state, strict=True)
+    except Exception:  # noqa: BLE001 - no num_classes, or still no fit: report the first mismatch
+        return None
+    return module, classes
 
 
 def _torch_load(path: Path, weights_only: bool):
@@ -261,19 +282,22 @@ def _build_arch(arch: str, state: dict) -> tuple[nn.Module, tuple[int, ...] | No
         module = entry.factory(num_classes=num_classes, in_channels=in_channels)
         shape = (in_channels, *entry.input_shape[1:])
         return module, shape, {"zoo": entry.name, "num_classes": num_classes}
+    module = _factory(arch)()
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
+    return module, None, {"arch": arch}
+
+
+def _factory(arch: str):
     module_name, _, factory_name = arch.partition(":")
     if not module_name or not factory_name:
         raise ModelLoadError(f"--arch '{arch}' is not of the form package.module:factory or zoo:NAME")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # let users name a module in the current directory
     try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
+        return getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as error:
         raise ModelLoadError(f"cannot import --arch '{arch}': {first_line(error)}") from error
-    module = factory()
-    if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"--arch '{arch}' returned a {type(module).__name__}, not an nn.Module")
-    return module, None, {"arch": arch}
 
 
 def _mismatch(error: RuntimeError) -> str:

@@ -44,6 +44,22 @@ def test_state_dict_with_importable_factory(model_files, trained_lenet, tmp_path
     assert loaded.input_shape is None  # a factory says nothing of its input
 
 
+def test_factory_takes_the_state_dicts_class_count(model_files, trained_lenet, tmp_path, monkeypatch):
+    """torchvision's and timm's factories build 1000 classes unless told: a 10-class state dict
+    rebuilds the model with num_classes=10 instead of failing on the classifier's size."""
+    (tmp_path / "manyclasses.py").write_text(
+        "from sparsify_cnn import models\n\n"
+        "def build(num_classes=1000):\n    return models.build('lenet', num_classes=num_classes)\n\n"
+        "def fixed():\n    return models.build('lenet', num_classes=1000)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model(str(model_files["state_dict"]), arch="manyclasses:build")
+    torch.testing.assert_close(loaded.module(X), trained_lenet(X))
+    assert loaded.metadata["num_classes"] == 10
+    with pytest.raises(ModelLoadError, match="size mismatch for ip2.weight"):
+        load_model(str(model_files["state_dict"]), arch="manyclasses:fixed")
+
+
 def test_pickled_module_loads_only_when_trusted(model_files, trained_lenet):
     with pytest.raises(ModelLoadError, match="--trust-pickle") as error:
         load_model(str(model_files["pickle"]))

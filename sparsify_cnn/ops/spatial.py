@@ -1,6 +1,7 @@
 """Cross-neuron zero prediction (Shomron & Weiser; seed 002): the Spatial op.
 
-The post-ReLU output map of a conv is tiled into p x p patches from (0, 0). A *pattern* marks
+The post-ReLU output map of a conv is tiled into p x p patches from (0, 0). ("ReLU" includes
+ReLU-like clamps to [0, t], such as ReLU6: they too are 0 wherever the ReLU is.) A *pattern* marks
 with 1 the positions computed first. When all of them are zero after ReLU, the 0-positions of
 the patch are predicted zero and their MACs are skipped; otherwise they are computed too. A
 *full mask* holds a pattern for every patch of every channel (all ones: no prediction).
@@ -120,6 +121,14 @@ class SpatialStats:
         self.computed_zeros += int((~predicted & (out <= 0)).sum())
 
 
+def bounded_relu(y: torch.Tensor, max_value: float | None = None) -> torch.Tensor:
+    """ReLU, then at most ``max_value`` (None: no bound): min(relu(y), t).
+
+    ATen runs relu6, hardtanh and clamp alike as one clamp, so ``torch.clamp(y, 0, t)`` gives
+    the bits the replaced activation gave (the all-ones op equals the original exactly)."""
+    return torch.relu(y) if max_value is None else torch.clamp(y, 0.0, max_value)
+
+
 def _conv_block(block, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
     y = block.conv(x)
     if block.bias is not None:
@@ -128,18 +137,35 @@ def _conv_block(block, x: torch.Tensor, residual: torch.Tensor | None) -> torch.
         y = block.norm(y)
     if residual is not None:
         y = y + residual
-    return torch.relu(y)
+    return bounded_relu(y, block.max_value)
+
+
+def _checked_max_value(max_value: float | None) -> float | None:
+    if max_value is not None and not max_value > 0:
+        raise ValueError(f"the activation's upper bound must be > 0, got {max_value}")
+    return None if max_value is None else float(max_value)
 
 
 class DenseBlock(nn.Module):
-    """conv [+ bias] [-> batch norm] [+ residual] -> ReLU: what a ``SpatialConv`` replaced."""
+    """conv [+ bias] [-> batch norm] [+ residual] -> ReLU [-> at most max_value]: what a
+    ``SpatialConv`` replaced."""
 
-    def __init__(self, conv: nn.Conv2d, bias: torch.Tensor | None = None, norm: nn.Module | None = None):
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        bias: torch.Tensor | None = None,
+        norm: nn.Module | None = None,
+        max_value: float | None = None,
+    ):
         super().__init__()
         self.conv, self.bias, self.norm = conv, bias, norm
+        self.max_value = _checked_max_value(max_value)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         return _conv_block(self, x, residual)
+
+    def extra_repr(self) -> str:  # the repr keys layer timings: a bound must show in it
+        return "" if self.max_value is None else f"max_value={self.max_value}"
 
 
 class SpatialConv(nn.Module):
@@ -147,7 +173,7 @@ class SpatialConv(nn.Module):
 
     It runs the same ops as the layers it replaces, so with an all-ones mask its output equals
     theirs exactly. ``residual`` (given to ``forward``) is a tensor added before the ReLU, as
-    in residual blocks.
+    in residual blocks; ``max_value`` bounds the ReLU from above (ReLU6: 6.0).
     """
 
     kind = "spatial"
@@ -162,6 +188,7 @@ class SpatialConv(nn.Module):
         edge: str = "pad",
         channel_group: int = 1,
         layer_name: str = "",
+        max_value: float | None = None,
     ):
         super().__init__()
         if patch_size < 2:
@@ -177,6 +204,7 @@ class SpatialConv(nn.Module):
         self.edge = edge
         self.channel_group = channel_group
         self.layer_name = layer_name
+        self.max_value = _checked_max_value(max_value)
         self.out_hw = tuple(out_hw)
         hp, wp = (padded_size(s, patch_size) for s in out_hw)
         self.register_buffer("mask", torch.ones(conv.out_channels, hp, wp, dtype=torch.bool))
@@ -191,7 +219,7 @@ class SpatialConv(nn.Module):
     def dense_layer(self) -> nn.Module:
         """The layers this op replaced, as plain modules (its weights shared): the dense work
         that its kernel is timed against."""
-        return DenseBlock(self.conv, self.bias, self.norm)
+        return DenseBlock(self.conv, self.bias, self.norm, self.max_value)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if torch.compiler.is_exporting() and is_lowering() and not self.all_ones:
@@ -237,7 +265,7 @@ class SpatialConv(nn.Module):
         conv = self.conv
         return torch.ops.sparsify.spatial_conv(
             x, weight, bias, self.mask, residual, list(conv.stride), list(conv_padding(conv)), list(conv.dilation),
-            conv.groups, self.patch_size, self.edge == "compute", self.channel_group,
+            conv.groups, self.patch_size, self.edge == "compute", self.channel_group, self.max_value,
         )  # fmt: skip
 
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -273,7 +301,8 @@ class SpatialConv(nn.Module):
 
     def extra_repr(self) -> str:
         kept = float(self.mask.float().mean())
-        return f"layer={self.layer_name!r}, p={self.patch_size}, edge={self.edge}, ones={kept:.2f}"
+        bound = "" if self.max_value is None else f", max_value={self.max_value}"
+        return f"layer={self.layer_name!r}, p={self.patch_size}, edge={self.edge}, ones={kept:.2f}{bound}"
 
 
 
@@ -291,19 +320,21 @@ def spatial_conv(
     patch_size: int,
     compute_edges: bool,
     channel_group: int,
+    max_value: float | None = None,
 ) -> torch.Tensor:
     """The Spatial op as one torch op (what exported programs carry to TVM): conv with folded
-    bias and norm [+ residual] -> ReLU -> zero prediction."""
+    bias and norm [+ residual] -> ReLU [-> at most max_value] -> zero prediction."""
     out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if residual is not None:
         out = out + residual
-    out = torch.relu(out)
+    out = bounded_relu(out, max_value)
     edge = "compute" if compute_edges else "pad"
     return out.masked_fill(predicted_zero(out, mask, patch_size, edge, channel_group), 0.0)
 
 
 @spatial_conv.register_fake
-def _(x, weight, bias, mask, residual, stride, padding, dilation, groups, patch_size, compute_edges, channel_group):
+def _(x, weight, bias, mask, residual, stride, padding, dilation, groups, patch_size, compute_edges, channel_group,
+      max_value=None):
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
     out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)

@@ -1,12 +1,15 @@
 """Insert Spatial ops (cross-neuron zero prediction) on every selected conv that feeds a ReLU.
 
-The conv, its bias / batch norm / residual add and the ReLU become one ``SpatialConv`` call
-(a max pool between conv and ReLU stays, after the op: the two commute) with an all-ones mask, so the rewritten model equals the original exactly until a search
-installs masks.
+The conv, its bias / batch norm / residual add and the ReLU (or a ReLU-like clamp to [0, t],
+such as ReLU6, whose bound the op keeps) become one ``SpatialConv`` call (a max pool between
+conv and ReLU stays, after the op: the two commute) with an all-ones mask, so the rewritten
+model equals the original exactly until a search installs masks.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -97,6 +100,42 @@ def insert_spatial_ops(
     return result
 
 
+def nothing_inserted(skipped: dict[str, str]) -> str:
+    """One line (under 300 characters, whatever the model) on why no conv took a Spatial op:
+    how many convs, the commonest reasons with their counts, and what to try. Example::
+
+        nothing_inserted({"c1": "its output reaches 'h' (Hardswish) before any ReLU"})
+        # "no layer of the model can take a Spatial op (1 conv checked: 1x its output reaches
+        #  Hardswish before any ReLU); it needs a conv feeding ReLU, ReLU6 or ..."
+    """
+    head = "no layer of the model can take a Spatial op"
+    if not skipped:
+        return f"{head}: it has no 2-D convs"
+    counts = Counter(_reason_kind(why) for why in skipped.values()).most_common()
+    convs = f"{len(skipped)} conv{'s' if len(skipped) > 1 else ''}"
+    hint = next((hint for word, hint in _HINTS.items() if word in counts[0][0]), _NO_RELU_HINT)
+    for shown in (3, 2, 1):
+        reasons = "; ".join(f"{n}x {kind[:70]}" for kind, n in counts[:shown])
+        others = len(counts) - shown
+        more = f"; {others} other reason{'s' if others > 1 else ''}" if others > 0 else ""
+        line = f"{head} ({convs} checked: {reasons}{more}); {hint}"
+        if len(line) < 300:
+            break
+    return line
+
+
+_HINTS = {"not selected": "check --layers", "channel group": "try a smaller --channel-group"}  # by the top reason
+_NO_RELU_HINT = "it needs a conv feeding ReLU, ReLU6 or clamp(min=0): try --technique perforation"
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without node names and remarks, so that layers skipped alike count together:
+    "its output reaches 'x' (Hardswish) before any ReLU" -> "its output reaches Hardswish before any ReLU"."""
+    reason = re.sub(r"'[^']*' \(([^)]*)\)", r"\1", reason)  # 'node' (Kind) -> Kind
+    reason = re.sub(r"'[^']*'", "'...'", reason)
+    return re.sub(r" \([^)]*\)$", "", reason)
+
+
 def spatial_ops(gm: fx.GraphModule) -> dict[str, SpatialConv]:
     """The Spatial ops of a rewritten graph module, by layer name, in graph order."""
     return inserted_ops(gm, SpatialConv)
@@ -114,6 +153,7 @@ def _rewrite(gm: fx.GraphModule, chain: ConvReluChain, config: SpatialConfig) ->
         edge=config.edge,
         channel_group=config.channel_group,
         layer_name=layer.name,
+        max_value=chain.max_value,
     )
     name = free_name(gm, "spatial_" + layer.name.replace(".", "_"))
     gm.add_submodule(name, op)

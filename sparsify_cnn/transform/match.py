@@ -1,11 +1,15 @@
 """Find convs whose output reaches a ReLU: conv [+ bias] [-> batch norm] [+ residual] -> ReLU.
 
-Works on module-level (fx) and aten-level (torch.export) graphs, with module, functional,
-method and in-place ReLU variants. Every conv that does not match gets the reason why.
+"ReLU" is any activation that maps every non-positive input to 0 and is >= 0, which is what
+zero prediction needs: ReLU itself, and clamps to [0, t] or [0, inf) (ReLU6, hardtanh(0, t),
+clamp(min=0[, max=t]), clamp_min(0)); the chain records t. Works on module-level (fx) and
+aten-level (torch.export) graphs, with module, functional, method and in-place variants.
+Every conv that does not match gets the reason why.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,6 +27,45 @@ _RELU_FUNCTIONS = {
     torch.ops.aten.relu.default,
     torch.ops.aten.relu_.default,
 }
+_aten = torch.ops.aten
+
+
+class _Bounds(NamedTuple):
+    """Where a clamp-like activation takes its bounds: the argument names of its lower and upper
+    bound (positional in this order after the input; None: not an argument) and the bounds
+    (None: unbounded) when the arguments are absent."""
+
+    low: str | None
+    high: str | None
+    default: tuple[float | None, float | None]
+
+
+_RELU = _Bounds(None, None, (0.0, None))
+_RELU6 = _Bounds(None, None, (0.0, 6.0))
+_HARDTANH = _Bounds("min_val", "max_val", (-1.0, 1.0))
+_CLAMP = _Bounds("min", "max", (None, None))
+_CLAMP_MIN = _Bounds("min", None, (None, None))
+_CLAMP_MAX = _Bounds(None, "max", (None, None))
+_CLAMP_FUNCTIONS = {
+    **dict.fromkeys(_RELU_FUNCTIONS, _RELU),
+    **dict.fromkeys((F.relu6, _aten.relu6.default, _aten.relu6_.default), _RELU6),
+    **dict.fromkeys((F.hardtanh, F.hardtanh_, _aten.hardtanh.default, _aten.hardtanh_.default), _HARDTANH),
+    # Matched only to be refused with the reason: the .Tensor overloads (tensor bounds) and
+    # clamp_max (no lower bound).
+    **dict.fromkeys((torch.clamp, torch.clamp_, torch.clip, torch.clip_, _aten.clamp.default, _aten.clamp_.default,
+                     _aten.clip.default, _aten.clip_.default, _aten.clamp.Tensor, _aten.clamp_.Tensor,
+                     _aten.clip.Tensor, _aten.clip_.Tensor), _CLAMP),
+    **dict.fromkeys((torch.clamp_min, torch.clamp_min_, _aten.clamp_min.default, _aten.clamp_min_.default,
+                     _aten.clamp_min.Tensor, _aten.clamp_min_.Tensor), _CLAMP_MIN),
+    **dict.fromkeys((torch.clamp_max, torch.clamp_max_, _aten.clamp_max.default, _aten.clamp_max_.default,
+                     _aten.clamp_max.Tensor, _aten.clamp_max_.Tensor), _CLAMP_MAX),
+}  # fmt: skip
+_CLAMP_METHODS = {
+    **dict.fromkeys(("relu", "relu_"), _RELU),
+    **dict.fromkeys(("clamp", "clamp_", "clip", "clip_"), _CLAMP),
+    **dict.fromkeys(("clamp_min", "clamp_min_"), _CLAMP_MIN),
+    **dict.fromkeys(("clamp_max", "clamp_max_"), _CLAMP_MAX),
+}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 _BN_MODULES = (nn.BatchNorm2d,)
 _MAX_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, torch.ops.aten.max_pool2d.default}
@@ -30,7 +73,7 @@ _MAX_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, torch.ops.aten.max_pool2d
 
 @dataclass
 class ConvReluChain:
-    """A conv and the nodes between it and its ReLU."""
+    """A conv and the nodes between it and its ReLU (or ReLU-like clamp to [0, max_value])."""
 
     layer: Layer
     relu: fx.Node
@@ -46,6 +89,7 @@ class ConvReluChain:
             return None
         return next(a for a in self.residual_add.args if a not in self.nodes)
     pool: fx.Node | None = None  # a max pool between conv and ReLU (they commute: ReLU moves up)
+    max_value: float | None = None  # the activation's upper bound (ReLU6: 6.0; None: plain ReLU)
 
 
 @dataclass
@@ -111,8 +155,13 @@ def _follow(gm: fx.GraphModule, layer: Layer) -> ConvReluChain | str:
         if len(users) != 1:
             return "its output has several users before any ReLU" if users else "its output is unused"
         user = users[0]
-        if _is_relu(gm, user):
-            chain.relu = user
+        bounds = _activation_bounds(gm, user)
+        if bounds is not None:
+            refused = _not_relu_like(bounds, gm, user)
+            if refused is not None:
+                return refused
+            high = bounds[1]
+            chain.relu, chain.max_value = user, None if high is None or math.isinf(high) else float(high)
             chain.nodes.append(user)
             return chain
         if chain.pool is None and _is_max_pool(gm, user):
@@ -141,12 +190,43 @@ def _follow(gm: fx.GraphModule, layer: Layer) -> ConvReluChain | str:
         node = user
 
 
-def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _activation_bounds(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
+    """(lower, upper) bounds of a ReLU or clamp-like activation (None: unbounded), or None
+    when ``node`` is no such activation. A bound may be an fx node (a tensor bound)."""
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+        module = gm.get_submodule(node.target)
+        if isinstance(module, nn.ReLU):
+            return (0.0, None)
+        if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+            return (module.min_val, module.max_val)
+        return None
     if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in ("relu", "relu_")
+        spec = _CLAMP_FUNCTIONS.get(node.target)
+    elif node.op == "call_method":
+        spec = _CLAMP_METHODS.get(node.target)
+    else:
+        spec = None
+    if spec is None:
+        return None
+    names = [name for name in (spec.low, spec.high) if name is not None]
+    given = dict(zip(names, node.args[1:]))
+    given.update((k, v) for k, v in node.kwargs.items() if k in names)
+    names_and_defaults = zip((spec.low, spec.high), spec.default)
+    return tuple(given.get(name, default) if name else default for name, default in names_and_defaults)
+
+
+def _not_relu_like(bounds: tuple, gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """Why clamping to ``bounds`` breaks zero prediction (it needs outputs >= 0 that are 0 for
+    every input <= 0), or None when it does not."""
+    low, high = bounds
+    what = f"its activation '{node.name}' ({_describe(gm, node)})"
+    if any(isinstance(b, fx.Node) for b in bounds):
+        return f"{what} takes its bounds as tensors (only constant bounds are supported)"
+    if low is None or float(low) != 0.0:
+        return f"{what} has lower bound {'-inf' if low is None else low} (zero prediction needs exactly 0)"
+    if high is not None and float(high) <= 0.0:
+        return f"{what} has upper bound {high} (zero prediction needs one above 0)"
+    return None
 
 
 def _is_max_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -212,13 +292,12 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
 # The pooling layer after a conv, for perforation's pooling-structure masks (Figurnov et al.
 # 2016): they score each output position by the number of that layer's windows covering it.
 
-_aten = torch.ops.aten
 _POSITIONWISE_MODULES = (
     nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus,
     nn.Identity, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d,
 )  # fmt: skip
-_POSITIONWISE_FUNCTIONS = _RELU_FUNCTIONS | _ADD_FUNCTIONS | {
+_POSITIONWISE_FUNCTIONS = _RELU_FUNCTIONS | _ADD_FUNCTIONS | set(_CLAMP_FUNCTIONS) | {
     operator.mul, operator.imul, operator.sub, operator.isub, torch.mul, torch.sub,
     F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardswish,
     F.hardsigmoid, F.sigmoid, F.tanh, torch.sigmoid, torch.tanh, F.dropout, F.dropout2d,
@@ -228,7 +307,7 @@ _POSITIONWISE_FUNCTIONS = _RELU_FUNCTIONS | _ADD_FUNCTIONS | {
     _aten.hardswish.default, _aten.sigmoid.default, _aten.tanh.default, _aten.clamp.default,
     _aten.dropout.default, _aten.batch_norm.default, _aten.clone.default,
 }  # fmt: skip
-_POSITIONWISE_METHODS = {
+_POSITIONWISE_METHODS = set(_CLAMP_METHODS) | {
     "relu", "relu_", "sigmoid", "tanh", "clamp", "add", "add_", "mul", "mul_", "sub",
     "contiguous", "clone",
 }  # fmt: skip

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from sparsify_cnn.ops.spatial import SpatialConv, all_patterns, diagonal, predicted_zero, tile
+from sparsify_cnn.ops.registry import lowering
+from sparsify_cnn.ops.spatial import SpatialConv, all_patterns, diagonal, predicted_zero, spatial_conv, tile
 
 MAP = torch.tensor(
     [
@@ -126,3 +128,78 @@ def test_larger_patches(p):
     predicted = predicted_zero(out, tile(diagonal(p), 1, 2 * p, 2 * p, p), p)
     assert predicted[0, 0, 0, 1] and not predicted[0, 0, p + 1, p]
     assert int(predicted.sum()) == 3 * (p * p - p)  # three patches fire, their off-diagonals
+
+
+# --- an upper bound on the ReLU (ReLU6 and other clamps to [0, t]) ----------------------------
+
+
+def _bounded(max_value=6.0, **kwargs):
+    op = _op(max_value=max_value, **kwargs)
+    with torch.no_grad():
+        op.conv.weight.mul_(8.0)  # outputs well above the bound, so that the clamp shows
+    return op
+
+
+def test_bounded_all_ones_equals_relu6_exactly_and_clamps():
+    op = _bounded()
+    x = torch.randn(4, 2, 5, 5)
+    out = op(x)
+    assert torch.equal(out, F.relu6(op.conv(x))) and torch.equal(op.dense_layer()(x), out)
+    assert (out == 6.0).any() and (op.conv(x) > 6.0).any()
+
+
+@pytest.mark.parametrize("max_value", [6.0, 0.5])
+def test_bounded_prediction_equals_the_reference(max_value):
+    op = _bounded(max_value)
+    op.set_mask(tile(diagonal(2), 3, 5, 5, 2))
+    x = torch.randn(6, 2, 5, 5)
+    dense = F.hardtanh(op.conv(x), 0.0, max_value)
+    out = op(x)
+    predicted = predicted_zero(dense, op.mask, 2)
+    assert predicted.any() and torch.equal(out, dense.masked_fill(predicted, 0))
+    assert out.max() == max_value  # clamped, and the bound is reached
+    assert op.stats.mispredicted == int((predicted & (dense > 0)).sum())
+
+
+@pytest.mark.parametrize("max_value", [None, 1.5])
+def test_custom_op_applies_the_bound_like_the_module(max_value):
+    op = _bounded(max_value)
+    op.set_mask(torch.rand(op.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    op.track_stats = False
+    x, residual = torch.randn(2, 2, 5, 5), torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        expected = op(x, residual)
+        got = op._custom_op(x, residual)
+    torch.testing.assert_close(got, expected)
+    assert (got.max() == max_value) if max_value is not None else got.max() > 1.5
+
+
+def test_custom_op_schema_and_fake_with_and_without_a_bound():
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 3, 6, 6, generator=generator), torch.randn(4, 3, 3, 3, generator=generator), torch.randn(4)
+    mask = torch.rand(4, 6, 6, generator=generator) < 0.5
+    args = (x, w, b, mask, None, [1, 1], [1, 1], [1, 1], 1, 2, False, 1)
+    assert "float? max_value=None" in str(torch.ops.sparsify.spatial_conv.default._schema)
+    for bound in ((), (None,), (2.0,)):
+        checks = torch.library.opcheck(torch.ops.sparsify.spatial_conv.default, args + bound)
+        assert set(checks.values()) == {"SUCCESS"}, checks
+    assert torch.equal(spatial_conv(*args), spatial_conv(*args, None))
+    bounded = spatial_conv(*args, 2.0)
+    assert bounded.max() == 2.0 and torch.equal(bounded, spatial_conv(*args).clamp(max=2.0))
+
+
+def test_bounded_op_exports_its_bound_to_the_custom_op():
+    op = _bounded(3.0)
+    op.set_mask(tile(diagonal(2), 3, 5, 5, 2))
+    with lowering():
+        program = torch.export.export(op, (torch.randn(1, 2, 5, 5),))
+    (node,) = [n for n in program.graph.nodes if n.target is torch.ops.sparsify.spatial_conv.default]
+    assert node.args[12] == 3.0
+
+
+def test_bound_checks_and_repr():
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="upper bound must be > 0"):
+            _op(max_value=bad)
+    assert "max_value=6.0" in repr(_op(max_value=6.0)) and "max_value" not in repr(_op())
+    assert repr(_op(max_value=6.0).dense_layer()) != repr(_op().dense_layer())  # timings are keyed by repr

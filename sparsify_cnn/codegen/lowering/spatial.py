@@ -13,7 +13,8 @@ CPU, per (image, row of patches) in parallel, per patch:
    output position (plain copies inside the map, checked ones with zeros on its border);
    every channel then reads them from L1.
 2. For each prediction group (g consecutive channels): the pattern's 1-positions are computed
-   (dot product with the channel's packed weight row, folded bias, residual, ReLU); if all of
+   (dot product with the channel's packed weight row, folded bias, residual, ReLU [capped at
+   the activation's upper bound, e.g. 6 for ReLU6]); if all of
    them are zero in all g channels, the 0-positions are written as zeros without being
    computed, otherwise they are computed too.
 
@@ -46,6 +47,7 @@ class SpatialGeometry(ConvGeometry):
     compute_edges: bool
     channel_group: int
     residual: bool
+    max_value: float | None = None  # the ReLU's upper bound (ReLU6: 6.0; None: none)
 
     @property
     def packed_reduction(self) -> int:
@@ -63,12 +65,14 @@ def convert(node, importer):
     x, weight, bias, mask = (importer.env[arg] for arg in node.args[:4])
     residual = importer.env[node.args[4]] if node.args[4] is not None else None
     stride, padding, dilation, groups, patch, compute_edges, channel_group = node.args[5:12]
+    max_value = node.args[12] if len(node.args) > 12 else node.kwargs.get("max_value")
     n, c_in, h, w = (int(v) for v in x.ty.shape)
     c_out, _, kh, kw = (int(v) for v in weight.ty.shape)
     out_hw = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     geometry = SpatialGeometry(
         n, c_in, (h, w), c_out, (kh, kw), out_hw, tuple(stride), tuple(padding), tuple(dilation), int(groups),
         int(patch), bool(compute_edges), int(channel_group), residual is not None,
+        None if max_value is None else float(max_value),
     )  # fmt: skip
     out = relax.TensorType((n, c_out, *out_hw), "float32")
     target = tvm.target.Target.current(allow_none=True)
@@ -113,19 +117,24 @@ def cpu_kernel(g: SpatialGeometry):
     P2, NG = p * p, CO // G
     EDGE_H = HO % p != 0 and g.compute_edges  # the last patch row / column sticks out: never predicted
     EDGE_W = WO % p != 0 and g.compute_edges
+    BOUNDED, TOP = g.max_value is not None, g.max_value or 0.0
 
     dots = dot_products(P2, 1, KP, lambda wp, c, s, k: wp[c, k], lambda cols, grp, pos, s, k: cols[grp, pos, k])
     ACC = accumulators(KP)
 
     @T.macro
     def plus_residual(bias, res, vals, b, img, c, y, xx):
-        """relu(vals[b] + bias + residual) at output (img, c, y, xx)."""
+        """relu(vals[b] + bias + residual) [at most TOP] at output (img, c, y, xx)."""
         vals[b] = T.max(vals[b] + bias[c] + res[img, c, y, xx], T.float32(0))
+        if BOUNDED:  # decided when parsing
+            vals[b] = T.min(vals[b], T.float32(TOP))
 
     @T.macro
     def plain(bias, res, vals, b, img, c, y, xx):
-        """relu(vals[b] + bias) (``res`` is None)."""
+        """relu(vals[b] + bias) [at most TOP] (``res`` is None)."""
         vals[b] = T.max(vals[b] + bias[c], T.float32(0))
+        if BOUNDED:
+            vals[b] = T.min(vals[b], T.float32(TOP))
 
     activation = plus_residual if g.residual else plain
 
@@ -249,12 +258,13 @@ def gpu_kernel(g: SpatialGeometry):
     NG = CO // G
     EDGE_H = HO % p != 0 and g.compute_edges
     EDGE_W = WO % p != 0 and g.compute_edges
+    BOUNDED, TOP = g.max_value is not None, g.max_value or 0.0
     JOBS = N * NG * HB * WB
     THREADS = 128
 
     @T.macro
     def position(x, weight, bias, res, out, acc, img, c, y, xx):
-        """out[img, c, y, xx] = relu(conv + bias + residual) at one position."""
+        """out[img, c, y, xx] = relu(conv + bias + residual) [at most TOP] at one position."""
         acc[0] = bias[c]
         for ci, ky, kx in T.grid(CG, KH, KW):
             if 0 <= y * SH - PH + ky * DH < H and 0 <= xx * SW - PW + kx * DW < W:
@@ -263,6 +273,8 @@ def gpu_kernel(g: SpatialGeometry):
                     + x[img, c // OPG * CG + ci, y * SH - PH + ky * DH, xx * SW - PW + kx * DW] * weight[c, ci, ky, kx]
                 )
         acc[0] = T.max(acc[0] + res[img, c, y, xx], T.float32(0))
+        if BOUNDED:  # decided when parsing
+            acc[0] = T.min(acc[0], T.float32(TOP))
         out[img, c, y, xx] = acc[0]
 
     @T.macro

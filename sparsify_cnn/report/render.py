@@ -62,7 +62,11 @@ def crossover_markdown(crossover: dict | None) -> list[str]:
     for row in crossover["layers"]:
         verdict = "below crossover: left dense" if row["below_crossover"] else "kept"
         lines.append(f"| `{row['layer']}` | {row['kind']} | {row['dense_ms']:.3f} | {row['transformed_ms']:.3f} | "
-                     f"{row['speedup']:.2f}x | {row['theoretical']:.2f}x | {verdict} |")  # fmt: skip
+                     f"{row['speedup']:.2f}x | {_ratio(row['theoretical'])} | {verdict} |")  # fmt: skip
     if not crossover["layers"]:
         lines.append("| (no transformed layer saves work) | | | | | | |")
     return lines
+
+
+def _ratio(theoretical: float | None) -> str:
+    return "all skipped" if theoretical is None else f"{theoretical:.2f}x"

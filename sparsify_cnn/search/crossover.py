@@ -14,6 +14,7 @@ below the crossover dense and its report says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class LayerSpeed:
     kind: str
     dense_ms: float
     transformed_ms: float
-    theoretical: float  # dense MACs / performed MACs
+    theoretical: float  # dense MACs / performed MACs (inf: all of the layer's work is skipped)
 
     @property
     def speedup(self) -> float:
@@ -61,7 +62,8 @@ class LayerSpeed:
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "kind": self.kind, "dense_ms": self.dense_ms, "transformed_ms": self.transformed_ms,
-                "speedup": self.speedup, "theoretical": self.theoretical, "below_crossover": self.below_crossover}  # fmt: skip
+                "speedup": self.speedup, "theoretical": self.theoretical if math.isfinite(self.theoretical) else None,
+                "below_crossover": self.below_crossover}  # fmt: skip
 
 
 class WithResidual(nn.Module):
@@ -95,7 +97,9 @@ def layer_speeds(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) ->
         if cost.performed_macs >= cost.dense_macs:
             continue  # saves nothing: runs as the dense layer already
         timed = [time_layer(module, args, timer, cache) for module in (op.dense_layer(), op)]
-        speeds[op.layer_name] = LayerSpeed(op.layer_name, op.kind, *timed, cost.dense_macs / cost.performed_macs)
+        # A map smaller than a patch may be predicted zero from padding alone: nothing is computed.
+        theoretical = cost.dense_macs / cost.performed_macs if cost.performed_macs else math.inf
+        speeds[op.layer_name] = LayerSpeed(op.layer_name, op.kind, *timed, theoretical)
     return speeds
 
 

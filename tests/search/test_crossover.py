@@ -77,3 +77,30 @@ def test_a_layer_with_a_residual_input_is_timed_with_that_input_fixed():
     torch.testing.assert_close(wrapped(x), op(x, residual))
     dense = WithResidual(op.dense_layer(), residual)
     torch.testing.assert_close(dense(x), op.dense(x, residual))
+
+
+def test_a_layer_whose_whole_map_is_predicted_from_padding_is_all_skipped(monkeypatch):
+    """A 1x1 map under 2x2 patches whose pattern marks only padding: nothing is computed, so the
+    theoretical speedup is unbounded (reported as 'all skipped', not a division by zero)."""
+    from sparsify_cnn.passes.spatial import insert_spatial_ops, spatial_ops
+    from sparsify_cnn.report.render import crossover_markdown
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x)).flatten(1)
+
+    gm = insert_spatial_ops(capture(Tiny().eval(), (1, 3, 3, 3)).graph_module).graph_module
+    op = spatial_ops(gm)["conv"]
+    mask = torch.zeros_like(op.mask)
+    mask[:, 1, 1] = True  # the only computed position lies in the padding
+    op.set_mask(mask)
+    monkeypatch.setattr(measure, "measure_ms", fake_times({type(op.dense_layer()): 1.0, SpatialConv: 0.5}, []))
+    result = check_crossover(gm, torch.randn(1, 3, 3, 3), LayerTimer())
+    assert result.speeds["conv"].theoretical == float("inf")
+    row = result.to_dict()["layers"][0]
+    assert row["theoretical"] is None and json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert "all skipped" in "\n".join(crossover_markdown(result.to_dict()))

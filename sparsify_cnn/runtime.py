@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .codegen.artifact import FORMAT, LIBRARY, MANIFEST, PARAMS, VERSION, sha256
+from .codegen.artifact import FORMAT, LIBRARY, MANIFEST, PARAMS, VERSION, missing_features, sha256
+from .quiet import tvm_scope_lines_hidden
 
 
 class ArtifactError(Exception):
@@ -54,8 +55,9 @@ class CompiledModel:
         self.manifest = manifest
         self.input = manifest["inputs"][0]
         self.device = tvm.cuda(0) if manifest["target"]["kind"] == "cuda" else tvm.cpu(0)
-        library = tvm.runtime.load_module(str(root / LIBRARY))
-        self._vm = vm.VirtualMachine(library, self.device)
+        with tvm_scope_lines_hidden():
+            library = tvm.runtime.load_module(str(root / LIBRARY))
+            self._vm = vm.VirtualMachine(library, self.device)
         with np.load(root / PARAMS) as params:
             self._params = [tvm.runtime.tensor(params[f"p{i}"], self.device) for i in range(manifest["num_params"])]
         self._tvm = tvm
@@ -93,8 +95,7 @@ def _check_machine(manifest: dict) -> None:
         if not tvm.cuda(0).exist:
             raise ArtifactError(f"the artifact targets CUDA {target.get('arch')}, and this machine has no CUDA GPU")
         return
-    flags = _cpu_flags()
-    missing = [f for f in manifest.get("cpu_features", []) if flags is not None and f.replace(".", "_") not in flags]
+    missing = missing_features(manifest.get("cpu_features", []), _cpuinfo())
     if missing:
         raise ArtifactError(
             f"the artifact was compiled for {target.get('mcpu')} and needs CPU features this machine lacks: "
@@ -102,15 +103,11 @@ def _check_machine(manifest: dict) -> None:
         )
 
 
-def _cpu_flags() -> set[str] | None:
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return None  # not Linux: nothing to check against
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return None
+        return ""  # not Linux: nothing to check against
 
 
 def _tvm_version() -> str:

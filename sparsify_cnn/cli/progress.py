@@ -14,12 +14,14 @@ class ProgressLine:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
-        self._last = 0.0
+        # None until the first line: monotonic() counts from boot on Linux, so a start of 0.0
+        # would swallow the first line on a machine up for less than the interval.
+        self._last: float | None = None
         self._shown = False
 
     def __call__(self, phase: str, target: str, done: int, total: int, best: float) -> None:
         now = time.monotonic()
-        if now - self._last < self.interval:
+        if self._last is not None and now - self._last < self.interval:
             return
         self._last = now
         count = f"{done}/{total}" if total else f"{done}"

@@ -9,11 +9,33 @@ from pathlib import Path
 
 import numpy as np
 
+from ..quiet import tvm_scope_lines_hidden
+
 FORMAT = "sparsify-artifact"
 VERSION = 1
 LIBRARY, PARAMS, MANIFEST, CUDA_SOURCE = "model.so", "params.npz", "manifest.json", "model.cu"
-# SIMD features whose absence makes compiled x86 code crash: the runtime checks them.
-X86_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
+# SIMD features whose absence makes compiled x86 code crash (the runtime checks them): LLVM's
+# name -> the flag Linux lists in /proc/cpuinfo. No rule turns one into the other (avx512vnni is
+# avx512_vnni there, avx512vbmi stays avx512vbmi), so names are compared through this table only.
+X86_FEATURES = {
+    "sse4.1": "sse4_1",
+    "sse4.2": "sse4_2",
+    "avx": "avx",
+    "f16c": "f16c",
+    "fma": "fma",
+    "avx2": "avx2",
+    "avx512f": "avx512f",
+    "avx512cd": "avx512cd",
+    "avx512bw": "avx512bw",
+    "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16",
+    "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2",
+    "avx512fp16": "avx512_fp16",
+    "avxvnni": "avx_vnni",
+}
 
 
 def sha256(path: Path) -> str:
@@ -27,7 +49,8 @@ def sha256(path: Path) -> str:
 def write_artifact(out: Path, executable, params: list[np.ndarray], manifest: dict) -> dict:
     """Write the library, parameters and manifest into ``out``; return the manifest."""
     out.mkdir(parents=True, exist_ok=True)
-    executable.export_library(str(out / LIBRARY))
+    with tvm_scope_lines_hidden():
+        executable.export_library(str(out / LIBRARY))
     np.savez(out / PARAMS, **{f"p{i}": p for i, p in enumerate(params)})
     files = [LIBRARY, PARAMS]
     source = cuda_source(executable)
@@ -57,3 +80,22 @@ def cpu_features(target_spec: dict) -> list[str]:
 
     target = tvm.target.Target(target_spec)
     return [f for f in X86_FEATURES if tvm.target.codegen.llvm_cpu_has_features(f, target)]
+
+
+def cpuinfo_features(cpuinfo: str) -> set[str] | None:
+    """The checked features (LLVM names) that every CPU listed in a /proc/cpuinfo text has;
+    None without a ``flags`` line (not x86 Linux). ``cpuinfo_features("flags : sse4_2 avx") ==
+    {"sse4.2", "avx"}``"""
+    cpus = [set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")]
+    if not cpus:
+        return None
+    flags = set.intersection(*cpus)  # a hybrid CPU runs code on every core type
+    return {feature for feature, flag in X86_FEATURES.items() if flag in flags}
+
+
+def missing_features(required: list[str], cpuinfo: str) -> list[str]:
+    """The features of ``required`` (LLVM names, as a manifest records them) that the CPUs in a
+    /proc/cpuinfo text lack; a name outside ``X86_FEATURES`` counts as missing, since it cannot
+    be checked. Empty when the text lists no flags: nothing to check against."""
+    present = cpuinfo_features(cpuinfo)
+    return [] if present is None else [f for f in required if f not in present]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SparsifyError
+from ..quiet import torch_treespec_warning_hidden
 
 
 class UnsupportedOpsError(SparsifyError):
@@ -32,6 +33,7 @@ def import_program(program: torch.export.ExportedProgram, custom: dict | None = 
     ]
     if unsupported:
         raise UnsupportedOpsError(f"TVM cannot lower {len(unsupported)} op(s): {', '.join(unsupported)}")
-    mod = from_exported_program(program, keep_params_as_input=True, custom_convert_map=custom or None)
+    with torch_treespec_warning_hidden():  # run_decompositions copies torch's own tree specs
+        mod = from_exported_program(program, keep_params_as_input=True, custom_convert_map=custom or None)
     mod, params = relax.frontend.detach_params(mod)
     return mod, [p.numpy() for p in params.get("main", [])]

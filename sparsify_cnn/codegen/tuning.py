@@ -9,14 +9,20 @@ tuned again, so re-tuning the same shapes costs nothing.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from pathlib import Path
 
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
+from ..errors import MissingExtraError
+
 BUILD_FUNC = "sparsify.meta_schedule.build"
 LOGGER = "tvm.s_tir.meta_schedule"
+# What MetaSchedule's search imports only once it runs (its cost model, its process pool): the
+# sparsify-cnn[tune] extra, left out of plain installs for xgboost's size.
+SEARCH_PACKAGES = ("xgboost", "psutil", "cloudpickle")
 
 
 @tvm.register_global_func(BUILD_FUNC, override=True)
@@ -35,6 +41,8 @@ def _worker_init() -> None:
 def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
     """Tune the fused PrimFuncs of ``mod`` for at most ``trials`` trials in all (tasks already in
     ``records`` are skipped) and return ``mod`` with the best schedules applied."""
+    if trials > 0:
+        require_search_packages()
     records = Path(records)
     records.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(
@@ -76,6 +84,17 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
         )
     with target, database:
         return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def require_search_packages() -> None:
+    """Fail in one line, naming the extra, where MetaSchedule's search could not start; checked
+    before tuning, not mid-search where the import would fail."""
+    missing = [name for name in SEARCH_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"tuning (--tune-trials) needs packages not installed here ({', '.join(missing)}): "
+            "pip install 'sparsify-cnn[tune]'"
+        )
 
 
 @contextlib.contextmanager

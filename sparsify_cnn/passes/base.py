@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -116,3 +118,35 @@ def inserted_ops(gm: fx.GraphModule, kind: type[T]) -> dict[str, T]:
             if isinstance(module, kind):
                 ops[module.layer_name] = module
     return ops
+
+
+def no_layer_message(action: str, skipped: dict[str, str], hint: str, empty: str = "it has no convs") -> str:
+    """One line under 300 characters, whatever the model, on why no layer could ``action``: how
+    many layers were checked, the commonest reasons with their counts, and ``hint``."""
+    head = f"no layer of the model can {action}"
+    if not skipped:
+        return f"{head}: {empty}"
+    counts = Counter(skip_kind(why) for why in skipped.values()).most_common()
+    layers = f"{len(skipped)} conv{'s' if len(skipped) > 1 else ''}"
+    for shown, width in ((3, 300), (2, 300), (2, 100), (1, 300), (1, 100), (1, 40)):
+        reasons = "; ".join(f"{n}x {_clip(kind, width)}" for kind, n in counts[:shown])
+        others = len(counts[shown:])
+        more = f"; {others} other reason{'s' if others > 1 else ''}" if others else ""
+        line = f"{head} ({layers} checked: {reasons}{more}); {hint}"
+        if len(line) < 300:
+            break
+    return line
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def skip_kind(reason: str) -> str:
+    """A skip reason without node names, counts and remarks, so that layers skipped alike count
+    together: "its output reaches 'x' (Hardswish) before any ReLU" -> "its output reaches
+    Hardswish before any ReLU"; "depthwise conv (96 groups): ..." -> "depthwise conv: ..."."""
+    reason = re.sub(r"'[^']*' \(([^)]*)\)", r"\1", reason)  # 'node' (Kind) -> Kind
+    reason = re.sub(r"'[^']*'", "'...'", reason)
+    reason = re.sub(r" \([^()]*\d[^()]*\)", "", reason)  # sizes and counts: "(96 groups)", "(C=1)"
+    return re.sub(r" \([^()]*\)$", "", reason)

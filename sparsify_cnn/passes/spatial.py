@@ -8,7 +8,6 @@ model equals the original exactly until a search installs masks.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +19,8 @@ from ..ops.spatial import EDGES, SpatialConv
 from ..transform.layers import Layer, tensor_shape
 from ..transform.match import ConvReluChain, find_conv_relu
 from .base import (
+    no_layer_message,
+    skip_kind,
     PassResult,
     conv_module,
     copy_graph_module,
@@ -101,39 +102,21 @@ def insert_spatial_ops(
 
 
 def nothing_inserted(skipped: dict[str, str]) -> str:
-    """One line (under 300 characters, whatever the model) on why no conv took a Spatial op:
-    how many convs, the commonest reasons with their counts, and what to try. Example::
+    """Why no conv took a Spatial op, in one short line with what to try. Example::
 
         nothing_inserted({"c1": "its output reaches 'h' (Hardswish) before any ReLU"})
         # "no layer of the model can take a Spatial op (1 conv checked: 1x its output reaches
         #  Hardswish before any ReLU); it needs a conv feeding ReLU, ReLU6 or ..."
     """
-    head = "no layer of the model can take a Spatial op"
-    if not skipped:
-        return f"{head}: it has no 2-D convs"
-    counts = Counter(_reason_kind(why) for why in skipped.values()).most_common()
-    convs = f"{len(skipped)} conv{'s' if len(skipped) > 1 else ''}"
-    hint = next((hint for word, hint in _HINTS.items() if word in counts[0][0]), _NO_RELU_HINT)
-    for shown in (3, 2, 1):
-        reasons = "; ".join(f"{n}x {kind[:70]}" for kind, n in counts[:shown])
-        others = len(counts) - shown
-        more = f"; {others} other reason{'s' if others > 1 else ''}" if others > 0 else ""
-        line = f"{head} ({convs} checked: {reasons}{more}); {hint}"
-        if len(line) < 300:
-            break
-    return line
+    hint = _NO_RELU_HINT
+    if skipped:
+        top = Counter(skip_kind(why) for why in skipped.values()).most_common(1)[0][0]
+        hint = next((hint for word, hint in _HINTS.items() if word in top), _NO_RELU_HINT)
+    return no_layer_message("take a Spatial op", skipped, hint, empty="it has no 2-D convs")
 
 
 _HINTS = {"not selected": "check --layers", "channel group": "try a smaller --channel-group"}  # by the top reason
 _NO_RELU_HINT = "it needs a conv feeding ReLU, ReLU6 or clamp(min=0): try --technique perforation"
-
-
-def _reason_kind(reason: str) -> str:
-    """A skip reason without node names and remarks, so that layers skipped alike count together:
-    "its output reaches 'x' (Hardswish) before any ReLU" -> "its output reaches Hardswish before any ReLU"."""
-    reason = re.sub(r"'[^']*' \(([^)]*)\)", r"\1", reason)  # 'node' (Kind) -> Kind
-    reason = re.sub(r"'[^']*'", "'...'", reason)
-    return re.sub(r" \([^)]*\)$", "", reason)
 
 
 def spatial_ops(gm: fx.GraphModule) -> dict[str, SpatialConv]:

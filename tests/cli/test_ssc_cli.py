@@ -73,8 +73,13 @@ def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_
     fresh = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
                 "--finetune-lr", "0.01", "--target", "none", "--no-resume", "--out", out)  # fmt: skip
     assert fresh.exit_code == 0 and json.loads((out / "report.json").read_text())["finetune"]["resumed_from"] == 0
+    # Without --finetune-lr the default, 0.01, makes it the same run: it resumes.
+    default = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
+                  "--target", "none", "--out", out)  # fmt: skip
+    assert default.exit_code == 0, default.output
+    assert json.loads((out / "report.json").read_text())["finetune"]["resumed_from"] == 1
     other = run(model_files["pt2"], "--technique", "ssc", "--target-params", "0.95", "--finetune-epochs", "1",
-                "--target", "none", "--out", out)  # fmt: skip
+                "--finetune-lr", "0.1", "--target", "none", "--out", out)  # fmt: skip
     assert other.exit_code != 0 and "written by another run" in other.output
 
 
@@ -100,4 +105,4 @@ def test_no_layer_taking_ssc_is_an_error_naming_the_reasons(tmp_path, model_file
     result = run(model_files["pt2"], "--technique", "ssc", "--ssc-layer", "conv1=2,2", "--target", "none",
                  "--out", tmp_path / "none")  # fmt: skip
     assert result.exit_code != 0
-    assert "no layer of the model can take SSC" in result.output and "conv2: no (g, p) given for it" in result.output
+    assert "no layer of the model can take SSC" in result.output and "x no (g, p) given for it" in result.output

@@ -325,3 +325,15 @@ def test_optimize_raises_the_short_message_for_a_model_without_relus():
     with pytest.raises(InputError) as error:
         optimize_spatial(prepared)
     assert len(str(error.value)) < 300 and "60 convs checked" in str(error.value)
+
+
+def test_no_layer_message_is_short_for_every_technique_and_groups_reasons():
+    from sparsify_cnn.passes.base import no_layer_message
+
+    skipped = {f"features.{i}.block.0": f"depthwise conv ({96 + i} groups): SSC replaces dense convs" for i in range(40)}
+    skipped["features.0.0"] = "no SSC choice fits its channels (3 -> 96)"
+    message = no_layer_message("take SSC", skipped, "try --technique perforation")
+    assert message == ("no layer of the model can take SSC (41 convs checked: 40x depthwise conv: SSC replaces dense "
+                       "convs; 1x no SSC choice fits its channels); try --technique perforation")
+    many = {f"c{i}": f"reason number {i} " + "x" * 60 for i in range(30)}
+    assert len(no_layer_message("be perforated", many, "check --layers")) < 300

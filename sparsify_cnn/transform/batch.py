@@ -17,6 +17,8 @@ images of a batch).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
@@ -91,10 +93,12 @@ def _drop_guards(gm: fx.GraphModule) -> None:
 
 
 def _free_batch(gm: fx.GraphModule, batch: int) -> None:
-    """Replace the literal batch in the size arguments of the graph's nodes."""
+    """Replace the literal batch in the size arguments of the graph's nodes, following the
+    dimension that carries the batch through transposes and reshapes (attention folds it into
+    the heads: one image's [L, 1, E] becomes [L, 12, 64], a batch's [L, 12 * N, 64])."""
     graph = gm.graph
     source = next(n for n in graph.nodes if n.op == "placeholder")
-    batched = {source}
+    batch_dim: dict[fx.Node, int] = {source: 0}  # for each value that carries the batch: where
     batch_size: fx.Node | None = None
 
     def input_batch() -> fx.Node:
@@ -107,16 +111,19 @@ def _free_batch(gm: fx.GraphModule, batch: int) -> None:
     for node in list(graph.nodes):
         if node.op != "call_function" or node is batch_size:
             continue
-        if any(n in batched for n in node.all_input_nodes):
-            batched.add(node)
+        carried = [n for n in node.all_input_nodes if n in batch_dim]
         shape = _shape(node)
+        if carried:
+            dim = _follow_batch(node, carried[0], batch_dim[carried[0]], shape)
+            if dim is not None:
+                batch_dim[node] = dim
+                if node.target in _RESHAPES or node.target in _EXPANDS:
+                    node.args = (node.args[0], [-1 if i == dim else s for i, s in enumerate(shape)], *node.args[2:])
+            continue
         if shape is None or not shape or shape[0] != batch:
             continue
-        if node.target in _RESHAPES and node.args[0] in batched and (_shape(node.args[0]) or ())[:1] == (batch,):
-            node.args = (node.args[0], [-1, *shape[1:]], *node.args[2:])
-        elif node.target in _EXPANDS and node.args[1][0] == batch:
-            first = -1 if node.args[0] in batched else input_batch()
-            node.args = (node.args[0], [first, *node.args[1][1:]], *node.args[2:])
+        if node.target in _EXPANDS and node.args[1][0] == batch:  # a weight broadcast to the batch
+            node.args = (node.args[0], [input_batch(), *node.args[1][1:]], *node.args[2:])
         elif node.target in _FACTORIES:
             position = _FACTORIES[node.target]
             sizes = list(node.args[position])
@@ -124,6 +131,48 @@ def _free_batch(gm: fx.GraphModule, batch: int) -> None:
                 args = list(node.args)
                 args[position] = [input_batch(), *sizes[1:]]
                 node.args = tuple(args)
+
+
+def _follow_batch(node: fx.Node, source: fx.Node, dim: int, shape: tuple[int, ...] | None) -> int | None:
+    """The dimension of ``node``'s value that carries the batch, given that ``source`` (one of
+    its inputs) carries it in ``dim``; None when it cannot be told (the check then decides)."""
+    target, args = node.target, node.args
+    if shape is None:  # tuples (max pool with indices, batch norm statistics): their items follow
+        return dim
+    rank, source_shape = len(shape), _shape(source)
+    if target in _RESHAPES:
+        # Row-major: the batch lands in the first dimension after as many elements as came
+        # before it, as that dimension's outermost factor.
+        before = math.prod(source_shape[:dim]) if source_shape is not None else None
+        return next((j for j in range(rank) if math.prod(shape[:j]) == before), None)
+    if target in _EXPANDS:
+        return dim + rank - len(source_shape) if source_shape is not None else None
+    if target is _aten.permute.default:
+        return [d % rank for d in args[1]].index(dim)
+    if target is _aten.transpose.int:
+        a, b = (d % rank for d in args[1:3])
+        return b if dim == a else a if dim == b else dim
+    if target is _aten.t.default:
+        return 1 - dim if rank == 2 else dim
+    if target is _aten.flatten.using_ints and source_shape is not None:
+        start, end = ((args[i] if len(args) > i else default) % len(source_shape) for i, default in ((1, 0), (2, -1)))
+        if dim == start or dim < start:
+            return dim
+        return dim - (end - start) if dim > end else None  # inside the range, but not outermost
+    if target is _aten.unflatten.int and source_shape is not None:
+        split = args[1] % len(source_shape)
+        return dim if dim < split else dim + len(args[2]) - 1 if dim > split else None
+    if target in (_aten.unsqueeze.default, _aten.stack.default):
+        inserted = (args[1] if target is _aten.unsqueeze.default else (args[1] if len(args) > 1 else 0)) % rank
+        return dim + (inserted <= dim)
+    if source_shape is not None and len(source_shape) == rank:
+        return dim  # elementwise, convs, pools, matmuls, cat, slices: the batch stays put
+    dims = args[1] if len(args) > 1 and target is not _aten.flatten.using_ints else None
+    if source_shape is not None and rank < len(source_shape) and isinstance(dims, (int, list, tuple)):
+        # select, squeeze, and reductions without keepdim (mean, sum, amax): dimensions go
+        removed = {d % len(source_shape) for d in ([dims] if isinstance(dims, int) else dims)}
+        return None if dim in removed else dim - sum(r < dim for r in removed)
+    return None
 
 
 def _shape(node) -> tuple[int, ...] | None:

@@ -85,3 +85,32 @@ def test_models_that_mix_images_are_refused():
     gm, example = _exported(MixesImages())
     with pytest.raises(GeneralizationError, match="mixes the images"):
         generalize_batch(gm, example)
+
+
+class Windows(nn.Module):
+    """Swin's window partition: the batch folds into the window count ([4, 16, 8] for one
+    image, [4 * N, 16, 8] for N), moves with a permute, and unfolds again."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, 8, 2, stride=2)
+        self.mix = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.patches(x).permute(0, 2, 3, 1)  # (B, 8, 8, C)
+        b, h, w, c = y.shape
+        windows = y.view(b, h // 4, 4, w // 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, c)
+        windows = torch.softmax(windows @ windows.transpose(1, 2), -1) @ self.mix(windows)
+        y = windows.view(b, h // 4, w // 4, 4, 4, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return y.mean((1, 2))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_batch_is_followed_where_it_folds_into_other_dimensions(batch):
+    torch.manual_seed(0)
+    model = Windows().eval()
+    gm, example = _exported(model, batch)
+    generalize_batch(gm, example)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..evaluate import METRICS
 from ..passes.perforation import perforated_ops
+from .budget import accuracy_checks, checks_markdown
 from .render import crossover_markdown
 
 
@@ -41,13 +42,19 @@ def report_data(result) -> dict:
         layers.append(entry)
     search = result.search
     dense_macs, performed = result.dense.total_macs, result.sparse.total_performed_macs
+    calib = result.scores["calib"]
+    final = calib[result.plan.results["final"]].value
     return {
         "metric": result.metric,
         "metric_name": METRICS[result.metric],
         "plan": {k: getattr(result.plan, k) for k in ("technique", "config", "search", "data", "model", "versions")},
         "accuracy": {split: {kind: s.value for kind, s in pair.items()} for split, pair in result.scores.items()},
+        **accuracy_checks(result),
         "macs": {"dense": dense_macs, "performed": performed, "saved_fraction": 1 - performed / dense_macs,
                  "speedup": dense_macs / performed},  # fmt: skip
+        # The plan written to plan.json, after the crossover rule and fine-tuning: the plot's star.
+        "verified": {"calib_accuracy": final, "calib_loss_points": 100 * (calib["dense"].value - final),
+                     "macs": performed, "macs_speedup": dense_macs / performed},  # fmt: skip
         "search": {
             "seconds": search.seconds,
             "candidates": search.candidates,
@@ -94,6 +101,7 @@ def report_markdown(data: dict, title: str) -> str:
         values = [acc[split][k] for k in kinds]
         cells = [f"{100 * v:.2f}%" for v in values]
         lines.append(f"| {split} | " + " | ".join(cells) + f" | {100 * (values[-1] - values[0]):+.2f} pts |")
+    lines += checks_markdown(data)
     speed = f"**{macs['speedup']:.2f}x** theoretical (MACs)"
     if search["cost_unit"] == "ms":
         speed += f", {search['speedup_by_cost']:.2f}x by the measured layer times"
@@ -147,23 +155,29 @@ def kept_picture(kept: np.ndarray, scale: int = 8) -> Image.Image:
 
 
 def plot_operating_points(data: dict, path: Path) -> None:
-    import matplotlib
+    """Save :func:`operating_points_figure` of the report's ``data`` to ``path``."""
+    operating_points_figure(data).savefig(path, dpi=100)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    points = data["operating_points"]
+def operating_points_figure(data: dict):
+    """The greedy steps (speedup against calib loss) and, starred, the verified plan (the one in
+    plan.json, after the crossover rule and fine-tuning): report.json's ``verified`` figures."""
+    from matplotlib.figure import Figure  # no pyplot: nothing global to select or close
+
+    points, verified = data["operating_points"], data["verified"]
     dense_accuracy = points[0]["accuracy"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.plot([p["macs_speedup"] for p in points], [100 * (dense_accuracy - p["accuracy"]) for p in points], "o-",
             label="greedy steps (MACs)")  # fmt: skip
     if data["search"]["cost_unit"] == "ms":
         ax.plot([p["speedup"] for p in points], [100 * (dense_accuracy - p["accuracy"]) for p in points], "s--",
                 label="greedy steps (measured)")  # fmt: skip
+    ax.plot([verified["macs_speedup"]], [verified["calib_loss_points"]], "r*", markersize=14,
+            label="verified plan (plan.json, MACs)")  # fmt: skip
     ax.set_xlabel("speedup")
     ax.set_ylabel(f"calib {data['metric_name']} loss (points)")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

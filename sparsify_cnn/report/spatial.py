@@ -13,6 +13,7 @@ from PIL import Image
 from ..evaluate import METRICS
 from ..ops.spatial import SpatialConv
 from ..passes.spatial import spatial_ops
+from .budget import accuracy_checks, checks_markdown
 from .render import crossover_markdown
 
 
@@ -25,7 +26,7 @@ def write_report(result, out_dir: str | Path, title: str = "sparsify report") ->
     (out / "report.json").write_text(json.dumps(data, indent=2))
     for name, op in spatial_ops(result.graph_module).items():
         mask_picture(op).save(out / "masks" / f"{_file_name(name)}.png")
-    plot_operating_points(result, out / "operating_points.png")
+    plot_operating_points(data, out / "operating_points.png")
     (out / "report.md").write_text(report_markdown(data, title))
     return data
 
@@ -52,13 +53,21 @@ def report_data(result) -> dict:
         "metric_name": METRICS[result.metric],
         "plan": {k: getattr(result.plan, k) for k in ("technique", "config", "search", "data", "model", "versions")},
         "accuracy": {split: {kind: s.value for kind, s in pair.items()} for split, pair in result.scores.items()},
+        **accuracy_checks(result),
         "macs": {
             "dense": result.dense.total_macs,
             "performed_test": result.sparse.total_performed_macs,
             "saved_fraction_test": 1 - result.sparse.total_performed_macs / result.dense.total_macs,
-            "saved_calib": search.macs_saved,
+            "saved_calib": result.calib_macs_saved,
+        },
+        # The plan written to plan.json, scored after the crossover rule: what the plot's star marks.
+        "verified": {
+            "calib_accuracy": result.scores["calib"]["sparse"].value,
+            "calib_macs_saved": result.calib_macs_saved,
+            "calib_saved_fraction": result.calib_macs_saved / result.dense.total_macs,
         },
         "search": {
+            "chosen": {"calib_accuracy": search.accuracy, "calib_macs_saved": search.macs_saved},
             "seconds": search.seconds,
             "options": search.options,
             "evaluated": search.candidates,
@@ -94,6 +103,7 @@ def report_markdown(data: dict, title: str) -> str:
     for split in ("calib", "test"):
         dense, sparse = acc[split]["dense"], acc[split]["sparse"]
         lines.append(f"| {split} | {100 * dense:.2f}% | {100 * sparse:.2f}% | {100 * (sparse - dense):+.2f} pts |")
+    lines += checks_markdown(data)
     lines += [
         "",
         f"MACs per image: dense {macs['dense']:,}, performed on the test split {macs['performed_test']:,} "
@@ -143,30 +153,35 @@ def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Ima
     return Image.fromarray(canvas)
 
 
-def plot_operating_points(result, path: Path) -> None:
-    import matplotlib
+def plot_operating_points(data: dict, path: Path) -> None:
+    """Save :func:`operating_points_figure` of the report's ``data`` to ``path``."""
+    operating_points_figure(data).savefig(path, dpi=100)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    dense_macs = result.dense.total_macs
-    search = result.search
-    fig, ax = plt.subplots(figsize=(6, 4))
-    saved = [100 * p.macs_saved / dense_macs for p in search.points]
-    accuracy = [100 * p.accuracy for p in search.points]
+def operating_points_figure(data: dict):
+    """Every network state the search evaluated, the dense model and, starred, the verified plan
+    (the one in plan.json, scored after the crossover rule), from the report's ``data``: calib
+    MACs saved against calib accuracy. The star is report.json's ``verified`` figures."""
+    from matplotlib.figure import Figure  # no pyplot: nothing global to select or close
+
+    dense_macs, dense_accuracy = data["macs"]["dense"], data["accuracy"]["calib"]["dense"]
+    verified, budget = data["verified"], data["plan"]["search"]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    points = data["operating_points"]
+    saved, accuracy = [100 * p["macs_saved"] / dense_macs for p in points], [100 * p["accuracy"] for p in points]
     ax.plot(saved, accuracy, "o", alpha=0.6, label="evaluated network states")
-    ax.plot([0], [100 * search.dense_accuracy], "ks", label="dense")
-    ax.plot([100 * search.macs_saved / dense_macs], [100 * search.accuracy], "r*", markersize=14, label="chosen")
-    budget = result.plan.search
-    floor = search.dense_accuracy - budget["epsilon"] * (search.dense_accuracy if budget["epsilon_kind"] == "relative" else 1)
+    ax.plot([0], [100 * dense_accuracy], "ks", label="dense")
+    ax.plot([100 * verified["calib_saved_fraction"]], [100 * verified["calib_accuracy"]], "r*", markersize=14,
+            label="verified plan (plan.json)")  # fmt: skip
+    floor = dense_accuracy - budget["epsilon"] * (dense_accuracy if budget["epsilon_kind"] == "relative" else 1)
     ax.axhline(100 * floor, color="gray", linestyle="--", label="accuracy budget")
     ax.set_xlabel("MACs saved on calib (%)")
-    ax.set_ylabel(f"calib {METRICS[result.metric]} (%)")
+    ax.set_ylabel(f"calib {data['metric_name']} (%)")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _file_name(layer: str) -> str:

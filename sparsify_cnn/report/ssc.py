@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..evaluate import METRICS
 from ..passes.ssc_presets import get_preset
+from .budget import accuracy_checks, checks_markdown
 from .render import crossover_markdown
 
 
@@ -47,6 +48,7 @@ def report_data(result) -> dict:
         "metric_name": METRICS[result.metric],
         "plan": {k: getattr(result.plan, k) for k in ("technique", "config", "search", "data", "model", "versions")},
         "accuracy": {split: {kind: s.value for kind, s in pair.items()} for split, pair in result.scores.items()},
+        **accuracy_checks(result),
         "params": {"dense": dense_params, "ssc": params, "fraction": params / dense_params,
                    "assignment_fraction": assignment.fraction, "target": config.target_fraction,
                    "preset": config.preset, "preset_nominal": nominal, "meets_target": assignment.meets_target},
@@ -91,6 +93,7 @@ def report_markdown(data: dict, title: str) -> str:
         values = [acc[split][k] for k in kinds]
         cells = [f"{100 * v:.2f}%" for v in values]
         lines.append(f"| {split} | " + " | ".join(cells) + f" | {100 * (values[-1] - values[0]):+.2f} pts |")
+    lines += checks_markdown(data)
     if data["finetune"]:
         fine = data["finetune"]
         config = fine["config"]

@@ -25,6 +25,7 @@ import torch
 
 from sparsify_cnn import models
 from sparsify_cnn.data import load_data
+from sparsify_cnn.errors import TrainingDiverged
 from sparsify_cnn.evaluate import evaluate
 from sparsify_cnn.passes.stan import StanConfig
 from sparsify_cnn.stan.trainer import TrainSetup, fit
@@ -74,7 +75,10 @@ def main() -> None:
         torch.manual_seed(0)
         gm = capture(entry.factory(num_classes=data.num_classes), (1, *entry.input_shape)).graph_module
         setup = TrainSetup(**{**base.__dict__, **changes})
-        return setup, fit(gm, data, setup, max_entry_memory=None, clock=clock)
+        try:
+            return setup, fit(gm, data, setup, max_entry_memory=None, clock=clock)
+        except TrainingDiverged as error:  # a row that says so, not a NaN model scored as class 0
+            return setup, error
 
     start = time.perf_counter()
     for variant in ("stan-lite", "stan"):  # compiles the kernels of both variants (E as bits / bytes)
@@ -96,6 +100,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     dense_epoch, details = None, []
     for (label, _), repeats in zip(configs, results, strict=True):
+        failed = next((r for _, r in repeats if isinstance(r, TrainingDiverged)), None)
+        if failed is not None:  # seeded: every repeat diverges alike
+            stan = repeats[0][0].stan
+            where = f"{stan.theta:g} | {stan.pre_epochs} | {stan.period}" if stan else " | | "
+            print(f"| {label} | {where} | | | diverged at epoch {failed.epoch} | | | |")
+            continue
         setup, result = sorted(repeats, key=lambda r: r[1].seconds)[len(repeats) // 2]
         error = 1 - evaluate(result.graph_module, data.test).value
         stan = setup.stan

@@ -1,25 +1,35 @@
 """Seeded, deterministic training of small models on a data set's train split: SGD with
 momentum and a cosine learning-rate schedule, or the step schedule of the SSC seed's recipe
-(``TrainConfig.seed_recipe``). With a checkpoint file, training resumes after an interruption
-and ends with the same weights, bit for bit, as a run that was never interrupted."""
+(``TrainConfig.seed_recipe``; ``finetune_recipe`` for a trained model). With a checkpoint file,
+training resumes after an interruption and ends with the same weights, bit for bit, as a run
+that was never interrupted.
+
+A NaN or infinite loss, weight or calibration output stops training with ``TrainingDiverged``;
+the model keeps the weights of the last epoch that ended finite, and no checkpoint ever holds
+non-finite weights."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .data import Dataset
-from .errors import InputError
+from .errors import InputError, NonFiniteError, TrainingDiverged, check_finite
 from .evaluate import Score, evaluate
+from .progress import Progress, silent
 
 SCHEDULES = ("cosine", "step")
+# Fine-tuning starts from trained weights, near a minimum: the seed's from-scratch 0.1 knocks
+# them away (SSC on a trained batch-norm net diverged to NaN at 0.1); a tenth of it instead.
+FINETUNE_LR = 0.01
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,12 @@ class TrainConfig:
         milestones = sorted({max(1, round(epochs * f)) for f in (0.4, 0.6, 0.8)})
         return cls(epochs, 128, 0.1, 0.9, 1e-4, seed, "step", tuple(milestones), 0.1)
 
+    @classmethod
+    def finetune_recipe(cls, epochs: int, seed: int = 0, lr: float = FINETUNE_LR) -> TrainConfig:
+        """The seed recipe (batch, weight decay, step schedule) at a fine-tuning learning rate,
+        for a model that starts from trained weights: ``TrainConfig.finetune_recipe(5).lr == 0.01``."""
+        return replace(cls.seed_recipe(epochs, seed), lr=lr)
+
     def to_dict(self) -> dict:
         return {**asdict(self), "milestones": list(self.milestones)}
 
@@ -90,8 +106,10 @@ def train(
     config: TrainConfig = TrainConfig(),
     on_epoch: Callable[[EpochLog], None] | None = None,
     checkpoint: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data.train``; score each epoch on ``data.calib``.
+    """Train ``model`` in place on ``data.train``; score each epoch on ``data.calib``;
+    ``progress`` (``sparsify_cnn.progress``) hears of every step, in phase "training".
 
     Two runs with the same config, data and initial weights give identical weights. With
     ``checkpoint``, the model, optimizer, schedule and random states are written there after
@@ -99,6 +117,9 @@ def train(
     config continues from it and finishes with the weights an uninterrupted run reaches::
 
         train(model, data, TrainConfig.seed_recipe(epochs=30), checkpoint="run.ckpt")
+
+    A NaN or infinite loss, parameter, buffer or calibration output raises ``TrainingDiverged``
+    (epoch, step, learning rate) with the model back at the end of its last finite epoch.
     """
     if not data.labeled:
         raise InputError(f"data '{data.name}' has no labels: training needs labelled data")
@@ -125,19 +146,48 @@ def train(
         result.resumed_from = state["epoch"]
         previous_seconds = state["seconds"]
     start = time.perf_counter()
+    last_finite = LastFinite(model, result.resumed_from)
+
+    def diverged(epoch: int, step: int, lr: float, why: str) -> TrainingDiverged:
+        last_finite.restore()
+        model.eval()
+        result.seconds = previous_seconds + time.perf_counter() - start
+        return TrainingDiverged(epoch, step, lr, why, last_finite.epoch, result)
+
+    progress = progress or silent
+    steps_in_all = config.epochs * steps_per_epoch
+    if result.resumed_from < config.epochs:
+        progress("training", f"epoch {result.resumed_from + 1} of {config.epochs}",
+                 result.resumed_from * steps_per_epoch, steps_in_all, unit="steps")  # fmt: skip
     for epoch in range(result.resumed_from + 1, config.epochs + 1):
         model.train()
         total, count = 0.0, 0
-        for index in torch.randperm(len(data.train), generator=order).split(config.batch_size):
+        batches = torch.randperm(len(data.train), generator=order).split(config.batch_size)
+        for step, index in enumerate(batches, 1):
             x, y = data.train.x[index], data.train.y[index]
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
+            if not math.isfinite(loss.item()):
+                raise diverged(epoch, step, lr, f"the loss is {loss.item()}")
             loss.backward()
             optimizer.step()
             schedule.step()
+            broken = last_finite.first_nonfinite()
+            if broken is not None:
+                raise diverged(epoch, step, lr, f"{broken} is NaN or infinite after the step")
             total += loss.item() * len(index)
             count += len(index)
-        log = EpochLog(epoch, total / count, evaluate(model, data.calib))
+            if step < len(batches):  # an epoch's last step is reported once it is scored
+                item = f"epoch {epoch} of {config.epochs}, step {step} of {len(batches)}"
+                progress("training", item, (epoch - 1) * steps_per_epoch + step, steps_in_all, unit="steps",
+                         loss=total / count)  # fmt: skip
+        try:
+            calib = evaluate(model, data.calib, name=f"the model after epoch {epoch}")
+        except NonFiniteError:  # finite weights can still overflow to inf on the way through
+            raise diverged(epoch, step, lr, "its calibration outputs are NaN or infinite") from None
+        last_finite.keep(epoch)
+        log = EpochLog(epoch, total / count, calib)
         result.epochs.append(log)
         if path is not None:
             _save(path, {
@@ -153,9 +203,46 @@ def train(
             })  # fmt: skip
         if on_epoch is not None:
             on_epoch(log)
+        progress("training", f"epoch {epoch} of {config.epochs}", epoch * steps_per_epoch, steps_in_all,
+                 unit="steps", loss=log.loss, calib=str(calib))  # fmt: skip
     model.eval()
     result.seconds = previous_seconds + time.perf_counter() - start
     return result
+
+
+class LastFinite:
+    """A copy of a model's parameters and buffers as they were at the end of its last finite
+    epoch (one copy of the weights in memory), and the check for NaN or infinity among them."""
+
+    def __init__(self, model: nn.Module, epoch: int = 0):
+        self.tensors: dict[str, torch.Tensor] = {}
+        seen = set()
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if id(tensor) not in seen:  # a shared weight once
+                seen.add(id(tensor))
+                self.tensors[name] = tensor
+        self.saved = [t.detach().clone() for t in self.tensors.values()]
+        self.epoch = epoch  # the epoch whose end ``saved`` holds (0: the starting weights)
+
+    def keep(self, epoch: int) -> None:
+        """The model as it is now is the last finite state (the end of ``epoch``)."""
+        with torch.no_grad():
+            for saved, tensor in zip(self.saved, self.tensors.values()):
+                saved.copy_(tensor)
+        self.epoch = epoch
+
+    def first_nonfinite(self) -> str | None:
+        """The name of the first parameter or buffer holding NaN or infinity, or None."""
+        for name, tensor in self.tensors.items():
+            if tensor.is_floating_point() and not bool(tensor.detach().isfinite().all()):
+                return name
+        return None
+
+    def restore(self) -> None:
+        """Put the last finite state back into the model."""
+        with torch.no_grad():
+            for saved, tensor in zip(self.saved, self.tensors.values()):
+                tensor.copy_(saved)
 
 
 def _schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -183,6 +270,8 @@ def _load(path: Path, identity: dict) -> dict:
         raise InputError(
             f"training checkpoint '{path}' is unreadable ({type(error).__name__}); remove it to start over"
         ) from error
+    for name, tensor in state["model"].items():  # written before checkpoints refused NaN
+        check_finite(tensor, f"training checkpoint '{path}', {name}", hint="; remove it to start over")
     if written_by != identity:
         differs = ", ".join(key.replace("_", " ") for key in identity if written_by.get(key) != identity[key])
         raise InputError(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import SparsifyError
+from ..progress import Progress
 
 BACKENDS = ("eager", "compile", "tvm")
 
@@ -41,14 +42,16 @@ class TVMSettings:
         return self.target.partition(":")[0]
 
 
-def make_runner(backend: str, module: nn.Module, x: torch.Tensor, tvm: TVMSettings) -> Callable[[], None]:
-    """A callable running ``module`` on ``x`` once with ``backend`` (see ``BACKENDS``)."""
+def make_runner(backend: str, module: nn.Module, x: torch.Tensor, tvm: TVMSettings,
+                progress: Progress | None = None) -> Callable[[], None]:  # fmt: skip
+    """A callable running ``module`` on ``x`` once with ``backend`` (see ``BACKENDS``);
+    ``progress`` hears of TVM's tuning."""
     if backend == "eager":
         return _torch_runner(module, x, tvm.kind, compiled=False)
     if backend == "compile":
         return _torch_runner(module, x, tvm.kind, compiled=True)
     if backend == "tvm":
-        return _tvm_runner(module, x, tvm)
+        return _tvm_runner(module, x, tvm, progress)
     raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
@@ -77,12 +80,13 @@ def _torch_runner(module: nn.Module, x: torch.Tensor, kind: str, compiled: bool)
     return run
 
 
-def _tvm_runner(module: nn.Module, x: torch.Tensor, settings: TVMSettings) -> Callable[[], None]:
+def _tvm_runner(module: nn.Module, x: torch.Tensor, settings: TVMSettings,
+                progress: Progress | None) -> Callable[[], None]:  # fmt: skip
     from ..codegen.measure import CompiledModule
 
     try:
         compiled = CompiledModule(module, tuple(x.shape), settings.target, settings.tune_trials, settings.records,
-                                  example=x.detach().cpu().numpy())  # fmt: skip
+                                  example=x.detach().cpu().numpy(), progress=progress)  # fmt: skip
     except SparsifyError as error:
         raise BackendUnavailable(str(error)) from error
     return compiled.run

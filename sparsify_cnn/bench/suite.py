@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from ..errors import InputError
 from ..ops.base import CostedOp
+from ..progress import Progress, silent
 from ..report.accounting import account
 from ..report.timing import interleaved_ms
 from ..search.crossover import WithResidual
@@ -130,23 +131,32 @@ def bench(
     config: BenchConfig = BenchConfig(),
     transformed: fx.GraphModule | None = None,
     label: str = "model",
+    progress: Progress | None = None,
 ) -> BenchResult:
     """Time ``dense`` (and ``transformed``, a rewrite of it) end to end and, with
-    ``config.layers``, every inserted op against the dense layer it replaced."""
+    ``config.layers``, every inserted op against the dense layer it replaced; ``progress``
+    hears of each row (phase "bench") and of TVM's tuning."""
     if len(images) == 0:
         raise InputError("benchmarking needs at least one input image")
     ops = _inserted_ops(transformed) if transformed is not None else {}
     technique = ",".join(sorted({op.kind for op in ops.values()})) or None
     dense_total = account(dense).total_macs
     entries = []
+    progress = progress or silent
+    rows = len(config.batches) * (1 + (len(ops) if config.layers else 0))  # layers saving nothing are left out
+
+    def report(item: str, **extra) -> None:
+        progress("bench", item, len(entries), rows, unit="rows", at_most=True, **extra)
+
     for batch in config.batches:
         x = _batch_of(images, batch)
         macs = dense_total
         if transformed is not None:
             inputs = record_op_inputs(transformed, ops, x)  # also counts data-dependent MACs on x
             macs = account(transformed).total_performed_macs
+        report(f"model at batch {batch}")
         entry = Entry("model", label, technique or "dense", batch, dense_total, macs,
-                      *_time({"dense": dense, "transformed": transformed}, x, config))  # fmt: skip
+                      *_time({"dense": dense, "transformed": transformed}, x, config, progress))  # fmt: skip
         entries.append(entry)
         if transformed is None or not config.layers:
             continue
@@ -162,14 +172,17 @@ def bench(
             dense_layer, transformed_layer = op.dense_layer(), op
             if len(args) > 1:  # a residual input, fed as the constant it was
                 dense_layer, transformed_layer = WithResidual(dense_layer, args[1]), WithResidual(op, args[1])
+            report(f"layer {layer.name} at batch {batch}")
             layer.dense, layer.transformed = _time({"dense": dense_layer, "transformed": transformed_layer}, args[0],
-                                                   config)  # fmt: skip
+                                                   config, progress)  # fmt: skip
             entries.append(layer)
+    report("every row timed", end=True)
     threads = {"torch": torch.get_num_threads(), "tvm": os.environ.get("TVM_NUM_THREADS", "all cores")}
     return BenchResult(label, technique, config, threads, entries)
 
 
-def _time(variants: dict[str, nn.Module | None], x: torch.Tensor, config: BenchConfig) -> tuple[Timings, Timings | None]:
+def _time(variants: dict[str, nn.Module | None], x: torch.Tensor, config: BenchConfig,
+          progress: Progress) -> tuple[Timings, Timings | None]:  # fmt: skip
     """Prepare every (variant, backend) runner, then time them all interleaved."""
     timings = {name: Timings() if module is not None else None for name, module in variants.items()}
     runners, slots = [], []
@@ -179,7 +192,7 @@ def _time(variants: dict[str, nn.Module | None], x: torch.Tensor, config: BenchC
         _quiet(module)
         for backend in config.backends:
             try:
-                runners.append(make_runner(backend, module, x, config.tvm))
+                runners.append(make_runner(backend, module, x, config.tvm, progress))
                 slots.append((name, backend))
             except BackendUnavailable as error:
                 timings[name].ms[backend] = None

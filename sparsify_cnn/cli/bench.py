@@ -99,7 +99,11 @@ def bench_command(
         click.echo("note: no --data; timing on random images (data-dependent ops need real ones)", err=True)
         generator = torch.Generator().manual_seed(seed)
         images = torch.randn((max(batches), *prepared.captured.input_shape[1:]), generator=generator)
-    result = bench(dense, images, config, transformed=transformed, label=Path(model).name if directory is None else model)
+    from .progress import ProgressDisplay
+
+    with ProgressDisplay() as progress:
+        result = bench(dense, images, config, transformed=transformed,
+                       label=Path(model).name if directory is None else model, progress=progress)  # fmt: skip
     click.echo(render_markdown(result), nl=False)
     out = Path(json_path) if json_path else (directory / "bench.json" if directory is not None else Path("bench.json"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ def compile_command(
     from ..codegen.compile import compile_graph
     from ..pipeline import prepare
     from ..plan import Plan
+    from .progress import ProgressDisplay
 
     prepared = prepare(
         model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
@@ -41,11 +42,12 @@ def compile_command(
         plan = Plan.load(plan_path)
         gm = plan.apply(gm).graph_module
     images = prepared.data.calib.x[:check_images] if prepared.data is not None else None
-    result = compile_graph(
-        gm, prepared.captured.input_shape, out, target=target, check_inputs=images,
-        plan={"path": plan_path, "technique": plan.technique} if plan else None, dump_ir=dump_ir,
-        tune_trials=tune_trials, records=records,
-    )  # fmt: skip
+    with ProgressDisplay() as progress:
+        result = compile_graph(
+            gm, prepared.captured.input_shape, out, target=target, check_inputs=images,
+            plan={"path": plan_path, "technique": plan.technique} if plan else None, dump_ir=dump_ir,
+            tune_trials=tune_trials, records=records, progress=progress,
+        )  # fmt: skip
     check = result.manifest["check"]
     if result.max_abs_diff is None:
         click.echo(f"compiled for {target}; not run here (no check against torch)")

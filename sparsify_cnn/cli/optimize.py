@@ -71,10 +71,11 @@ def _ssc_layers(ctx, param, values):
 @click.option("--nondividing", type=click.Choice(["skip", "nearest"]), default="skip",
               help="[ssc] A preset value that divides no channel count: leave the layer dense or take the nearest divisor.")  # fmt: skip
 @click.option("--finetune-epochs", type=int, default=0, help="[perforation, ssc] Fine-tune the rewritten model this many epochs (seeded). "
-              "For ssc: the seed's recipe (SGD lr 0.1, batch 128, weight decay 1e-4, lr x0.1 at 40/60/80% of the epochs), "
+              "For ssc: the seed's recipe (SGD, batch 128, weight decay 1e-4, lr x0.1 at 40/60/80% of the epochs), "
               "checkpointed in OUT/train-checkpoint.pt so an interrupted run resumes.")  # fmt: skip
-@click.option("--finetune-lr", type=float, help="[perforation, ssc] Fine-tuning learning rate [default: 0.01 for perforation; "
-              "the seed recipe's 0.1 for ssc].")  # fmt: skip
+@click.option("--finetune-lr", type=float, help="[perforation, ssc] Fine-tuning learning rate [default: 0.01; for ssc a "
+              "tenth of the seed's 0.1, which trains from scratch]. A loss or weight that turns NaN or infinite stops "
+              "the job with an error naming the epoch and step.")  # fmt: skip
 @click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--crossover/--no-crossover", default=True,
               help="Time each transformed layer against its dense layer, compiled for --target at the model's batch "
@@ -99,6 +100,7 @@ def optimize_command(
         sparsify cq.pt2 --technique ssc --target-params 0.3 --finetune-epochs 5 --data digits --out out/
     """
     from ..pipeline import prepare
+    from .progress import ProgressDisplay
 
     ssc_given = [name for name, value in (("--preset", preset), ("--target-params", target_params),
                                           ("--ssc-layer", ssc_layer)) if value]  # fmt: skip
@@ -119,17 +121,18 @@ def optimize_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or out_dir / ("train-checkpoint.pt" if technique == "ssc" else "search-checkpoint.json")
     timer = _crossover_timer(target, out_dir) if crossover else None
+    progress = ProgressDisplay()
     try:
         if technique == "ssc":
             result, write_report = _ssc(
                 prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-                finetune_epochs, finetune_lr, seed, checkpoint, resume, timer,
+                finetune_epochs, finetune_lr, seed, checkpoint, resume, timer, progress,
             )  # fmt: skip
         elif technique == "spatial":
             result, write_report = _spatial(
                 prepared, 0.01 if epsilon is None else epsilon, epsilon_kind, metric, layers, batch_size, mode,
                 patch_size, ones_range, granularity, top_m, edge, channel_group, checkpoint, resume, timer,
-                cost, target, out_dir,
+                cost, target, out_dir, progress,
             )  # fmt: skip
         else:
             if epsilon is None and speedup is None:
@@ -137,11 +140,13 @@ def optimize_command(
             result, write_report = _perforation(
                 prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
                 finetune_epochs, 0.01 if finetune_lr is None else finetune_lr, seed, target, out_dir, checkpoint, resume,
-                timer,
+                timer, progress,
             )  # fmt: skip
     except KeyboardInterrupt:
         kind = "training" if technique == "ssc" else "search"
         raise click.ClickException(f"interrupted: the {kind} checkpoint is saved; run the same command to resume") from None
+    finally:
+        progress.close()  # the lines of phases an error stopped, before the error
     from ..optimize import save_rewritten
 
     result.plan.save(out_dir / "plan.json")
@@ -158,23 +163,26 @@ def optimize_command(
     if target != "none":
         from ..codegen.compile import compile_graph
 
-        compiled = compile_graph(
-            result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
-            check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique},
-        )  # fmt: skip
+        with progress:
+            compiled = compile_graph(
+                result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
+                check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique},
+                progress=progress,
+            )  # fmt: skip
         for name in ("report.md", "report.json"):  # the artifact carries what it was chosen for
             shutil.copy(out_dir / name, out_dir / "artifact" / name)
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check})")
+    for warning in report["warnings"]:  # last, where they are read: a budget not kept on test, a one-class model
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity,
-             top_m, edge, channel_group, checkpoint, resume, timer, cost, target, out_dir):  # fmt: skip
+             top_m, edge, channel_group, checkpoint, resume, timer, cost, target, out_dir, progress):  # fmt: skip
     from ..optimize import optimize_spatial
     from ..passes.spatial import SpatialConfig
     from ..report.spatial import write_report
     from ..search.spatial import SearchConfig
-    from .progress import ProgressLine
 
     spatial = SpatialConfig(patch_size=patch_size, edge=edge, channel_group=channel_group, layers=layers)
     search = SearchConfig(
@@ -186,17 +194,13 @@ def _spatial(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mode, 
         from ..search.crossover import LayerTimer
 
         measured = LayerTimer(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
-    progress = ProgressLine()
-    try:
-        result = optimize_spatial(prepared, spatial, search, metric=metric, checkpoint=checkpoint, resume=resume,
-                                  progress=progress, crossover=timer, measured=measured)  # fmt: skip
-    finally:
-        progress.close()
+    result = optimize_spatial(prepared, spatial, search, metric=metric, checkpoint=checkpoint, resume=resume,
+                              progress=progress, crossover=timer, measured=measured)  # fmt: skip
     return result, write_report
 
 
 def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, mask, interpolation, speedup, cost,
-                 finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume, timer):  # fmt: skip
+                 finetune_epochs, finetune_lr, seed, target, out_dir, checkpoint, resume, timer, progress):  # fmt: skip
     from ..optimize.perforation import optimize_perforation
     from ..passes.perforation import PerforationConfig
     from ..report.perforation import write_report
@@ -214,30 +218,36 @@ def _perforation(prepared, epsilon, epsilon_kind, metric, layers, batch_size, ma
         measured = LayerTimer(target="llvm" if target == "none" else target, cache=out_dir / "layer-timings.json")
     result = optimize_perforation(
         prepared, perforation, search, metric=metric, finetune=finetune, measured=measured, checkpoint=checkpoint,
-        resume=resume, progress=lambda text: click.echo(text, err=True), crossover=timer,
+        resume=resume, progress=progress, crossover=timer,
     )  # fmt: skip
     return result, write_report
 
 
 def _ssc(prepared, metric, layers, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-         finetune_epochs, finetune_lr, seed, checkpoint, resume, timer):  # fmt: skip
-    import dataclasses
-
+         finetune_epochs, finetune_lr, seed, checkpoint, resume, timer, progress):  # fmt: skip
+    from ..errors import TrainingDiverged
     from ..optimize.ssc import optimize_ssc
     from ..passes.ssc import SSCConfig
     from ..report.ssc import write_report
-    from ..training import TrainConfig
+    from ..training import FINETUNE_LR, TrainConfig
 
     config = SSCConfig(per_layer=ssc_layer, preset=preset, target_fraction=target_params,
                        pointwise_branch=not no_pointwise_branch, nondividing=nondividing, layers=layers)  # fmt: skip
     finetune = None
     if finetune_epochs > 0:
-        finetune = TrainConfig.seed_recipe(finetune_epochs, seed)
-        if finetune_lr is not None:
-            finetune = dataclasses.replace(finetune, lr=finetune_lr)
+        lr = FINETUNE_LR if finetune_lr is None else finetune_lr
+        finetune = TrainConfig.finetune_recipe(finetune_epochs, seed, lr)
     if not resume and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    return optimize_ssc(prepared, config, finetune, metric=metric, checkpoint=checkpoint, crossover=timer), write_report
+    try:
+        result = optimize_ssc(prepared, config, finetune, metric=metric, checkpoint=checkpoint, crossover=timer,
+                              progress=progress)  # fmt: skip
+    except TrainingDiverged as error:
+        # Another lr is another run: the checkpoint of this one's finite epochs would be refused.
+        kept = error.kept_epoch
+        again = f" and --no-resume ({checkpoint} holds epoch {kept} of this run)" if kept else ""
+        raise error.reworded("fine-tuning", f"a smaller --finetune-lr{again}") from None
+    return result, write_report
 
 
 def _crossover_timer(target: str, out_dir: Path):

@@ -137,14 +137,17 @@ def train_command(
     click.echo(f"training {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib images)")
     if setup is None:
         from ..training import TrainConfig, train
+        from .progress import ProgressDisplay
 
         config = TrainConfig(epochs, batch_size, lr, momentum, weight_decay, seed)
-        result = train(
-            module,
-            dataset,
-            config,
-            on_epoch=lambda log: click.echo(f"  epoch {log.epoch:3d}  loss {log.loss:.4f}  calib {log.calib}"),
-        )
+        with ProgressDisplay() as progress:
+            result = train(
+                module,
+                dataset,
+                config,
+                on_epoch=lambda log: progress.echo(f"  epoch {log.epoch:3d}  loss {log.loss:.4f}  calib {log.calib}"),
+                progress=progress,
+            )
         seconds, train_info, report = result.seconds, config.to_dict(), None
     else:
         module, report = _train_advanced(prepared, setup, max_entry_memory, model, report_file)

@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..progress import Progress
+
 STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights", "build")
 TRANSFORM_PARAMS = "main_transform_params"
 
 
-def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
+def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
     import tvm
     from tvm import relax
 
@@ -43,7 +45,7 @@ def _steps(target, tune_trials: int, records) -> dict[str, Callable]:
             return mod  # rule-based default schedules
         from .tuning import tune as tune_module
 
-        return tune_module(mod, target, records or "tuning-records", tune_trials)
+        return tune_module(mod, target, records or "tuning-records", tune_trials, progress=progress)
 
     def pack_weights(mod):
         if target.kind.name != "llvm":
@@ -75,14 +77,16 @@ def hand_scheduled(func) -> bool:
 
 
 def compile_module(
-    mod, target_spec: dict, dump_ir: str | Path | None = None, tune_trials: int = 0, records: str | Path | None = None
-):
+    mod, target_spec: dict, dump_ir: str | Path | None = None, tune_trials: int = 0, records: str | Path | None = None,
+    progress: Progress | None = None,
+):  # fmt: skip
     """Run every step on ``mod`` for ``target_spec``; return the executable. ``tune_trials``
-    MetaSchedule trials (0: default schedules, or the best ones already in ``records``)."""
+    MetaSchedule trials (0: default schedules, or the best ones already in ``records``), their
+    progress told to ``progress``."""
     import tvm
 
     target = tvm.target.Target(target_spec)
-    steps = _steps(target, tune_trials, records)
+    steps = _steps(target, tune_trials, records, progress)
     dump = Path(dump_ir) if dump_ir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)

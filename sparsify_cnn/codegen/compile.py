@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import fx
 
-from ..errors import SparsifyError
+from ..errors import SparsifyError, check_finite
 from ..ops.registry import custom_convert_map
+from ..progress import Progress, silent
 from ..transform.layers import output_shape
 from ..versions import versions
 from .artifact import cpu_features, cuda_source, write_artifact
@@ -22,6 +23,7 @@ from .importer import import_program
 from .target import target_spec
 
 TOLERANCE = 1e-4  # largest difference allowed, relative to the output's scale
+STEPS = ("export", "import", "build", "check", "write")  # what progress reports, in phase "compile"
 
 
 class CompiledMismatchError(SparsifyError):
@@ -46,18 +48,25 @@ def compile_graph(
     dump_ir: str | Path | None = None,
     tune_trials: int = 0,
     records: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
     in batches of the compiled batch size) and write the artifact to ``out``. ``tune_trials``
-    MetaSchedule trials, with records kept in (and reused from) ``records``."""
+    MetaSchedule trials, with records kept in (and reused from) ``records``. ``progress`` hears
+    of each step (``STEPS``) and of tuning."""
+    progress = progress or silent
     spec = target_spec(target)
+    _step(progress, "export")
     program = export_static(gm, tuple(input_shape))
     import tvm
 
+    _step(progress, "import")
     with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
         mod, params = import_program(program, custom_convert_map())
-    executable = compile_module(mod, spec, dump_ir, tune_trials, records)
+    _step(progress, "build")
+    executable = compile_module(mod, spec, dump_ir, tune_trials, records, progress)
     params = transform_params(executable, params, tvm.cpu())  # packed once, stored packed
+    _step(progress, "check")
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):
         max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)
@@ -79,11 +88,20 @@ def compile_graph(
         "check": {"max_abs_diff": max_diff, "relative_diff": relative, "tolerance": TOLERANCE,
                   "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
     }
+    _step(progress, "write")
     manifest = write_artifact(Path(out), executable, params, manifest)
+    progress("compile", f"written to {out}", len(STEPS), len(STEPS), unit="steps", eta=False)
     return CompileResult(Path(out), manifest, max_diff, relative)
 
 
+def _step(progress: Progress, name: str) -> None:
+    """Progress as step ``name`` starts. Steps take unlike times (tuning may take hours): no estimate."""
+    progress("compile", name, STEPS.index(name), len(STEPS), unit="steps", eta=False)
+
+
 def _check(executable, params, gm, input_shape, images) -> tuple[float, float]:
+    """Largest difference and its share of the output scale. NaN or infinity on either side is
+    a failed check: NaN compares false, so a max over differences would report 0."""
     import tvm
     from tvm import relax
 
@@ -99,7 +117,13 @@ def _check(executable, params, gm, input_shape, images) -> tuple[float, float]:
             got = vm["main"](tvm.runtime.tensor(x.numpy()), *weights)
             while not hasattr(got, "numpy"):
                 got = got[0]
-            worst = max(worst, float(np.abs(got.numpy() - expected).max()))
+            got = got.numpy()
+            images_here = f"images {start}-{start + batch - 1} of the check"
+            check_finite(expected, f"the torch model's outputs on {images_here} (nothing to compare the compiled "
+                         f"model with)", CompiledMismatchError)  # fmt: skip
+            check_finite(got, f"the compiled model's outputs on {images_here} (the torch model's are finite)",
+                         CompiledMismatchError)  # fmt: skip
+            worst = max(worst, float(np.abs(got - expected).max()))
             scale = max(scale, float(np.abs(expected).max()))
     return worst, worst / max(scale, 1e-12)
 

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from ..errors import InputError
+from ..errors import InputError, check_finite
 from ..ops.perforation import PerforatedConv
 from ..ops.registry import custom_convert_map
+from ..progress import Progress
 from ..transform.capture import capture
 from .build import compile_module, transform_params
 from .exporting import export_static
@@ -37,7 +38,7 @@ class CompiledModule:
     """``module`` (a layer, any small module, or a whole captured graph) compiled on its own for
     inputs of ``input_shape`` (N, C, H, W), ready to time.
 
-    ``tune_trials`` and ``records`` as in ``compile_graph``. ``example`` is the input it runs on
+    ``tune_trials``, ``records`` and ``progress`` as in ``compile_graph``. ``example`` is the input it runs on
     (default: seeded random normal; data-dependent ops such as zero prediction need real
     activations). Timing needs the target's device here: CUDA without a GPU is refused. Compile
     once and call ``time_ms`` or ``run`` several times to interleave the timings of several
@@ -52,6 +53,7 @@ class CompiledModule:
         tune_trials: int = 0,
         records: str | Path | None = None,
         example: np.ndarray | None = None,
+        progress: Progress | None = None,
     ):
         import tvm
         from tvm import relax
@@ -68,7 +70,7 @@ class CompiledModule:
                 module.train(training)
         with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
             mod, params = import_program(program, custom_convert_map())
-        executable = compile_module(mod, spec, tune_trials=tune_trials, records=records)
+        executable = compile_module(mod, spec, tune_trials=tune_trials, records=records, progress=progress)
         params = transform_params(executable, params, self.device)
         self.vm = relax.VirtualMachine(executable, self.device)
         if example is None:
@@ -76,6 +78,8 @@ class CompiledModule:
         elif tuple(example.shape) != tuple(input_shape):
             raise InputError(f"example input has shape {tuple(example.shape)}; compiled for {tuple(input_shape)}")
         example = np.ascontiguousarray(example, dtype=np.float32)
+        # Data-dependent ops (zero prediction) would time the NaN path, not the model's.
+        check_finite(example, "the example input to time on")
         self.inputs = [tvm.runtime.tensor(a, self.device) for a in (example, *params)]
         self._main = self.vm["main"]
 

@@ -4,6 +4,10 @@ Two traps of TVM 0.27 on small machines are handled here: the default builder im
 ``tvm.s_tir.tensor_intrin`` (about 26 s) inside its 30 s job timeout, so most builds time out
 (our builder skips that import and allows longer); and tasks already in the records are not
 tuned again, so re-tuning the same shapes costs nothing.
+
+MetaSchedule prints nothing we keep while it works (its per-trial tables are turned off); a
+measure callback, which it calls after every batch of trials, reports the trials done of the
+budget to a progress callback (``sparsify_cnn.progress``), in phase "tuning".
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import logging
 from pathlib import Path
 
 import tvm
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import MissingExtraError
+from ..progress import Progress, silent
 
 BUILD_FUNC = "sparsify.meta_schedule.build"
 LOGGER = "tvm.s_tir.meta_schedule"
@@ -38,9 +44,10 @@ def _worker_init() -> None:
     import sparsify_cnn.codegen.tuning  # noqa: F401 - registers BUILD_FUNC in the worker
 
 
-def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
+def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress: Progress | None = None):
     """Tune the fused PrimFuncs of ``mod`` for at most ``trials`` trials in all (tasks already in
-    ``records`` are skipped) and return ``mod`` with the best schedules applied."""
+    ``records`` are skipped) and return ``mod`` with the best schedules applied; ``progress``
+    hears of every batch of trials measured."""
     if trials > 0:
         require_search_packages()
     records = Path(records)
@@ -63,10 +70,17 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
         strategy = ms.search_strategy.EvolutionarySearch(
             population_size=min(2048, max(64, 16 * trials)), max_fail_count=60 if gpu else 5
         )
+        progress = progress or silent
+        # Making the search spaces took 45-100 s on a 2-core machine (the first one imports
+        # tvm.s_tir.tensor_intrin, 26 s alone): a phase of its own, kept out of the trials' rate.
+        setup = f"search spaces of {len(tasks)} tasks"
+        progress("tuning setup", setup, 0, 1, eta=False)
         with _unnamed_handlers_detached(logging.getLogger(LOGGER)):
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 tasks, str(records), strategy=strategy, seed=seed
             )
+        progress("tuning setup", setup, 1, 1, eta=False)
+        counter = TrialCounter(progress, [context.task_name for context in contexts], trials)
         ms.tune.tune_tasks(
             tasks=contexts,
             task_weights=weights,
@@ -81,9 +95,49 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0):
                 evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=1, min_repeat_ms=0) if gpu else None
             ),
             database=database,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Measured(counter)],
         )
+        counter.finish()
     with target, database:
         return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+class TrialCounter:
+    """Turns MetaSchedule's measured batches into progress: trials done of the budget (at most:
+    tasks whose search space runs out stop early), the task just measured, its best time."""
+
+    def __init__(self, progress: Progress, task_names: list[str], budget: int):
+        self.progress, self.names, self.budget = progress, task_names, budget
+        self.done = 0
+        self.best: dict[int, float] = {}  # task -> fastest run in seconds
+        self._report(f"{len(task_names)} tasks", {})  # the phase starts as the search does
+
+    def measured(self, task_id: int, trials: int, run_seconds: list[float]) -> None:
+        """``trials`` candidates of task ``task_id`` were measured; ``run_seconds``: the runs that worked."""
+        self.done += trials
+        if run_seconds:
+            self.best[task_id] = min(self.best.get(task_id, float("inf")), *run_seconds)
+        best = {"best_ms": 1e3 * self.best[task_id]} if task_id in self.best else {}
+        self._report(f"task {task_id + 1} of {len(self.names)} ({self.names[task_id]})", best)
+
+    def finish(self) -> None:
+        self._report(f"{len(self.best)} of {len(self.names)} tasks have a measured schedule", {"end": True})
+
+    def _report(self, item: str, extra: dict) -> None:
+        self.progress("tuning", item, self.done, self.budget, unit="trials", at_most=True, **extra)
+
+
+@derived_object
+class _Measured(ms.measure_callback.PyMeasureCallback):
+    """MetaSchedule's side of ``TrialCounter``: called after every batch of trials it measures."""
+
+    def __init__(self, counter: TrialCounter):
+        super().__init__()
+        self.counter = counter
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        seconds = [min(float(s) for s in r.run_secs) for r in runner_results if r.error_msg is None and r.run_secs]
+        self.counter.measured(int(task_id), len(runner_results), seconds)  # one result per candidate
 
 
 def require_search_packages() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from ..errors import DataError
+from ..errors import DataError, check_finite
 
 SPLIT_NAMES = ("train", "calib", "test")
 FRACTIONS = (0.6, 0.2, 0.2)
@@ -119,9 +119,9 @@ def _images(name: str, x) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"data '{name}' has images of shape {x.shape}; expected (N, C, H, W) or (N, H, W)")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise DataError(f"data '{name}' has images with NaN or infinite values")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: reported next
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    check_finite(x, f"data '{name}' has images", DataError)
     return x
 
 

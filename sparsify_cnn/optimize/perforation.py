@@ -4,7 +4,6 @@ return what the plan, the report and the compiler need."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +13,14 @@ from torch import fx
 from ..errors import InputError
 from ..evaluate import Score, evaluate, predict
 from ..ops.perforation import PerforatedConv
+from ..passes.base import no_layer_message
 from ..passes.perforation import (
     PerforationConfig,
     insert_perforated_convs,
     perforated_ops,
 )
 from ..pipeline import Prepared
+from ..progress import Progress
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import Checkpoint
@@ -30,7 +31,7 @@ from ..training import TrainConfig, train
 from ..transform.layers import find_layers, tensor_shape
 from ..transform.match import find_next_pooling
 from ..versions import versions
-from .common import resolve_metric
+from .common import one_class_warning, resolve_metric
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PerforationOutcome:
     finetune: dict = field(default_factory=dict)  # config and per-epoch calib scores
     checkpoint_resumed: int = 0
     crossover: CrossoverResult | None = None  # None: not checked
+    warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
 
 
 def optimize_perforation(
@@ -58,7 +60,7 @@ def optimize_perforation(
     measured: LayerTimer | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     crossover: LayerTimer | None = None,
 ) -> PerforationOutcome:
     """Choose perforation rates for ``prepared`` (a model with data); with ``crossover``, leave
@@ -76,10 +78,11 @@ def optimize_perforation(
     dense_gm = prepared.captured.graph_module
     result = insert_perforated_convs(dense_gm, perforation)
     if not result.inserted:
-        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
-        raise InputError(f"no layer of the model can be perforated ({reasons})")
+        hint = "perforation takes k x k convs (k > 1) with maps of several positions; check --layers"
+        raise InputError(no_layer_message("be perforated", result.skipped, hint))
     gm = result.graph_module
     labels = data.calib.y if metric == "top1" else None
+    warning = one_class_warning(predict(dense_gm, data.calib.x), metric)
     masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search)
     cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
     identity = {
@@ -110,7 +113,7 @@ def optimize_perforation(
               for split in ("calib", "test")}  # fmt: skip
     finetune_log = {}
     if finetune is not None and finetune.epochs > 0:
-        log = train(gm, data, finetune, checkpoint=finetune_checkpoint)
+        log = train(gm, data, finetune, checkpoint=finetune_checkpoint, progress=progress)
         for split in ("calib", "test"):
             scores[split]["finetuned"] = evaluate(gm, data.split(split), reference=dense_gm, metric=metric)
         finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
@@ -131,7 +134,7 @@ def optimize_perforation(
     return PerforationOutcome(
         plan=plan, search=found, graph_module=gm, dense=account(dense_gm), sparse=account(gm), scores=scores,
         skipped=result.skipped, mask_notes=notes, metric=metric, finetune=finetune_log,
-        checkpoint_resumed=store.resumed, crossover=checked,
+        checkpoint_resumed=store.resumed, crossover=checked, warnings=[warning] if warning else [],
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ rewritten model and the report."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from torch import fx
 
 from ..errors import InputError
 from ..evaluate import Score, evaluate, predict
-from ..passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+from ..passes.spatial import SpatialConfig, insert_spatial_ops, nothing_inserted, spatial_ops
 from ..pipeline import Prepared
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
@@ -23,7 +23,7 @@ from ..search.evaluator import Evaluator
 from ..search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
 from ..search.suffix import record_op_inputs
 from ..versions import versions
-from .common import resolve_metric
+from .common import one_class_warning, resolve_metric
 
 
 @dataclass
@@ -33,11 +33,13 @@ class OptimizeResult:
     graph_module: fx.GraphModule  # the rewritten model, masks installed
     dense: Accounting
     sparse: Accounting  # performed MACs measured on the test split
+    calib_macs_saved: float  # per image, measured on calib with the verified masks (crossover applied)
     scores: dict[str, dict[str, Score]]  # split -> {"dense": ..., "sparse": ...}
     skipped: dict[str, str]
     metric: str
     checkpoint_resumed: int = 0
     crossover: CrossoverResult | None = None  # None: not checked
+    warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
 
 
 def optimize_spatial(
@@ -66,10 +68,11 @@ def optimize_spatial(
     dense_gm = prepared.captured.graph_module
     result = insert_spatial_ops(dense_gm, spatial)
     if not result.inserted:
-        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
-        raise InputError(f"no layer of the model can take a Spatial op ({reasons})")
+        raise InputError(nothing_inserted(result.skipped))
     gm = result.graph_module
-    target = data.calib.y if metric == "top1" else predict(dense_gm, data.calib.x)
+    dense_predictions = predict(dense_gm, data.calib.x)
+    warning = one_class_warning(dense_predictions, metric)
+    target = data.calib.y if metric == "top1" else dense_predictions
     identity = {
         "graph": graph_fingerprint(dense_gm),
         "data": data.fingerprint(),
@@ -96,7 +99,7 @@ def optimize_spatial(
         op.track_stats = True
         op.reset_stats()
 
-    scores = {}
+    scores, dense = {}, account(dense_gm)
     for split_name in ("calib", "test"):
         split = data.split(split_name)
         scores[split_name] = {
@@ -104,6 +107,7 @@ def optimize_spatial(
             "sparse": evaluate(gm, split, reference=dense_gm, metric=metric),
         }
         if split_name == "calib":  # the test split's pass is the one the MAC table reports
+            calib_macs_saved = dense.total_macs - account(gm).total_performed_macs  # what the plan verified
             for op in spatial_ops(gm).values():
                 op.reset_stats()
     plan = Plan(
@@ -116,20 +120,22 @@ def optimize_spatial(
         results={
             split: {kind: score.value for kind, score in pair.items()} for split, pair in scores.items()
         }
-        | {"calib_macs_saved": found.macs_saved},
+        | {"calib_macs_saved": calib_macs_saved},
         versions=versions(),
     )
     return OptimizeResult(
         plan=plan,
         search=found,
         graph_module=gm,
-        dense=account(dense_gm),
+        dense=dense,
         sparse=account(gm),
+        calib_macs_saved=calib_macs_saved,
         scores=scores,
         skipped=result.skipped,
         metric=metric,
         checkpoint_resumed=store.resumed,
         crossover=checked,
+        warnings=[warning] if warning else [],
     )
 
 

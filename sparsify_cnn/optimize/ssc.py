@@ -11,15 +11,17 @@ from pathlib import Path
 from torch import fx
 
 from ..errors import InputError
-from ..evaluate import Score, evaluate
+from ..evaluate import Score, evaluate, predict
+from ..passes.base import no_layer_message
 from ..passes.ssc import SSCAssignment, SSCConfig, insert_ssc
 from ..pipeline import Prepared
+from ..progress import Progress
 from ..plan import Plan, graph_fingerprint
 from ..report.accounting import Accounting, account
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..training import TrainConfig, train
 from ..versions import versions
-from .common import resolve_metric
+from .common import one_class_warning, resolve_metric
 
 
 @dataclass
@@ -35,6 +37,7 @@ class SSCOutcome:
     seconds: float = 0.0  # insertion, scoring and training
     finetune: dict = field(default_factory=dict)  # config, seconds, per-epoch calib scores
     crossover: CrossoverResult | None = None  # None: not checked
+    warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
 
 
 def optimize_ssc(
@@ -44,10 +47,12 @@ def optimize_ssc(
     metric: str = "auto",
     checkpoint: str | Path | None = None,
     crossover: LayerTimer | None = None,
+    progress: Progress | None = None,
 ) -> SSCOutcome:
     """Replace convs of ``prepared`` by SSC layers as ``config`` says and score them; with
     ``crossover``, layers whose SSC kernels are not faster than their dense conv stay dense
-    (checked before fine-tuning, so they train as dense convs). Example::
+    (checked before fine-tuning, so they train as dense convs); ``progress`` hears of the
+    fine-tuning's steps. Example::
 
         outcome = optimize_ssc(prepare("cq.pt2", data="digits"), SSCConfig(target_fraction=0.3))
         outcome.plan.save("plan.json")
@@ -58,11 +63,12 @@ def optimize_ssc(
         raise InputError("SSC needs data to score the result (--data)")
     metric = resolve_metric(metric, data.labeled)
     dense_gm = prepared.captured.graph_module
+    warning = one_class_warning(predict(dense_gm, data.calib.x), metric)
     result = insert_ssc(dense_gm, config)
     assignment = result.assignment
     if not result.inserted:
-        reasons = "; ".join(f"{name}: {why}" for name, why in result.skipped.items()) or "it has no convs"
-        raise InputError(f"no layer of the model can take SSC ({reasons})")
+        hint = "SSC replaces dense k x k and 1x1 convs whose channels its (g, p) divide: try --technique perforation"
+        raise InputError(no_layer_message("take SSC", result.skipped, hint))
     gm = result.graph_module
     checked = None
     if crossover is not None:
@@ -75,17 +81,21 @@ def optimize_ssc(
                                  f"nothing to gain here (--no-crossover keeps them anyway)")  # fmt: skip
             exact = SSCConfig.exact(kept, pointwise_branch=config.pointwise_branch, init=config.init)
             gm = insert_ssc(dense_gm, exact).graph_module
-    scores = {split: {"dense": evaluate(dense_gm, data.split(split), reference=dense_gm, metric=metric),
-                      "ssc": evaluate(gm, data.split(split), reference=dense_gm, metric=metric)}
+
+    def score(model, split: str, name: str) -> Score:  # the name says which model an error is about
+        named = f"{name} on the {split} split"
+        return evaluate(model, data.split(split), reference=dense_gm, metric=metric, name=named)
+
+    scores = {split: {"dense": score(dense_gm, split, "the dense model"), "ssc": score(gm, split, "the SSC model")}
               for split in ("calib", "test")}  # fmt: skip
     finetune_log = {}
     if finetune is not None and finetune.epochs > 0:
         if not data.labeled:
             raise InputError("fine-tuning needs labelled data; this data has none")
-        log = train(gm, data, finetune, checkpoint=checkpoint)
+        log = train(gm, data, finetune, checkpoint=checkpoint, progress=progress)
         gm.eval()
         for split in ("calib", "test"):
-            scores[split]["finetuned"] = evaluate(gm, data.split(split), reference=dense_gm, metric=metric)
+            scores[split]["finetuned"] = score(gm, split, "the fine-tuned SSC model")
         finetune_log = {"config": finetune.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
                         "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
     final = "finetuned" if finetune_log else "ssc"
@@ -112,4 +122,5 @@ def optimize_ssc(
     return SSCOutcome(
         plan=plan, assignment=assignment, graph_module=gm, dense=dense_acc, sparse=sparse_acc, scores=scores,
         metric=metric, config=config, seconds=time.perf_counter() - start, finetune=finetune_log, crossover=checked,
+        warnings=[warning] if warning else [],
     )  # fmt: skip

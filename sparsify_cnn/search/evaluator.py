@@ -7,6 +7,10 @@ without changing any result:
 - An image whose activations the mask never zeroes wrongly keeps its dense output exactly, so
   only images with a misprediction go through the suffix.
 - Candidates are batched: their affected images run through the suffix together.
+
+NaN or infinite outputs: the dense model's are an input error (there is nothing to keep within
+a budget of); a candidate's score 0, since a mask that breaks the arithmetic is not a slightly
+less accurate network (NaN would otherwise argmax to class 0 and count as a guess).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from ..errors import check_finite
 from ..ops.spatial import SpatialConv, predicted_zero
 from ..passes.spatial import spatial_ops
 from ..report.accounting import account
@@ -91,14 +96,16 @@ class Evaluator:
         cache = self.layers[layer]
         n = len(self.x)
         base = self.dense_correct.sum().item()
-        outcomes, jobs = [], []
+        outcomes, jobs, broken = [], [], set()
         for k, candidate in enumerate(candidates):
             outcomes.append([base, candidate.saved])
             if len(candidate.images):
                 jobs.append((k, candidate.images, candidate.predicted(candidate.images)))
-        for k, images, correct in self._run_suffix(cache, jobs):
+        for k, images, correct, finite in self._run_suffix(cache, jobs):
             outcomes[k][0] += correct - self.dense_correct[images].sum().item()
-        return [Outcome(hits / n, saved) for hits, saved in outcomes]
+            if not finite:
+                broken.add(k)
+        return [Outcome(0.0 if k in broken else hits / n, saved) for k, (hits, saved) in enumerate(outcomes)]
 
     def best_case_accuracy(self, images: torch.Tensor) -> float:
         """The highest accuracy a change can reach if it touches only ``images``."""
@@ -135,7 +142,8 @@ class Evaluator:
         self.full_passes += 1
         self.work += len(self.x)
         saved = sum(op.stats.predicted / op.stats.images * op.macs_per_position for op in self.ops.values())
-        return Outcome(int(self._correct(logits).sum()) / len(self.x), saved)
+        accuracy = int(self._correct(logits).sum()) / len(self.x) if logits.isfinite().all() else 0.0
+        return Outcome(accuracy, saved)
 
     def install(self, masks: dict[str, torch.Tensor]) -> None:
         for name, op in self.ops.items():
@@ -155,7 +163,8 @@ class Evaluator:
         return torch.cat(outputs)
 
     def _run_suffix(self, cache: _LayerCache, jobs):
-        """(candidate, images, correct count) for each job, running affected images in batches."""
+        """(candidate, images, correct count, all outputs finite) for each job, running affected
+        images in batches."""
         pending = [(k, images, cache.dense[images].masked_fill(rows, 0.0)) for k, images, rows in jobs]
         start = 0
         while start < len(pending):
@@ -170,11 +179,13 @@ class Evaluator:
             with torch.no_grad():
                 logits = self._forward(cache.suffix, (op_out, *frontier))
             correct = logits.argmax(dim=1) == self.target[images]
+            finite = logits.isfinite().flatten(1).all(dim=1)
             self.suffix_images += len(images)
             self.work += len(images) * cache.suffix_share
             offset = 0
             for k, imgs, _ in group:
-                yield k, imgs, int(correct[offset : offset + len(imgs)].sum())
+                rows = slice(offset, offset + len(imgs))
+                yield k, imgs, int(correct[rows].sum()), bool(finite[rows].all())
                 offset += len(imgs)
 
     def _build_caches(self) -> None:
@@ -195,6 +206,7 @@ class Evaluator:
             logits.append(env[output][0] if isinstance(env[output], (tuple, list)) else env[output])
         values = {n: torch.cat(v) for n, v in values.items()}
         self._dense_logits = torch.cat(logits)
+        check_finite(self._dense_logits, f"the outputs of the dense model on the {len(self.x)} calibration images")
         self._frontier_values = {}
         total = account(self.gm).total_macs or 1
         for name, (node, suffix, frontier) in plans.items():

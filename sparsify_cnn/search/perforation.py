@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..errors import InputError
+from ..errors import InputError, check_finite
 from ..ops.perforation import PerforatedConv
 from ..passes.perforation import perforated_ops
+from ..progress import Progress, silent
 from ..report.accounting import account
 from ..transform.capture import set_eval
 from .checkpoint import Checkpoint
@@ -173,24 +174,27 @@ class GreedyRateSearch:
         config: RateSearchConfig,
         cost: CostModel,
         checkpoint: Checkpoint | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ):
         self.gm = set_eval(gm)
         self.x = x
         self.config = config
         self.cost = cost
         self.store = checkpoint or Checkpoint(None)
-        self.progress = progress or (lambda message: None)
+        self.progress = progress or silent
         self.ops = perforated_ops(gm)
         if not self.ops:
             raise InputError("the model has no perforated convs to choose rates for")
         self.node_of = {gm.get_submodule(n.target).layer_name: n for n in gm.graph.nodes if n.op == "call_module"
                         and isinstance(gm.get_submodule(n.target), PerforatedConv)}  # fmt: skip
         self.masks = masks
+        # Each step raises one layer one notch: the steps there can be at most.
+        self.max_steps = sum(masks.notches(name) - 1 for name in self.ops)
         self.suffixes = {name: suffix_after(gm, node) for name, node in self.node_of.items()}
         for op in self.ops.values():
             op.set_kept(torch.ones(op.out_hw, dtype=torch.bool))
         self.dense_logits = self._forward(self.gm, (x,))
+        check_finite(self.dense_logits, f"the outputs of the dense model on the {len(x)} calibration images")
         self.labels = labels
         self.target = labels if labels is not None else self.dense_logits.argmax(dim=1)
         self.candidates = 0
@@ -206,6 +210,7 @@ class GreedyRateSearch:
         history = [dict(current)]
         stop = "every layer reached the sparsest rate"
         step = 0
+        self._report("dense model scored", 0, accuracy=dense_accuracy)
         while True:
             if config.speedup is not None and points[-1].speedup >= config.speedup:
                 stop = f"reached the target speedup {config.speedup:g}x"
@@ -215,7 +220,7 @@ class GreedyRateSearch:
             key = f"step{step}:" + ",".join(f"{name}={n}" for name, n in notch.items())
             record = self.store.get(key)
             if record is None:
-                record = self._step(notch, current, dense_loss, floor)
+                record = self._step(step, notch, current, dense_loss, floor)
                 self.store.put(key, record)
             if record["layer"] is None:
                 stop = record["reason"]
@@ -225,8 +230,10 @@ class GreedyRateSearch:
             notch[layer] += 1
             points.append(self._point(step, layer, notch, current, record["loss"], record["accuracy"]))
             history.append(dict(current))
-            self.progress(f"step {step}: {layer} -> kept {points[-1].kept[layer]:.3f}, "
-                          f"speedup {points[-1].speedup:.2f}x, accuracy {100 * record['accuracy']:.2f}%")  # fmt: skip
+            self._report(f"step {step}: {layer} -> kept {points[-1].kept[layer]:.3f}", step,
+                         speedup=points[-1].speedup, accuracy=record["accuracy"])  # fmt: skip
+        self._report(f"stopped: {stop}", len(points) - 1, end=True,
+                     speedup=points[-1].speedup, accuracy=points[-1].accuracy)  # fmt: skip
         self.store.flush()
         self._install(current)
         return RateSearchResult(
@@ -245,21 +252,26 @@ class GreedyRateSearch:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def _step(self, notch: dict[str, int], current: dict[str, torch.Tensor], dense_loss: float,
+    def _step(self, step: int, notch: dict[str, int], current: dict[str, torch.Tensor], dense_loss: float,
               floor: float | None) -> dict:  # fmt: skip
         """Evaluate raising each layer by one notch; the cheapest admissible one, or why none."""
         inputs, frontiers = self._record()
         t_now = self.cost.total(current)
         best, reasons = None, []
-        for name, n in notch.items():
+        for i, (name, n) in enumerate(notch.items()):
             if n + 1 >= self.masks.notches(name):
                 continue
+            self._report(f"step {step}: trying {name} ({i + 1} of {len(notch)} layers)", step - 1)
             trial = {**current, name: self.masks.mask(name, n + 1)}
             t_trial = self.cost.total(trial)
             if t_trial >= t_now:
                 reasons.append(f"{name}: not faster at the next rate")
                 continue
-            loss, accuracy = self._candidate(name, trial[name], inputs[name], frontiers[name])
+            scored = self._candidate(name, trial[name], inputs[name], frontiers[name])
+            if scored is None:
+                reasons.append(f"{name}: NaN or infinite outputs at the next rate")
+                continue
+            loss, accuracy = scored
             if floor is not None and accuracy < floor:
                 reasons.append(f"{name}: accuracy {100 * accuracy:.2f}% below the budget")
                 continue
@@ -284,7 +296,9 @@ class GreedyRateSearch:
         finally:
             op.set_kept(before)
         self.candidates += 1
-        return self._score(logits)
+        # NaN or infinite outputs: no step, whatever the budget (NaN would argmax to class 0 and
+        # give a NaN loss ratio, which no comparison rejects).
+        return self._score(logits) if logits.isfinite().all() else None
 
     def _record(self):
         """One pass at the current state: each op's input and the values its suffix reads."""
@@ -303,6 +317,9 @@ class GreedyRateSearch:
         return inputs, frontiers
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _report(self, item: str, steps_done: int, **extra) -> None:
+        self.progress("rate search", item, steps_done, self.max_steps, unit="steps", at_most=True, **extra)
 
     def _score(self, logits: torch.Tensor) -> tuple[float, float]:
         """(L, accuracy) of logits: cross entropy and top-1 against labels, or the KL divergence

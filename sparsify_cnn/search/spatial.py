@@ -27,14 +27,15 @@ import torch
 
 from ..errors import InputError
 from ..ops.spatial import all_patterns, padded_size, predicted_zero, tile
+from ..progress import Progress, silent
 from .checkpoint import Checkpoint
 from .config import MODES, OperatingPoint, SearchConfig, SearchResult
 from .evaluator import Candidate, Evaluator, Outcome
 
 NONE = -1  # slot assignment: no prediction (all ones)
-__all__ = ["MODES", "SearchConfig", "SearchResult", "SpatialSearch", "OperatingPoint"]
-
-Progress = Callable[[str, str, int, int, float], None]  # phase, target, done, total, best saved
+__all__ = ["MODES", "SearchConfig", "SearchResult", "SpatialSearch", "OperatingPoint", "Progress"]
+LAYERS_PHASE, COMBINE_PHASE = "spatial search", "combining layers"  # progress phases
+LEVELS = {"pq": "patch level", "cq": "channel level"}
 
 
 @dataclass
@@ -59,7 +60,8 @@ class SpatialSearch:
         self.time_saved = time_saved  # (layer, mask) -> measured ms saved, for cost "measured"
         self.config = config
         self.checkpoint = checkpoint or Checkpoint(None)
-        self.progress = progress or (lambda *args: None)
+        self.progress = progress or silent
+        self._at = (0, 0, "")  # the layer being searched: (index, count, name), for progress
         ops = list(evaluator.ops.values())
         if not ops:
             raise InputError("the model has no Spatial ops to search (no conv feeds a ReLU)")
@@ -78,7 +80,7 @@ class SpatialSearch:
     def run(self) -> SearchResult:
         start = time.perf_counter()
         try:
-            options = {layer: self._layer_options(layer) for layer in self.ev.layer_names}
+            options = self._all_layer_options()
             if self.config.cost == "measured":
                 options = {layer: self._by_time_saved(layer, layer_options) for layer, layer_options in options.items()}
             masks, points = self._combine_layers(options)
@@ -107,6 +109,22 @@ class SpatialSearch:
         return self.drop(accuracy) <= self.config.epsilon + 1e-12
 
     # --- per layer: first level and quantizer levels -------------------------------------------
+
+    def _all_layer_options(self) -> dict[str, list[_Option]]:
+        layers = self.ev.layer_names
+        options = {}
+        for i, layer in enumerate(layers):
+            self._at = (i, len(layers), layer)
+            self._report("starting", 0.0)
+            options[layer] = self._layer_options(layer)
+        best = max((o.saved for layer_options in options.values() for o in layer_options), default=0.0)
+        self.progress(LAYERS_PHASE, "every layer", len(layers), len(layers), unit="layers", best_saved=best)
+        return options
+
+    def _report(self, stage: str, best: float) -> None:
+        """Progress within the current layer; the count is of layers finished."""
+        i, n, layer = self._at
+        self.progress(LAYERS_PHASE, f"layer {i + 1} of {n} ({layer}): {stage}", i, n, unit="layers", best_saved=best)
 
     def _layer_options(self, layer: str) -> list[_Option]:
         c, hb, wb = self._slots(layer)
@@ -156,7 +174,7 @@ class SpatialSearch:
                 saved = float(per_slot[region].sum()) / n * op.macs_per_position
                 if saved > 0:
                     pending[name].append((saved, j, wrong_slot[:, region].any(dim=1).nonzero().flatten()))
-            self.progress("first level: statistics", layer, j + 1, len(masks), 0.0)
+            self._report(f"statistics, pattern {j + 1} of {len(masks)}", 0.0)
         for queue in pending.values():
             queue.sort(key=lambda item: (-item[0], item[1]))
         positions = {name: self._positions(region, h, w) for name, region in targets.items()}
@@ -188,7 +206,7 @@ class SpatialSearch:
             for (name, j, key, _), outcome in zip(batch, self._evaluate(layer, [b[3] for b in batch])):
                 self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
                 records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved))
-            self.progress("first level", layer, done_targets, len(targets), self._best(records))
+            self._report(f"first level, {done_targets} of {len(targets)} targets settled", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
 
     def _settled(self, options: list[_Option], queue: list) -> bool:
@@ -225,7 +243,8 @@ class SpatialSearch:
                 record = [outcome.accuracy, outcome.macs_saved]
                 self.checkpoint.put(record_key, record)
             merged.append(_Option(assignment, *record))
-            self.progress(level, layer, i + 1, self.config.top_m, max(o.saved for o in merged))
+            where = LEVELS[level[:2]] + (f", channel {level[4:]}" if "/" in level else "")
+            self._report(f"{where}, option {i + 1} of {self.config.top_m}", max(o.saved for o in merged))
         return self._ranked(merged)
 
     # --- layer level: combine layers, back off until the network meets epsilon ------------------
@@ -242,12 +261,17 @@ class SpatialSearch:
     def _greedy(self, options, layers):
         rank = {layer: 0 for layer in layers}
         points = []
+        # Each step moves one layer to a later option or drops it: a bound on the steps.
+        bound = sum(len(options[layer]) for layer in layers) + 1
+        self.progress(COMBINE_PHASE, "greedy back-off", 0, bound, unit="steps", at_most=True)
         for step in itertools.count():
             masks = self._masks(options, rank)
             outcome = self._network(f"lq/{step}", masks)
             points.append(self._point(f"layer level {step}", outcome, rank))
-            self.progress("layer level", f"step {step}", step + 1, 0, outcome.macs_saved)
-            if self.within_budget(outcome.accuracy) or not rank:
+            finished = self.within_budget(outcome.accuracy) or not rank
+            item = f"step {step + 1}, {len(rank)} layers transformed"
+            self._combined(item, step + 1, bound, "steps", finished, outcome)
+            if finished:
                 return masks, points
             # Back off the layer whose option costs the most accuracy on its own: its next option
             # with a smaller error, or none at all.
@@ -269,15 +293,22 @@ class SpatialSearch:
             combos.append((estimate, pick))
         combos.sort(key=lambda item: -item[0])
         points = []
+        self.progress(COMBINE_PHASE, "every combination", 0, len(combos), unit="combinations", at_most=True)
         for step, (_, pick) in enumerate(combos):
             rank = {layer: i for layer, i in zip(layers, pick) if i >= 0}
             masks = self._masks(options, rank)
             outcome = self._network(f"exact/{step}", masks)
             points.append(self._point(f"exact {step}", outcome, rank))
-            self.progress("exact layer level", f"combination {step}", step + 1, len(combos), outcome.macs_saved)
-            if self.within_budget(outcome.accuracy):
+            finished = self.within_budget(outcome.accuracy)
+            item = f"combination {step + 1}, {len(rank)} layers transformed"
+            self._combined(item, step + 1, len(combos), "combinations", finished or step + 1 == len(combos), outcome)
+            if finished:
                 return masks, points
         return {}, points
+
+    def _combined(self, item: str, done: int, bound: int, unit: str, finished: bool, outcome: Outcome) -> None:
+        self.progress(COMBINE_PHASE, item, done, bound, unit=unit, at_most=True, end=finished,
+                      saved=outcome.macs_saved, accuracy=outcome.accuracy)  # fmt: skip
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ every epoch. Trials live in an optuna SQLite file: an interrupted study resumes,
 that was running when it was interrupted is run again.
 
 Decisions where the seed is silent: the search ranges are the seed's, even where they diverge
-(a learning rate or momentum up to 5: such trials score their error like any other); parameters
+(a learning rate or momentum up to 5: such trials stop at their first non-finite loss and score
+the worst error, 1, since the setup cannot be trained to the end); parameters
 not searched keep Caffe's solver values (momentum 0.9; weight decay 5e-4 for LeNet's
 classifier, else 0); the MLP and ResNet-18 use Adam at lr 1e-3 (meProp trained its MLP with
 Adam; the seed says Adam for ResNet-18); the ResNet "dropout" is a dropout before ``fc``.
@@ -14,7 +15,6 @@ Adam; the seed says Adam for ResNet-18); the ResNet "dropout" is a dropout befor
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 
 from .. import models
 from ..data import Dataset
-from ..errors import InputError
+from ..errors import InputError, TrainingDiverged
 from ..transform.capture import capture
 from ..transform.layers import find_layers
 from .trainer import EpochRecord, TrainSetup, fit
@@ -243,16 +243,14 @@ def run_study(
             trial.report(error, record.epoch)
             if on_epoch is not None:
                 on_epoch(trial.number, record)
-            if not math.isfinite(record.loss):
-                trial.set_user_attr("diverged_at", record.epoch)
-                raise _Diverged(error)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         try:
             result = fit(gm, data, setup, on_epoch=report)
-        except _Diverged as stop:
-            return stop.error
+        except TrainingDiverged as stop:  # its last finite epoch's error would flatter a setup that fails
+            trial.set_user_attr("diverged_at", stop.epoch)
+            return 1.0
         return 1.0 - result.epochs[-1].calib.value if result.epochs else 1.0
 
     done = sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.get_trials(deepcopy=False))
@@ -277,12 +275,6 @@ def run_study(
         resumed=len(trials),
         rerun=rerun,
     )
-
-
-class _Diverged(Exception):
-    def __init__(self, error: float):
-        super().__init__(error)
-        self.error = error
 
 
 def _storage(path: str):

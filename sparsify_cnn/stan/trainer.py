@@ -4,11 +4,14 @@ of their samples, so the entry matrix is indexed by sample and the data may be s
 ``fit`` rewrites a captured graph for training (``passes/stan.py``), checks the entry matrix's
 memory before allocating it, trains on the epoch schedule, measures every covered layer's
 times, and returns the trained graph with plain layers and a report (coverage per layer and
-epoch, t_f / t_b / t_e / t_i, measured and predicted speedup).
+epoch, t_f / t_b / t_e / t_i, measured and predicted speedup). A NaN or infinite loss, weight
+or calibration output stops it with ``TrainingDiverged``, whose ``result`` holds the graph as it
+was at the end of the last finite epoch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +21,7 @@ import torch
 from torch import fx, nn
 
 from ..data import Dataset
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError, TrainingDiverged
 from ..evaluate import Score, evaluate
 from ..models.caffe_cifar import WithinChannelLRN
 from ..passes.base import copy_graph_module
@@ -32,6 +35,7 @@ from ..passes.stan import (
     stan_layers,
     strip_training_ops,
 )
+from ..training import LastFinite
 from ..transform.layers import find_layers
 from .baselines import MePropLinear
 from .conv import StanContext, StanConv
@@ -244,6 +248,15 @@ def fit(
     order = torch.Generator().manual_seed(setup.seed)
     loss_fn = nn.CrossEntropyLoss()
     records, total = [], 0.0
+    last_finite = LastFinite(gm)
+
+    def diverged(epoch: int, step: int, lr: float, why: str) -> TrainingDiverged:
+        last_finite.restore()
+        plain = strip_training_ops(gm, inplace=True).graph_module
+        _set_mode(plain, False)
+        partial = FitResult(plain, setup, records, total, rewrites, entry_bytes, outputs)
+        return TrainingDiverged(epoch, step, lr, why, last_finite.epoch, partial)
+
     for epoch in range(setup.epochs):
         kind = epoch_kind(epoch, setup.stan.pre_epochs, setup.stan.period) if context else DENSE
         if context:
@@ -251,20 +264,32 @@ def fit(
             context.take_stats()
         _set_mode(gm, True)
         loss_sum, start = 0.0, clock()
-        for ids in torch.randperm(len(data.train), generator=order).split(setup.batch_size):
+        batches = torch.randperm(len(data.train), generator=order).split(setup.batch_size)
+        for step, ids in enumerate(batches, 1):
             if context:
                 context.ids = ids
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad()
             loss = loss_fn(gm(data.train.x[ids]), data.train.y[ids])
+            if not math.isfinite(loss.item()):
+                raise diverged(epoch + 1, step, lr, f"the loss is {loss.item()}")
             loss.backward()
             optimizer.step()
             schedule.step()
+            broken = last_finite.first_nonfinite()
+            if broken is not None:
+                raise diverged(epoch + 1, step, lr, f"{broken} is NaN or infinite after the step")
             loss_sum += loss.item() * len(ids)
         seconds = clock() - start
         total += seconds
         _set_mode(gm, False)
         layers = _layer_record(context.take_stats(), context.store.shapes, kind, records) if context else {}
-        record = EpochRecord(epoch + 1, kind, loss_sum / len(data.train), evaluate(gm, data.calib), seconds, layers)
+        try:
+            calib = evaluate(gm, data.calib, name=f"the model after epoch {epoch + 1}")
+        except NonFiniteError:  # finite weights can still overflow to inf on the way through
+            raise diverged(epoch + 1, step, lr, "its calibration outputs are NaN or infinite") from None
+        last_finite.keep(epoch + 1)
+        record = EpochRecord(epoch + 1, kind, loss_sum / len(data.train), calib, seconds, layers)
         records.append(record)
         if on_epoch is not None:
             on_epoch(record)

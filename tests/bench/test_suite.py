@@ -58,9 +58,9 @@ def test_layers_are_timed_on_the_activations_that_reach_them(lenet, perforated, 
     seen = []
     real = runners.make_runner
 
-    def spy(backend, module, x, tvm):
+    def spy(backend, module, x, tvm, progress=None):
         seen.append((type(module).__name__, x.clone()))
-        return real(backend, module, x, tvm)
+        return real(backend, module, x, tvm, progress)
 
     monkeypatch.setattr("sparsify_cnn.bench.suite.make_runner", spy)
     x = torch.randn(1, 1, 28, 28)
@@ -115,3 +115,15 @@ def test_tvm_on_a_target_missing_here_is_a_note(lenet):
                    BenchConfig(batches=(1,), backends=("tvm",), tvm=TVMSettings("cuda:sm_80"), **FAST))  # fmt: skip
     assert result.entries[0].dense.ms["tvm"] is None
     assert "no cuda device" in result.entries[0].dense.notes["tvm"]
+
+
+def test_progress_counts_rows_up_to_the_bound_and_ends_once(lenet, perforated):
+    calls = []
+    config = BenchConfig(batches=(1,), backends=("eager", "tvm"), baseline="eager", **FAST)
+    result = bench(lenet, torch.randn(1, 1, 28, 28), config, transformed=perforated,
+                   progress=lambda *args, **extra: calls.append((*args, extra)))  # fmt: skip
+    rows = 1 + len(perforated_ops(perforated))  # the model, then each layer
+    assert {(phase, total, extra["unit"]) for phase, _, _, total, extra in calls} == {("bench", rows, "rows")}
+    assert [done for _, _, done, _, _ in calls] == list(range(len(result.entries) + 1))
+    assert [item for _, item, *_ in calls[:2]] == ["model at batch 1", "layer conv1 at batch 1"]
+    assert [i for i, call in enumerate(calls) if call[4].get("end")] == [len(calls) - 1]

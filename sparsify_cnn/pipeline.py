@@ -39,11 +39,13 @@ def prepare(
     leaf_modules: Iterable[str] = (),
     capture_method: str = "auto",
     seed: int = 0,
+    normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Prepared:
     """Load ``model`` (a path or ``zoo:NAME``), load ``data`` to fit it, and capture it.
 
     The input shape comes from ``input_shape`` (N, C, H, W), else from the model file (for a
-    zoo model: from the data, else its default), else from the data. Example::
+    zoo model: from the data, else its default), else from the data. ``normalize`` (mean, std)
+    maps the data's images to ``(x - mean) / std``. Example::
 
         prepared = prepare("zoo:lenet", data="digits")
         prepared.captured.input_shape  # (1, 1, 28, 28)
@@ -53,7 +55,7 @@ def prepare(
     if shape is not None and len(shape) != 4:
         raise InputError(f"input shape must be N,C,H,W (4 numbers), got {','.join(map(str, shape))}")
     image_shape = shape[1:] if shape else loaded.input_shape
-    dataset = load_data(data, image_shape, seed=seed) if data is not None else None
+    dataset = load_data(data, image_shape, seed=seed, normalize=normalize) if data is not None else None
     if dataset is not None and loaded.format == "zoo" and shape is None:
         image_shape = dataset.input_shape  # an untrained zoo model adapts to the data
     if image_shape is None:

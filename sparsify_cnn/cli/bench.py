@@ -45,7 +45,7 @@ def _names(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Where to write the table as JSON (default: DIR/bench.json for a DIR, else bench.json).")
 def bench_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, batches, backends,
-    baseline, target, tune_trials, records, threads, rounds, number, layers, json_path,
+    baseline, target, tune_trials, records, threads, rounds, number, layers, json_path, normalize=None,
 ):  # fmt: skip
     """Time MODEL dense, or the result of a search, end to end and layer by layer, on PyTorch
     eager, torch.compile and TVM, beside the theoretical (MAC) speedups; print the table and
@@ -88,7 +88,7 @@ def bench_command(
     config = BenchConfig(batches=batches, backends=backends, baseline=baseline,
                          tvm=TVMSettings(target, tune_trials, records), rounds=rounds, number=number, layers=layers)  # fmt: skip
     prepared = prepare(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
+        model, normalize=normalize, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     dense = prepared.captured.graph_module

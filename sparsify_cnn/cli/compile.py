@@ -20,7 +20,7 @@ from .options import data_option, model_options, seed_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 def compile_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, target,
-    tune_trials, records, check_images, dump_ir, out,
+    tune_trials, records, check_images, dump_ir, out, normalize=None,
 ):  # fmt: skip
     """Compile MODEL with Apache TVM into a deployable artifact in --out, checked against
     torch on calibration inputs (with --data). The batch size is --input-shape's N.
@@ -33,7 +33,7 @@ def compile_command(
     from .progress import ProgressDisplay
 
     prepared = prepare(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
+        model, normalize=normalize, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     gm = prepared.captured.graph_module

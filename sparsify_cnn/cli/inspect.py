@@ -15,7 +15,9 @@ from .options import data_option, model_options, seed_option
 @data_option(default=None)
 @seed_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the accounting as JSON.")
-def inspect_command(model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, json_path):
+def inspect_command(
+    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, json_path, normalize=None
+):
     """Print MODEL's per-layer parameters and MACs (and its test accuracy with --data)."""
     from ..evaluate import evaluate
     from ..pipeline import prepare
@@ -24,6 +26,7 @@ def inspect_command(model, arch, trust_pickle, input_shape, leaf_modules, captur
 
     prepared = prepare(
         model,
+        normalize=normalize,
         arch=arch,
         trust_pickle=trust_pickle,
         input_shape=input_shape,

@@ -87,7 +87,7 @@ def optimize_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, technique, epsilon,
     epsilon_kind, metric, layers, batch_size, mode, patch_size, ones_range, granularity, top_m, edge, channel_group,
     mask, interpolation, speedup, cost, preset, target_params, ssc_layer, no_pointwise_branch, nondividing,
-    finetune_epochs, finetune_lr, target, crossover, out, checkpoint, resume,
+    finetune_epochs, finetune_lr, target, crossover, out, checkpoint, resume, normalize=None,
 ):  # fmt: skip
     """Transform MODEL with --technique, choose its masks or rates within --epsilon (or up to
     --speedup), verify them, and write the plan, the rewritten model, the report and the
@@ -114,7 +114,7 @@ def optimize_command(
         raise click.UsageError(f"{', '.join(ssc_given) or '--no-pointwise-branch'} apply only with --technique ssc")
 
     prepared = prepare(
-        model, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
+        model, normalize=normalize, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     out_dir = Path(out)

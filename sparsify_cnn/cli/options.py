@@ -59,13 +59,33 @@ def model_options(command):
     return functools.reduce(lambda f, d: d(f), reversed(decorators), command)
 
 
+def _normalize(ctx, param, value):
+    if value is None:
+        return None
+    from ..data import parse_normalization
+
+    try:
+        return parse_normalization(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def data_option(default: str | None):
-    return click.option(
+    """--data, and --normalize for what the data's images are scaled to."""
+    data = click.option(
         "--data",
         default=default,
         show_default=True,
-        help="'digits' (built in), an .npz file with arrays x and y, or an image folder.",
+        help="'digits' (built in), an .npz file with arrays x and y, or an image folder (scaled to [0, 1]).",
     )
+    normalize = click.option(
+        "--normalize",
+        callback=_normalize,
+        metavar="MEAN,STD",
+        help="Normalise the images as the model expects: x -> (x - MEAN) / STD, one number or one per channel "
+        "joined by ':' (0.485:0.456:0.406,0.229:0.224:0.225), or 'imagenet' for those.",
+    )
+    return lambda command: data(normalize(command))
 
 
 seed_option = click.option("--seed", default=0, show_default=True, help="Seed for data splits and initial weights.")

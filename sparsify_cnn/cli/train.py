@@ -92,7 +92,7 @@ def _memory(ctx, param, value):
 def train_command(
     ctx, model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed,
     epochs, batch_size, lr, momentum, weight_decay, optimizer, config_file, stan_variant, theta, coverage,
-    pre_epochs, period, stan_kernel, max_entry_memory, layers, conv_dropout, meprop_k, report_file, out,
+    pre_epochs, period, stan_kernel, max_entry_memory, layers, conv_dropout, meprop_k, report_file, out, normalize=None,
 ):  # fmt: skip
     """Train MODEL on --data (seeded, deterministic) and save it to --out.
 
@@ -124,6 +124,7 @@ def train_command(
     torch.manual_seed(seed)
     prepared = prepare(
         model,
+        normalize=normalize,
         arch=arch,
         trust_pickle=trust_pickle,
         input_shape=input_shape,

@@ -40,7 +40,7 @@ PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cn
     help="Where to write the best setup (a `sparsify train --config` file).",
 )
 def tune_command(
-    model, preset, data, seed, trials, max_epochs, min_epochs, reduction_factor, storage, study_name, out
+    model, preset, data, seed, trials, max_epochs, min_epochs, reduction_factor, storage, study_name, out, normalize=None
 ):  # fmt: skip
     """Tune the hyper-parameters of zoo MODEL with Hyperband over a preset search space.
 
@@ -57,7 +57,7 @@ def tune_command(
 
     entry = models.get_entry(model)
     config = StudyConfig(preset, storage, trials, max_epochs, min_epochs, reduction_factor, seed, study_name)
-    dataset = load_data(data, entry.input_shape, seed=seed)
+    dataset = load_data(data, entry.input_shape, seed=seed, normalize=normalize)
     click.echo(f"Hyperband: {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib), "
                f"preset {preset}, {trials} trials, {min_epochs}-{max_epochs} epochs, storage {storage}")  # fmt: skip
 

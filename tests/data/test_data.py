@@ -121,3 +121,49 @@ def test_check_model_shape_and_label_range():
         data.check_model((3, 4, 4), 5)
     with pytest.raises(DataError, match="labels up to 4; the model has 3 outputs"):
         data.check_model((1, 4, 4), 3)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("imagenet", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ("0.5,0.25", ((0.5,), (0.25,))),
+    ("0.1:0.2:0.3,0.5", ((0.1, 0.2, 0.3), (0.5,))),
+])  # fmt: skip
+def test_normalization_is_parsed_from_the_option(text, expected):
+    from sparsify_cnn.data import parse_normalization
+
+    assert parse_normalization(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0.5", "0.5,0", "a,b", "0.1:0.2,0.1:0.2:0.3", "0.5,-1", "nan,1"])
+def test_bad_normalization_is_refused(text):
+    from sparsify_cnn.data import parse_normalization
+
+    with pytest.raises(ValueError):
+        parse_normalization(text)
+
+
+def test_images_are_normalised_per_channel_in_every_split(tmp_path):
+    from sparsify_cnn.data import normalized
+
+    x = np.random.default_rng(0).random((20, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    plain = load_data(str(tmp_path / "x.npz"))
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    data = load_data(str(tmp_path / "x.npz"), normalize=(mean, std))
+    for name in ("train", "calib", "test"):
+        expected = (plain.split(name).x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        torch.testing.assert_close(data.split(name).x, expected)
+    assert data.fingerprint() != plain.fingerprint()  # plans record which data chose them
+    with pytest.raises(DataError, match="2 mean values for images of 3 channels"):
+        normalized(plain, (0.1, 0.2), (1.0,))
+
+
+def test_normalize_option_reaches_the_data_and_bad_values_are_usage_errors(tmp_path, model_files):
+    from click.testing import CliRunner
+
+    from sparsify_cnn.cli.main import cli
+
+    ok = CliRunner().invoke(cli, ["inspect", str(model_files["pt2"]), "--data", "digits", "--normalize", "0.5,0.25"])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(cli, ["inspect", str(model_files["pt2"]), "--data", "digits", "--normalize", "0.5"])
+    assert bad.exit_code == 2 and "is not MEAN,STD" in bad.output

@@ -16,6 +16,7 @@ import re
 import sys
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,9 @@ def _any_batch(module: torch.fx.GraphModule, path: Path) -> torch.fx.GraphModule
     try:
         return generalize_batch(module, example)
     except GeneralizationError as error:
+        why = str(error) if len(str(error)) < 110 else str(error)[:107] + "..."
         raise ModelLoadError(
-            f"'{path}' was exported with a static batch of {batch} and cannot run other batch sizes ({error}); "
+            f"'{path.name}' was exported with a static batch of {batch} and cannot run other batch sizes ({why}); "
             "export it with dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)"
         ) from error
 
@@ -268,7 +270,10 @@ def _state_dict_of(obj) -> dict | None:
                 obj = obj[key]
                 break
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return dict(obj)
+            state = OrderedDict(obj)
+            # Module versions (batch norm's, MNASNet's) travel in the metadata: load_state_dict reads them.
+            state._metadata = getattr(obj, "_metadata", None)
+            return state
     return None
 
 

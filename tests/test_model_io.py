@@ -148,3 +148,24 @@ def test_static_export_that_mixes_images_is_refused_in_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="static batch of 1.*Dim.DYNAMIC") as error:
         load_model(str(path))
     assert "\n" not in str(error.value)
+
+
+def test_state_dict_keeps_module_versions(tmp_path, monkeypatch):
+    """load_state_dict hands each module the version saved with it (torchvision's MNASNet
+    refuses a state dict without one): the loader must keep the state dict's metadata."""
+    (tmp_path / "versioned.py").write_text(
+        "import torch\n\n"
+        "class Versioned(torch.nn.Linear):\n"
+        "    _version = 2\n\n"
+        "    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):\n"
+        "        if local_metadata.get('version') != 2:\n"
+        "            raise ValueError(f\"version should be 2, got {local_metadata.get('version')}\")\n"
+        "        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)\n\n"
+        "def build():\n    return torch.nn.Sequential(Versioned(4, 3))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import versioned
+
+    torch.save(versioned.build().state_dict(), tmp_path / "weights.pt")
+    loaded = load_model(str(tmp_path / "weights.pt"), arch="versioned:build")
+    assert loaded.module[0].weight.shape == (3, 4)

@@ -137,9 +137,9 @@ def _follow_batch(node: fx.Node, source: fx.Node, dim: int, shape: tuple[int, ..
     """The dimension of ``node``'s value that carries the batch, given that ``source`` (one of
     its inputs) carries it in ``dim``; None when it cannot be told (the check then decides)."""
     target, args = node.target, node.args
-    if shape is None:  # tuples (max pool with indices, batch norm statistics): their items follow
+    rank, source_shape = (len(shape) if shape is not None else None), _shape(source)
+    if shape is None or source_shape is None:  # tuples (chunks, pools with indices) and their items
         return dim
-    rank, source_shape = len(shape), _shape(source)
     if target in _RESHAPES:
         # Row-major: the batch lands in the first dimension after as many elements as came
         # before it, as that dimension's outermost factor.

@@ -101,8 +101,8 @@ def test_relu6_nets_search_through_the_main_job(tmp_path, images):
     _export_static(_torchvision("mobilenet_v2"), tmp_path / "model.pt2")
     result = _main_job(tmp_path / "model.pt2", images, tmp_path / "out", "--mode", "uniform_layer", "--target", "none")
     assert result.exit_code == 0, result.output
-    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
-    assert len(plan["masks"]) > 30  # every conv that feeds a ReLU6 has its op
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["layers"]) > 30  # every conv that feeds a ReLU6 has its op
 
 
 def test_channel_shuffle_searches_without_batching_graph_ints(tmp_path, images):

@@ -85,6 +85,10 @@ def bench_command(
         data = data or plan.data.get("name")
         if input_shape is None and plan.model.get("input_shape"):
             input_shape = tuple(plan.model["input_shape"])
+    if tune_trials and "tvm" in backends:  # before any work, not as a note on the TVM rows after it
+        from ..codegen.tuning import require_search_packages
+
+        require_search_packages()
     config = BenchConfig(batches=batches, backends=backends, baseline=baseline,
                          tvm=TVMSettings(target, tune_trials, records), rounds=rounds, number=number, layers=layers)  # fmt: skip
     prepared = prepare(

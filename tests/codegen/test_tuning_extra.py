@@ -50,3 +50,9 @@ def test_the_cli_says_it_in_one_line(without_tune_extra, tmp_path):
     assert result.exit_code == MissingExtraError.exit_code
     assert result.output.splitlines()[-1] == "error: " + MESSAGE.format("xgboost, psutil")
     assert "Traceback" not in result.output
+
+
+def test_bench_with_tuning_stops_before_timing_anything(without_tune_extra):
+    result = CliRunner().invoke(cli, ["bench", "zoo:lenet", "--tune-trials", "2", "--batch", "1"])
+    assert result.exit_code == MissingExtraError.exit_code
+    assert result.output.strip() == "error: " + MESSAGE.format("xgboost, psutil")

@@ -82,7 +82,7 @@ def optimize_perforation(
         raise InputError(no_layer_message("be perforated", result.skipped, hint))
     gm = result.graph_module
     labels = data.calib.y if metric == "top1" else None
-    warning = one_class_warning(predict(dense_gm, data.calib.x), metric)
+    warning = one_class_warning(predict(dense_gm, data.calib.x, name="the dense model on the calib split"), metric)
     masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search)
     cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
     identity = {

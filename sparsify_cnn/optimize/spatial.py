@@ -70,7 +70,7 @@ def optimize_spatial(
     if not result.inserted:
         raise InputError(nothing_inserted(result.skipped))
     gm = result.graph_module
-    dense_predictions = predict(dense_gm, data.calib.x)
+    dense_predictions = predict(dense_gm, data.calib.x, name="the dense model on the calib split")
     warning = one_class_warning(dense_predictions, metric)
     target = data.calib.y if metric == "top1" else dense_predictions
     identity = {

@@ -63,7 +63,7 @@ def optimize_ssc(
         raise InputError("SSC needs data to score the result (--data)")
     metric = resolve_metric(metric, data.labeled)
     dense_gm = prepared.captured.graph_module
-    warning = one_class_warning(predict(dense_gm, data.calib.x), metric)
+    warning = one_class_warning(predict(dense_gm, data.calib.x, name="the dense model on the calib split"), metric)
     result = insert_ssc(dense_gm, config)
     assignment = result.assignment
     if not result.inserted:

@@ -31,6 +31,10 @@ class CaptureError(InputError):
     """A model that neither torch.fx nor torch.export can capture as a graph."""
 
 
+class OutputError(InputError):
+    """An output that cannot be written (folder missing or read-only, disk full, locked by another run)."""
+
+
 class MissingExtraError(SparsifyError):
     """A feature whose optional packages are not installed; the message names the pip extra."""
 

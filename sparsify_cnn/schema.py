@@ -53,7 +53,7 @@ def check(data, schema: dict, label: str, error: type[Exception] = InputError) -
 
 def describe(problem: ValidationError) -> str:
     """``masks.conv1.shape[0] must be an integer, not a string``: the field's path, then what is wrong."""
-    where = field_path(problem.absolute_path) or "the top level"
+    where = _clip(field_path(problem.absolute_path)) or "the top level"
     kind, expected, value = problem.validator, problem.validator_value, problem.instance
     if kind == "type":
         wanted = " or ".join(_TYPE_NAMES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))

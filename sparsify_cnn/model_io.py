@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import pickle
@@ -26,9 +27,22 @@ from torch import nn
 
 from . import models
 from .errors import ModelLoadError, first_line
+from .pt2_scan import scan, strict_json
+from .schema import check
 from .transform.batch import GeneralizationError, generalize_batch, static_batch
 
 METADATA_FILE = "sparsify.json"
+_POSITIVE = {"type": "integer", "minimum": 1}
+METADATA_SCHEMA = {  # what sparsify reads from the metadata; other fields travel untouched
+    "type": "object",
+    "properties": {
+        "input_shape": {"type": "array", "items": _POSITIVE, "minItems": 3, "maxItems": 3},
+        "num_classes": _POSITIVE,
+        "zoo": {"type": "string"},
+        "arch": {"type": "string"},
+        "plan": {"type": "string"},
+    },
+}
 _EXPECTED = (
     "expected a torch.export program (.pt2), a state dict with --arch, "
     "a pickled nn.Module with --trust-pickle, or zoo:NAME"
@@ -95,16 +109,19 @@ def save_program(
     info = {"input_shape": list(input_shape), **(metadata or {})}
     with warnings.catch_warnings():  # torch's own serialiser warns about its internals
         warnings.simplefilter("ignore", FutureWarning)
-        torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(info)})
+        # in memory first, then atomically to disk: torch's file writer aborts on a full disk
+        from .storage import write_buffered
+
+        write_buffered(path, lambda f: torch.export.save(program, f, extra_files={METADATA_FILE: json.dumps(info)}))
 
 
 def _archive_kind(path: Path) -> str:
-    if not zipfile.is_zipfile(path):
-        return "pickle"
     try:
+        if not zipfile.is_zipfile(path):  # which itself raises on some corrupt directories
+            return "pickle"
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError):  # a corrupt directory
         return "pickle"
     if any(name.endswith("/archive_format") or name == "archive_format" for name in names):
         return "pt2"
@@ -116,23 +133,40 @@ def _archive_kind(path: Path) -> str:
 
 
 def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
-    if not trust_pickle:
-        pickled = _pickled_payloads(path)
-        if pickled:
-            raise ModelLoadError(
-                f"'{path}' is a torch.export program that carries pickled objects ({pickled[0]}); "
-                "unpickling runs code from the file: pass --trust-pickle if you trust its source"
-            )
-    extra = {METADATA_FILE: ""}
+    found = scan(path, METADATA_FILE)  # refuses hostile or broken archives, trusted or not
+    if found.pickled and not trust_pickle:
+        raise ModelLoadError(
+            f"'{path}' is a torch.export program that carries pickled objects ({found.pickled[0]}); "
+            "unpickling runs code from the file: pass --trust-pickle if you trust its source"
+        )
+    if found.code and not trust_pickle:
+        raise ModelLoadError(
+            f"'{path}' is a torch.export program whose graph holds Python that loading would run ({found.code[0]}); "
+            "pass --trust-pickle if you trust its source"
+        )
+    metadata = _metadata(path, found.extra)
+    # load_pt2, not torch.export.load: that one falls back on failure to an older format read
+    # with Python's zipfile, a second reader of the same bytes.
+    from torch.export.pt2_archive._package import load_pt2
+
     try:
         with _weights_only_loads(not trust_pickle), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.export.load(str(path), extra_files=extra)
+            program = load_pt2(str(path)).exported_programs["model"]
+            module = program.module()
+            input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
     except Exception as error:  # noqa: BLE001 - any failure here means a broken file
         raise ModelLoadError(f"'{path}' is not a readable torch.export program: {first_line(error)}") from error
-    metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
-    input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
-    return LoadedModel(_any_batch(program.module(), path), str(path), "export", input_shape, metadata)
+    return LoadedModel(_any_batch(module, path), str(path), "export", input_shape, metadata)
+
+
+def _metadata(path: Path, data: bytes | None) -> dict:
+    if data is None:
+        return {}
+    label = f"'{path}' metadata {METADATA_FILE}"
+    metadata = strict_json(data, label)
+    check(metadata, METADATA_SCHEMA, label, ModelLoadError)
+    return metadata
 
 
 def _any_batch(module: torch.fx.GraphModule, path: Path) -> torch.fx.GraphModule:
@@ -150,24 +184,6 @@ def _any_batch(module: torch.fx.GraphModule, path: Path) -> torch.fx.GraphModule
             f"'{path.name}' was exported with a static batch of {batch} and cannot run other batch sizes ({why}); "
             "export it with dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)"
         ) from error
-
-
-def _pickled_payloads(path: Path) -> list[str]:
-    """Names of the payloads in a .pt2 archive that would be unpickled when loaded."""
-    found = []
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if not name.endswith("_config.json"):
-                continue
-            try:
-                config = json.loads(archive.read(name)).get("config", {})
-            except (ValueError, AttributeError):
-                continue
-            for fqn, payload in config.items():
-                path_name = str(payload.get("path_name", ""))
-                if payload.get("use_pickle") or path_name.startswith(("custom_obj", "opaque_obj")):
-                    found.append(fqn)
-    return found
 
 
 @contextlib.contextmanager
@@ -297,12 +313,52 @@ def _factory(arch: str):
     module_name, _, factory_name = arch.partition(":")
     if not module_name or not factory_name:
         raise ModelLoadError(f"--arch '{arch}' is not of the form package.module:factory or zoo:NAME")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # let users name a module in the current directory
+    _current_dir_last(module_name)
     try:
-        return getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as error:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # noqa: BLE001 - a missing module, or one that fails as it runs
         raise ModelLoadError(f"cannot import --arch '{arch}': {first_line(error)}") from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        where = getattr(module, "__file__", None) or module_name
+        raise ModelLoadError(f"--arch '{arch}': {where} has no function '{factory_name}'")
+    return _checked_call(arch, factory)
+
+
+def _current_dir_last(module_name: str) -> None:
+    """Let users name a module in the current directory (which may import its siblings), at the
+    END of sys.path and only when no installed module has the name: a numpy.py or tvm.py lying
+    in the working directory must not replace the real one for every later import."""
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        return
+    top = module_name.split(".")[0]
+    try:
+        installed = top in sys.modules or importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:
+        sys.path.append(cwd)
+
+
+def _checked_call(arch: str, factory):
+    """``factory`` wrapped so that a call without the arguments it needs, or one that raises,
+    is a one-line ModelLoadError."""
+
+    def call(*args, **kwargs):
+        try:
+            return factory(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - the user's code: any failure is theirs to fix
+            if args or kwargs:
+                raise
+            if isinstance(error, TypeError):
+                raise ModelLoadError(
+                    f"--arch '{arch}' could not be called without arguments: {first_line(error)}; "
+                    "give a factory that takes none"
+                ) from error
+            raise ModelLoadError(f"--arch '{arch}' failed when called: {first_line(error)}") from error
+
+    return call
 
 
 def _mismatch(error: RuntimeError) -> str:

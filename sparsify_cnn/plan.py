@@ -3,15 +3,19 @@ masks (Spatial: full prediction masks; perforation: kept-position masks; SSC: no
 lists every layer's exact (g, p)), how they were chosen (epsilon, metric, data fingerprint) and the versions that chose
 them, and re-applies to the model to give the identical graph.
 
-Masks are stored bit-packed (base64), so a plan stays small and exact.
+A plan names its model by graph fingerprint and weights digest, and applies only to that model
+(a retrained one needs its own search) unless asked otherwise. Masks are stored bit-packed
+(base64), so a plan stays small and exact.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import glob
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from . import storage
 from .errors import InputError
 from .passes.base import PassResult
 from .passes.perforation import (
@@ -28,6 +33,8 @@ from .passes.perforation import (
 )
 from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
 from .passes.ssc import SSCConfig, insert_ssc
+from .plan_schema import PLAN_SCHEMA
+from .schema import read_json
 
 PLAN_VERSION = 1
 TECHNIQUES = ("spatial", "perforation", "ssc")
@@ -40,7 +47,7 @@ class Plan:
     masks: dict[str, torch.Tensor]  # layer name -> full mask
     search: dict = field(default_factory=dict)  # search config, epsilon, metric
     data: dict = field(default_factory=dict)  # name, fingerprint
-    model: dict = field(default_factory=dict)  # source, graph fingerprint
+    model: dict = field(default_factory=dict)  # source, graph fingerprint, weights digest, input shape
     results: dict = field(default_factory=dict)  # accuracies and MACs measured when chosen
     versions: dict = field(default_factory=dict)
 
@@ -56,35 +63,35 @@ class Plan:
             "versions": self.versions,
             "masks": {name: _pack(mask) for name, mask in self.masks.items()},
         }
-        Path(path).write_text(json.dumps(data, indent=1))
+        storage.write_text(path, json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
-            raise InputError(f"plan '{path}' is not a readable plan file: {error}") from error
-        if not isinstance(data, dict) or data.get("plan_version") != PLAN_VERSION:
-            raise InputError(f"plan '{path}' is not a version {PLAN_VERSION} sparsify plan")
-        if data.get("technique") not in TECHNIQUES:
-            raise InputError(f"plan '{path}' has unknown technique '{data.get('technique')}'")
-        try:
-            masks = {name: _unpack(packed) for name, packed in data["masks"].items()}
-        except (KeyError, ValueError, TypeError) as error:
-            raise InputError(f"plan '{path}' has a corrupt mask: {error}") from error
+        """The plan in ``path``, checked against its schema: a bad field gives one InputError line."""
+        data = read_json(path, PLAN_SCHEMA, "plan")
+        masks = {}
+        for name, packed in data["masks"].items():
+            try:
+                masks[name] = _unpack(packed)
+            except ValueError as error:
+                raise InputError(f"plan '{path}' has a corrupt mask for layer '{name}': {error}") from error
         fields = ("config", "search", "data", "model", "results", "versions")
         return cls(data["technique"], masks=masks, **{k: data.get(k, {}) for k in fields})
 
-    def apply(self, gm: fx.GraphModule) -> PassResult:
-        """Rewrite ``gm`` (a captured dense model) as the plan says and install its masks."""
+    def apply(self, gm: fx.GraphModule, for_other_model: bool = False) -> PassResult:
+        """Rewrite ``gm`` (a captured dense model) as the plan says and install its masks. A plan
+        applies to the model it was made for (graph and weights); ``for_other_model`` applies it
+        to another one anyway (a retrained model: the masks were chosen for other weights)."""
+        if not for_other_model:
+            self.check_model(gm)
         if self.technique == "ssc":
             return self._apply_ssc(gm)
         if self.technique == "spatial":
-            config = SpatialConfig.from_dict({**self.config, "layers": list(self.masks)})
+            config = _config(SpatialConfig, {**self.config, "layers": list(self.masks)})
             result = insert_spatial_ops(gm, config)
             ops, install = spatial_ops(result.graph_module), "set_mask"
         else:
-            config = PerforationConfig.from_dict({**self.config, "layers": list(self.masks)})
+            config = _config(PerforationConfig, {**self.config, "layers": list(self.masks)})
             result = insert_perforated_convs(gm, config)
             ops, install = perforated_ops(result.graph_module), "set_kept"
         missing = sorted(set(self.masks) - set(ops))
@@ -94,13 +101,27 @@ class Plan:
         for name, mask in self.masks.items():
             try:
                 getattr(ops[name], install)(mask)
-            except ValueError as error:
+            except (ValueError, RuntimeError) as error:
                 raise InputError(f"the plan does not fit this model: {error}") from error
         return result
 
+    def check_model(self, gm: fx.GraphModule) -> None:
+        """Raise InputError unless ``gm`` is the model this plan was made for, as far as the plan
+        records it: its graph, and its weights (plans made before weights were recorded, or
+        written by hand without a model record, are checked on what they have)."""
+        graph, weights = self.model.get("graph"), self.model.get("weights")
+        if graph and graph != graph_fingerprint(gm):
+            why = "another graph (other architecture, layers or capture)"
+        elif weights and weights != weights_digest(gm):
+            why = "the same graph with other weights (retrained or fine-tuned?)"
+        else:
+            return
+        raise InputError(f"the plan was made for {why}, not this model; pass --plan-for-other-model "
+                         f"(in Python: apply(gm, for_other_model=True)) to apply it anyway")  # fmt: skip
+
     def _apply_ssc(self, gm: fx.GraphModule) -> PassResult:
         # SSC has no masks: the config lists every layer's exact (g, p); all of them must fit.
-        config = SSCConfig.from_dict(self.config)
+        config = _config(SSCConfig, self.config)
         planned = [entry[0] for entry in config.per_layer]
         result = insert_ssc(gm, config)
         by_glob = {glob.escape(name): name for name in result.inserted}
@@ -111,6 +132,14 @@ class Plan:
             )
             raise InputError(f"the plan does not fit this model: {reasons}")
         return result
+
+
+def _config(kind, data: dict):
+    # The schema checked the fields' types; the config checks their values (InputError).
+    try:
+        return kind.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"the plan's config does not make a {kind.__name__}: {error}") from error
 
 
 def _unescape(pattern: str) -> str:
@@ -126,6 +155,20 @@ def graph_fingerprint(gm: fx.GraphModule) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_digest(gm: torch.nn.Module) -> str:
+    """A hash of a model's weights (names, dtypes, shapes and bytes of its state dict, in name
+    order): a retrained model with the same graph gets another digest. Example::
+
+        plan.model["weights"] == weights_digest(prepare("lenet.pt2").captured.graph_module)
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(gm.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, 0-d too
+    return digest.hexdigest()[:16]
+
+
 def _pack(mask: torch.Tensor) -> dict:
     bits = np.packbits(mask.to(torch.bool).flatten().numpy())
     return {"shape": list(mask.shape), "bits": base64.b64encode(bits.tobytes()).decode()}
@@ -133,9 +176,12 @@ def _pack(mask: torch.Tensor) -> dict:
 
 def _unpack(packed: dict) -> torch.Tensor:
     shape = tuple(int(s) for s in packed["shape"])
-    count = int(np.prod(shape))
-    bits = np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8)
-    flat = np.unpackbits(bits)[:count]
-    if len(flat) != count:
-        raise ValueError(f"{len(flat)} bits for a mask of shape {shape}")
+    count = math.prod(shape)  # exact: numpy's product wraps around for huge shapes
+    try:
+        raw = base64.b64decode(packed["bits"], validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"the bits are not base64 ({error})") from error
+    if len(raw) != (count + 7) // 8:
+        raise ValueError(f"{8 * len(raw)} bits for a mask of shape {shape} ({count} positions)")
+    flat = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:count]
     return torch.from_numpy(flat.astype(bool).reshape(shape))

@@ -10,9 +10,9 @@ non-finite weights."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from .data import Dataset
-from .errors import InputError, NonFiniteError, TrainingDiverged, check_finite
+from .errors import InputError, NonFiniteError, OutputError, TrainingDiverged, check_finite
 from .evaluate import Score, evaluate
 from .progress import Progress, silent
+from .storage import write_buffered
 
 SCHEDULES = ("cosine", "step")
 # Fine-tuning starts from trained weights, near a minimum: the seed's from-scratch 0.1 knocks
@@ -133,18 +134,19 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     result = TrainResult()
     path = Path(checkpoint) if checkpoint is not None else None
-    identity = _identity(model, data, config) if path is not None else None
+    identity = run_identity(model, data, config) if path is not None else None
     previous_seconds = 0.0
     if path is not None and path.exists():
-        state = _load(path, identity)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        order.set_state(state["order"])
-        torch.set_rng_state(state["rng"])
-        result.epochs = [EpochLog(log["epoch"], log["loss"], Score(**log["calib"])) for log in state["logs"]]
-        result.resumed_from = state["epoch"]
-        previous_seconds = state["seconds"]
+        state = load_checkpoint(path, identity, "training checkpoint")
+        with checkpoint_contents(path, "training checkpoint"):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            order.set_state(state["order"])
+            torch.set_rng_state(state["rng"])
+            result.epochs = [EpochLog(log["epoch"], log["loss"], Score(**log["calib"])) for log in state["logs"]]
+            result.resumed_from = int(state["epoch"])
+            previous_seconds = float(state["seconds"])
     start = time.perf_counter()
     last_finite = LastFinite(model, result.resumed_from)
 
@@ -190,7 +192,7 @@ def train(
         log = EpochLog(epoch, total / count, calib)
         result.epochs.append(log)
         if path is not None:
-            _save(path, {
+            save_checkpoint(path, {
                 "identity": identity,
                 "epoch": epoch,
                 "model": model.state_dict(),
@@ -253,8 +255,9 @@ def _schedule(optimizer, config: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * steps_per_epoch))
 
 
-def _identity(model: nn.Module, data: Dataset, config: TrainConfig) -> dict:
-    """What a checkpoint must have been written by: this config, this data, these initial weights."""
+def run_identity(model: nn.Module, data: Dataset, config) -> dict:
+    """What a checkpoint must have been written by: this config (a ``TrainConfig`` or anything
+    with ``to_dict``), this data, these initial weights."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -262,26 +265,47 @@ def _identity(model: nn.Module, data: Dataset, config: TrainConfig) -> dict:
     return {"config": config.to_dict(), "data": data.fingerprint(), "initial_weights": digest.hexdigest()[:16]}
 
 
-def _load(path: Path, identity: dict) -> dict:
+# The advice every refused checkpoint gets (the CLI's --no-resume ignores it and starts over).
+START_OVER = "remove it or rerun with --no-resume to start over"
+
+
+def load_checkpoint(path: Path, identity: dict, what: str) -> dict:
+    """The state saved at ``path`` by ``save_checkpoint``, if ``identity`` wrote it: a file of
+    another run, or one that is not such a checkpoint, is an ``InputError`` (one line)."""
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)  # never unpickles code
         written_by = state["identity"]
+        model = state["model"]
+        if not isinstance(written_by, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
+            raise TypeError("not a checkpoint's contents")
     except Exception as error:  # any unreadable file gets the same advice
-        raise InputError(
-            f"training checkpoint '{path}' is unreadable ({type(error).__name__}); remove it to start over"
-        ) from error
-    for name, tensor in state["model"].items():  # written before checkpoints refused NaN
-        check_finite(tensor, f"training checkpoint '{path}', {name}", hint="; remove it to start over")
+        raise InputError(f"{what} '{path}' is unreadable ({type(error).__name__}); {START_OVER}") from error
+    for name, tensor in model.items():  # written before checkpoints refused NaN
+        check_finite(tensor, f"{what} '{path}', {name}", hint=f"; {START_OVER}")
     if written_by != identity:
         differs = ", ".join(key.replace("_", " ") for key in identity if written_by.get(key) != identity[key])
-        raise InputError(
-            f"training checkpoint '{path}' was written by another run (other {differs}); remove it to start over"
-        )
+        raise InputError(f"{what} '{path}' was written by another run (other {differs or 'contents'}); {START_OVER}")
     return state
 
 
-def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)  # a kill mid-write leaves the previous checkpoint whole
+@contextlib.contextmanager
+def checkpoint_contents(path: Path, what: str):
+    """Restoring from a checkpoint whose contents do not fit the run (a missing key, a tensor of
+    another shape) is one ``InputError`` line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:
+        why = (str(error).splitlines() or [""])[0][:200]
+        message = f"{what} '{path}' does not fit this run ({type(error).__name__}: {why}); {START_OVER}"
+        raise InputError(message) from error
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` whole or not at all: a kill mid-write leaves the previous checkpoint."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot write '{path}': {error.strerror or error}") from error
+    write_buffered(path, lambda f: torch.save(state, f))  # torch aborts the process on a full disk

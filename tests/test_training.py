@@ -108,6 +108,21 @@ def test_a_checkpoint_of_another_run_is_refused(digits28, tmp_path):
         train(_tiny(), digits28, config, checkpoint=path)
 
 
+def test_a_checkpoint_with_the_right_identity_but_wrong_contents_is_one_error(digits28, tmp_path):
+    path = tmp_path / "run.ckpt"
+    config = TrainConfig(epochs=1, batch_size=256)
+    train(_tiny(), digits28, config, checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    del state["optimizer"]
+    torch.save(state, path)
+    with pytest.raises(InputError, match="does not fit this run \\(KeyError: 'optimizer'\\); remove it or rerun with"):
+        train(_tiny(), digits28, config, checkpoint=path)
+    state["optimizer"], state["model"] = {}, {name: t.reshape(-1)[:1] for name, t in state["model"].items()}
+    torch.save(state, path)
+    with pytest.raises(InputError, match="does not fit this run \\(RuntimeError"):
+        train(_tiny(), digits28, config, checkpoint=path)
+
+
 def test_step_schedule_and_the_seed_recipe():
     from torch import nn
 

@@ -3,13 +3,12 @@ PyTorch eager, torch.compile and TVM."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import click
 
-from .options import data_option, model_options, seed_option
+from .options import Bounded, data_option, model_options, seed_option, target_callback
 
 
 def _ints(ctx, param, value: str) -> tuple[int, ...]:
@@ -17,8 +16,8 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
         numbers = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
-    if min(numbers) < 1:
-        raise click.BadParameter("batch sizes must be positive")
+    if not all(1 <= n <= 65536 for n in numbers):
+        raise click.BadParameter(f"batch sizes must be positive and at most 65536, got '{value[:40]}'")
     return numbers
 
 
@@ -31,21 +30,23 @@ def _names(ctx, param, value: str) -> tuple[str, ...]:
 @data_option(default=None)
 @seed_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Bench MODEL with this plan applied, against MODEL dense.")
+@click.option("--plan-for-other-model", is_flag=True, help="Apply the plan even though it was made for another model "
+              "(another graph, or the same graph with other weights, e.g. retrained); its masks were chosen for that one.")  # fmt: skip
 @click.option("--batch", "batches", default="1,32", callback=_ints, help="Batch sizes, comma-separated.")
 @click.option("--backends", default="eager,compile,tvm", callback=_names, help="Backends timed: eager, compile (torch.compile), tvm.")
 @click.option("--baseline", type=click.Choice(["eager", "compile", "tvm-dense"]), default="tvm-dense",
               help="The dense time that measured speedups divide.")  # fmt: skip
-@click.option("--target", default="llvm", help="TVM target: llvm (this CPU), llvm:CPU or cuda:sm_XX (needs the GPU here).")
-@click.option("--tune-trials", default=0, help="MetaSchedule trials per compiled module, dense and transformed alike (0: default schedules).")
+@click.option("--target", default="llvm", callback=target_callback, help="TVM target: llvm (this CPU), llvm:CPU or cuda:sm_XX (needs the GPU here).")
+@click.option("--tune-trials", type=Bounded(int, 0, 10**6), default=0, help="MetaSchedule trials per compiled module, dense and transformed alike (0: default schedules).")
 @click.option("--records", type=click.Path(file_okay=False), help="Tuning records directory, reused across runs.")
-@click.option("--threads", type=int, help="Threads for torch and TVM (default: all cores).")
-@click.option("--rounds", default=7, help="Timed rounds (the median is reported).")
-@click.option("--number", default=1, help="Runs per timing (their mean is one timing).")
+@click.option("--threads", type=Bounded(int, 1, 4096), help="Threads for torch and TVM (default: all cores).")
+@click.option("--rounds", type=Bounded(int, 1, 10**6), default=7, help="Timed rounds (the median is reported).")
+@click.option("--number", type=Bounded(int, 1, 10**6), default=1, help="Runs per timing (their mean is one timing).")
 @click.option("--layers/--no-layers", default=True, help="Also time each transformed layer against its dense layer.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Where to write the table as JSON (default: DIR/bench.json for a DIR, else bench.json).")
 def bench_command(
-    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, batches, backends,
-    baseline, target, tune_trials, records, threads, rounds, number, layers, json_path, normalize=None,
+    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, plan_for_other_model,
+    batches, backends, baseline, target, tune_trials, records, threads, rounds, number, layers, json_path, normalize=None,
 ):  # fmt: skip
     """Time MODEL dense, or the result of a search, end to end and layer by layer, on PyTorch
     eager, torch.compile and TVM, beside the theoretical (MAC) speedups; print the table and
@@ -66,6 +67,7 @@ def bench_command(
     from ..errors import InputError
     from ..pipeline import prepare
     from ..plan import Plan
+    from ..storage import claim_output, write_json
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -75,6 +77,8 @@ def bench_command(
         if plan_path:
             raise click.UsageError("give either a search directory or --plan, not both")
         plan_path = directory / "plan.json"
+    out = Path(json_path) if json_path else (directory / "bench.json" if directory is not None else Path("bench.json"))
+    click.get_current_context().with_resource(claim_output(out, inside=False, option="--json"))  # before any timing
     if plan_path:
         plan = Plan.load(plan_path)
     if directory is not None:
@@ -96,7 +100,7 @@ def bench_command(
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     dense = prepared.captured.graph_module
-    transformed = plan.apply(dense).graph_module if plan else None
+    transformed = plan.apply(dense, for_other_model=plan_for_other_model).graph_module if plan else None
     if prepared.data is not None:
         images = prepared.data.calib.x[: max(batches)]
     else:
@@ -109,9 +113,7 @@ def bench_command(
         result = bench(dense, images, config, transformed=transformed,
                        label=Path(model).name if directory is None else model, progress=progress)  # fmt: skip
     click.echo(render_markdown(result), nl=False)
-    out = Path(json_path) if json_path else (directory / "bench.json" if directory is not None else Path("bench.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result.to_dict(), indent=1))
+    write_json(out, result.to_dict(), indent=1)
     click.echo(f"wrote {out}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import data_option, model_options, seed_option
+from .options import Bounded, data_option, model_options, seed_option, target_callback
 
 
 @click.command("compile")
@@ -12,15 +12,17 @@ from .options import data_option, model_options, seed_option
 @data_option(default=None)
 @seed_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Apply this plan (from a search) before compiling.")
-@click.option("--target", default="llvm", help="llvm (this CPU), llvm:CPU, or cuda:sm_XX (built, not run, without a GPU).")
-@click.option("--tune-trials", default=0, help="MetaSchedule trials in all (0: default schedules, or the best already in --records).")
+@click.option("--plan-for-other-model", is_flag=True, help="Apply --plan even though it was made for another model "
+              "(another graph, or the same graph with other weights, e.g. retrained); its masks were chosen for that one.")  # fmt: skip
+@click.option("--target", default="llvm", callback=target_callback, help="llvm (this CPU), llvm:CPU, or cuda:sm_XX (built, not run, without a GPU).")
+@click.option("--tune-trials", type=Bounded(int, 0, 10**6), default=0, help="MetaSchedule trials in all (0: default schedules, or the best already in --records).")
 @click.option("--records", type=click.Path(file_okay=False), help="Tuning records directory, reused across runs (default with tuning: tuning-records).")
-@click.option("--check-images", default=64, help="Calibration images the compiled model is checked on against torch.")
+@click.option("--check-images", type=Bounded(int, 0, 65536), default=64, help="Calibration images the compiled model is checked on against torch (0: none).")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR before and after every pipeline step here.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 def compile_command(
-    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, target,
-    tune_trials, records, check_images, dump_ir, out, normalize=None,
+    model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, plan_for_other_model,
+    target, tune_trials, records, check_images, dump_ir, out, normalize=None,
 ):  # fmt: skip
     """Compile MODEL with Apache TVM into a deployable artifact in --out, checked against
     torch on calibration inputs (with --data). The batch size is --input-shape's N.
@@ -30,17 +32,19 @@ def compile_command(
     from ..codegen.compile import compile_graph
     from ..pipeline import prepare
     from ..plan import Plan
+    from ..storage import claim_output
     from .progress import ProgressDisplay
 
+    # The artifact folder holds exactly its manifest's files: its lock is a sibling, .ARTIFACT.lock.
+    click.get_current_context().with_resource(claim_output(out, inside=False))
+    plan = Plan.load(plan_path) if plan_path else None  # a broken plan stops before the model loads
     prepared = prepare(
         model, normalize=normalize, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
     gm = prepared.captured.graph_module
-    plan = None
-    if plan_path:
-        plan = Plan.load(plan_path)
-        gm = plan.apply(gm).graph_module
+    if plan is not None:
+        gm = plan.apply(gm, for_other_model=plan_for_other_model).graph_module
     images = prepared.data.calib.x[:check_images] if prepared.data is not None else None
     with ProgressDisplay() as progress:
         result = compile_graph(
@@ -57,26 +61,54 @@ def compile_command(
             f"images: max |diff| {result.max_abs_diff:.2e} ({result.relative_diff:.2e} of the output scale)"
         )
     click.echo(f"wrote {', '.join(result.manifest['files'])}, manifest.json to {out}")
+    click.echo(f"manifest sha256 {result.manifest_sha256} (pin it with sparsify run --expect-sha256)")
 
 
 @click.command("run")
 @click.argument("artifact", type=click.Path(file_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False), help="Input images (.npy).")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Where to write the outputs (.npy).")
-def run_command(artifact, input_path, output_path):
-    """Run a compiled ARTIFACT on --input and save the outputs to --output (TVM runtime only)."""
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the outputs (.npy), exactly this path.")  # fmt: skip
+@click.option("--expect-sha256", metavar="HEX",
+              help="Refuse the artifact unless its manifest.json has this sha256 (sparsify compile prints it).")
+def run_command(artifact, input_path, output_path, expect_sha256):
+    """Run a compiled ARTIFACT on --input and save the outputs to --output (TVM runtime only).
+
+        sparsify run artifact/ --input x.npy --output y.npy --expect-sha256 3f2a...
+    """
     import numpy as np
 
     from ..errors import InputError
     from ..runtime import ArtifactError, load
+    from ..storage import atomic_path
 
     try:
-        x = np.load(input_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read input '{input_path}' as .npy: {error}") from error
-    try:
-        y = load(artifact)(x)
+        model = load(artifact, expected_sha256=expect_sha256)
+        x = _read_input(input_path, model.input["shape"], model.input["dtype"])
+        y = model(x)
     except ArtifactError as error:
         raise InputError(str(error)) from error
-    np.save(output_path, y)
+    with atomic_path(output_path) as tmp, open(tmp, "wb") as f:
+        np.save(f, y)  # to a handle: np.save given a path would append .npy to it
     click.echo(f"wrote {output_path} {tuple(y.shape)}")
+
+
+def _read_input(path: str, shape, dtype):
+    """The .npy array at ``path``, checked against the artifact's input before it is allocated."""
+    import os
+    import stat
+
+    from ..errors import InputError
+    from ..npyfile import read_npy
+
+    label = f"input '{path}'"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a fifo must not block
+    except OSError as error:
+        raise InputError(f"cannot read {label}: {error.strerror or error}") from error
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InputError(f"{label} is not a regular file")
+    with open(fd, "rb") as f:
+        return read_npy(f, info.st_size, label, InputError, shape, dtype, wanted="the artifact was compiled for")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
 from .options import data_option, model_options, seed_option
@@ -48,4 +45,6 @@ def inspect_command(
         click.echo(f"test split of {prepared.data.name}: {score}")
         result["test"] = {"metric": score.metric, "value": score.value, "count": score.count}
     if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        from ..storage import write_json
+
+        write_json(json_path, result)

@@ -15,26 +15,68 @@ from .tune import tune_command
 from .zoo import zoo_command
 
 
+class _OneLine(click.ClickException):
+    """A click error (unknown option, bad value, "interrupted") in the tool's own form:
+    ``error: <message> (see 'sparsify optimize --help')``, one line on stderr, same exit code."""
+
+    def __init__(self, error: click.ClickException, help_path: str | None):
+        message = _printable(" ".join(error.format_message().split()))
+        super().__init__(f"{message} (see '{help_path} --help')" if help_path else message)
+        self.exit_code = error.exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", file=file, err=file is None)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a value or file name echoed back may hold
+    terminal escapes, which are shown, never sent to the terminal."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+
+
+def _one_line(error: click.ClickException, ctx: click.Context | None) -> click.ClickException:
+    if isinstance(error, (_OneLine, click.exceptions.NoArgsIsHelpError)):
+        return error  # NoArgsIsHelpError shows the help, as ``--help`` does
+    if not isinstance(error, click.UsageError):
+        return _OneLine(error, None)
+    if error.ctx is not None and error.ctx.command is not (ctx and ctx.command):
+        return _OneLine(error, error.ctx.command_path)
+    command = ctx.meta.get("sparsify.command") if ctx else None  # raised in a command's body
+    path = ctx.command_path if ctx else "sparsify"
+    return _OneLine(error, f"{path} {command}" if command else path)
+
+
 class _Root(click.Group):
-    """Prints a user error as one line and exits with its code, never with a traceback.
-    ``sparsify MODEL ...`` (no command name) runs the default command, ``optimize``."""
+    """Prints a user error as one line and exits with its code, never with a traceback; click's
+    usage errors too. ``sparsify MODEL ...`` (no command name) runs the default command,
+    ``optimize``."""
 
     default_command = "optimize"
 
     def resolve_command(self, ctx, args):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = [self.default_command, *args]
-        return super().resolve_command(ctx, args)
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta["sparsify.command"] = name
+        return name, command, rest
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as error:  # the root's own options
+            raise _one_line(error, None) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except SparsifyError as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {_printable(str(error))}", err=True)
             ctx.exit(error.exit_code)
+        except click.ClickException as error:
+            raise _one_line(error, ctx) from None
 
 
-@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group("sparsify", cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="sparsify-cnn", prog_name="sparsify")
 def cli():
     """Make a CNN measurably faster within a bounded accuracy loss.

@@ -4,13 +4,12 @@ default command; ``--technique`` picks what is inserted."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
 
 from ..passes.ssc_presets import PRESETS
-from .options import data_option, model_options, seed_option
+from .options import Bounded, data_option, model_options, seed_option, target_or_none_callback
 
 
 def _ones_range(ctx, param, value):
@@ -18,9 +17,12 @@ def _ones_range(ctx, param, value):
         return None
     try:
         low, _, high = value.partition("-")
-        return (int(low), int(high or low))
+        low, high = int(low), int(high or low)
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a range such as 1-3") from None
+    if not 0 <= low <= high <= 16:  # a pattern has at most 4 x 4 ones
+        raise click.BadParameter(f"'{value}' must be LOW-HIGH with 0 <= LOW <= HIGH <= 16")
+    return low, high
 
 
 def _ssc_layers(ctx, param, values):
@@ -34,6 +36,8 @@ def _ssc_layers(ctx, param, values):
             choices.append((pattern, *(None if v.strip().lower() in ("-", "none") else int(v) for v in (g, p))))
         except ValueError:
             raise click.BadParameter(f"'{value}' is not GLOB=G,P such as 'conv*=4,2' (G or P may be '-')") from None
+        if any(v is not None and not 1 <= v <= 65536 for v in choices[-1][1:]):
+            raise click.BadParameter(f"'{value}': G and P must be in 1..65536 (or '-')")
     return tuple(choices)
 
 
@@ -43,40 +47,40 @@ def _ssc_layers(ctx, param, values):
 @seed_option
 @click.option("--technique", type=click.Choice(["spatial", "perforation", "ssc"]), default="spatial",
               help="What to insert: zero prediction (Spatial ops), perforated convs or structured sparse convs.")  # fmt: skip
-@click.option("--epsilon", type=float, help="Largest accuracy loss allowed on the calibration split [default: 0.01; "
+@click.option("--epsilon", type=Bounded(float, 0, 1, high_open=True), help="Largest accuracy loss allowed on the calibration split, in [0, 1) [default: 0.01; "
               "none for perforation with --speedup].")  # fmt: skip
 @click.option("--epsilon-kind", type=click.Choice(["absolute", "relative"]), default="absolute", help="Epsilon in accuracy points or relative to the dense accuracy.")
 @click.option("--metric", type=click.Choice(["auto", "top1", "agreement"]), default="auto", help="top1 against labels, agreement with the dense model; auto picks by the data.")
 @click.option("--layers", multiple=True, metavar="GLOB", help="Layers to transform (repeatable; default: every layer the technique can take).")
-@click.option("--batch-size", type=int, default=256, help="Images per forward pass during the search.")
+@click.option("--batch-size", type=Bounded(int, 1, 65536), default=256, help="Images per forward pass during the search.")
 @click.option("--mode", type=click.Choice(["uniform_layer", "uniform_filter", "uniform_patch", "max_granularity"]),
               default="uniform_filter", help="[spatial] Mask granularity the search chooses.")  # fmt: skip
-@click.option("--patch-size", type=int, default=2, help="[spatial] p of the p x p prediction patches (2, 3 or 4).")
+@click.option("--patch-size", type=Bounded(int, 2, 4), default=2, help="[spatial] p of the p x p prediction patches (2, 3 or 4).")
 @click.option("--ones-range", callback=_ones_range, metavar="LOW-HIGH", help="[spatial] Allowed numbers of ones in a pattern (default: all non-degenerate).")
-@click.option("--granularity", type=int, default=4, help="[spatial] Cluster side in patches for patch-level targets (0: whole map).")
-@click.option("--top-m", type=int, default=5, help="[spatial] Options kept per target between levels.")
+@click.option("--granularity", type=Bounded(int, 0, 65536), default=4, help="[spatial] Cluster side in patches for patch-level targets (0: whole map).")
+@click.option("--top-m", type=Bounded(int, 1, 10**6), default=5, help="[spatial] Options kept per target between levels.")
 @click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="[spatial] Edge patches: zero-pad the map (paper) or compute them fully.")
-@click.option("--channel-group", type=int, default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree.")
+@click.option("--channel-group", type=Bounded(int, 1, 65536), default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree.")
 @click.option("--mask", type=click.Choice(["uniform", "grid", "pooling", "impact"]), default="impact", help="[perforation] How kept positions are chosen.")
 @click.option("--interpolation", type=click.Choice(["nearest", "zero", "barycentric"]), default="nearest", help="[perforation] How skipped positions are filled.")
-@click.option("--speedup", type=float, help="[perforation] Stop once the network is this much faster (by --cost).")
+@click.option("--speedup", type=Bounded(float, 1, low_open=True), help="[perforation] Stop once the network is this much faster (by --cost; > 1).")
 @click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs",
               help="[perforation, spatial] What a layer's choice saves: MACs, or its compiled time measured on --target "
               "(cached in OUT/layer-timings.json; choices that save no time are never taken).")  # fmt: skip
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="[ssc] (g, p) per layer from a table of the seed, by filter count.")
-@click.option("--target-params", type=float, metavar="F", help="[ssc] Solve (g, p) per layer to keep this fraction of the parameters.")
+@click.option("--target-params", type=Bounded(float, 0, 1, low_open=True), metavar="F", help="[ssc] Solve (g, p) per layer to keep this fraction of the parameters, in (0, 1].")
 @click.option("--ssc-layer", multiple=True, callback=_ssc_layers, metavar="GLOB=G,P",
               help="[ssc] (g, p) for the layers GLOB matches, first match wins (repeatable; '-' leaves a branch out).")  # fmt: skip
 @click.option("--no-pointwise-branch", is_flag=True, help="[ssc] Leave out the interleaved 1x1 branch of k x k convs.")
 @click.option("--nondividing", type=click.Choice(["skip", "nearest"]), default="skip",
               help="[ssc] A preset value that divides no channel count: leave the layer dense or take the nearest divisor.")  # fmt: skip
-@click.option("--finetune-epochs", type=int, default=0, help="[perforation, ssc] Fine-tune the rewritten model this many epochs (seeded). "
+@click.option("--finetune-epochs", type=Bounded(int, 0, 10**6), default=0, help="[perforation, ssc] Fine-tune the rewritten model this many epochs (seeded). "
               "For ssc: the seed's recipe (SGD, batch 128, weight decay 1e-4, lr x0.1 at 40/60/80% of the epochs), "
               "checkpointed in OUT/train-checkpoint.pt so an interrupted run resumes.")  # fmt: skip
-@click.option("--finetune-lr", type=float, help="[perforation, ssc] Fine-tuning learning rate [default: 0.01; for ssc a "
+@click.option("--finetune-lr", type=Bounded(float, 0, low_open=True), help="[perforation, ssc] Fine-tuning learning rate [default: 0.01; for ssc a "
               "tenth of the seed's 0.1, which trains from scratch]. A loss or weight that turns NaN or infinite stops "
               "the job with an error naming the epoch and step.")  # fmt: skip
-@click.option("--target", default="llvm", help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
+@click.option("--target", default="llvm", callback=target_or_none_callback, help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
 @click.option("--crossover/--no-crossover", default=True,
               help="Time each transformed layer against its dense layer, compiled for --target at the model's batch "
               "size (cached in OUT/layer-timings.json), and leave dense those that are not faster.")  # fmt: skip
@@ -103,7 +107,7 @@ def optimize_command(
     from .progress import ProgressDisplay
 
     ssc_given = [name for name, value in (("--preset", preset), ("--target-params", target_params),
-                                          ("--ssc-layer", ssc_layer)) if value]  # fmt: skip
+                                          ("--ssc-layer", ssc_layer or None)) if value is not None]  # fmt: skip
     if technique == "ssc":
         if len(ssc_given) != 1:
             raise click.UsageError(f"--technique ssc needs exactly one of --preset, --target-params, --ssc-layer "
@@ -113,12 +117,16 @@ def optimize_command(
     elif ssc_given or no_pointwise_branch:
         raise click.UsageError(f"{', '.join(ssc_given) or '--no-pointwise-branch'} apply only with --technique ssc")
 
+    from ..storage import check_writable_dir, claim_output
+
+    out_dir = Path(out)  # writable and this run's alone before any work; released (and removed if empty) at exit
+    click.get_current_context().with_resource(claim_output(out_dir))
+    if checkpoint:
+        check_writable_dir(Path(checkpoint).absolute().parent, "checkpoint folder")
     prepared = prepare(
         model, normalize=normalize, arch=arch, trust_pickle=trust_pickle, input_shape=input_shape, data=data,
         leaf_modules=leaf_modules, capture_method=capture_method, seed=seed,
     )  # fmt: skip
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = checkpoint or out_dir / ("train-checkpoint.pt" if technique == "ssc" else "search-checkpoint.json")
     timer = _crossover_timer(target, out_dir) if crossover else None
     progress = ProgressDisplay()
@@ -168,11 +176,11 @@ def optimize_command(
                 result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
                 check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique},
                 progress=progress,
+                extra_files={name: out_dir / name for name in ("report.md", "report.json")},  # what it was chosen for
             )  # fmt: skip
-        for name in ("report.md", "report.json"):  # the artifact carries what it was chosen for
-            shutil.copy(out_dir / name, out_dir / "artifact" / name)
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
-        click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check})")
+        click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check}); manifest sha256 "
+                   f"{compiled.manifest_sha256} (pin it with sparsify run --expect-sha256)")  # fmt: skip
     for warning in report["warnings"]:  # last, where they are read: a budget not kept on test, a one-class model
         click.echo(f"warning: {warning}", err=True)
 

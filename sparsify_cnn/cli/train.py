@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from .options import data_option, model_options, seed_option
+from .options import Bounded, data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
 # sparsify_cnn.stan.conv.KERNELS (kept import-free)
@@ -18,20 +18,25 @@ def _memory(ctx, param, value):
     from ..stan.entry import parse_bytes
 
     try:
-        return parse_bytes(value)
+        size = parse_bytes(value)
     except InputError as error:
         raise click.BadParameter(str(error)) from None
+    except OverflowError:  # digits beyond a float: "999...9GiB"
+        raise click.BadParameter(f"'{value[:20]}...' is beyond any memory size") from None
+    if size < 1:
+        raise click.BadParameter(f"'{value}' must be at least 1 byte")
+    return size
 
 
 @click.command("train")
 @model_options
 @data_option(default="digits")
 @seed_option
-@click.option("--epochs", default=8, help="Training epochs.")
-@click.option("--batch-size", default=64, help="Images per step.")
-@click.option("--lr", default=0.05, help="Initial learning rate (cosine decay to 0).")
-@click.option("--momentum", default=0.9, help="SGD momentum.")
-@click.option("--weight-decay", default=5e-4, help="L2 penalty.")
+@click.option("--epochs", type=Bounded(int, 0, 10**6), default=8, help="Training epochs.")
+@click.option("--batch-size", type=Bounded(int, 1, 65536), default=64, help="Images per step.")
+@click.option("--lr", type=Bounded(float, 0, low_open=True), default=0.05, help="Initial learning rate (cosine decay to 0).")
+@click.option("--momentum", type=Bounded(float, 0), default=0.9, help="SGD momentum (>= 0; < 1 for plain training).")
+@click.option("--weight-decay", type=Bounded(float, 0), default=5e-4, help="L2 penalty.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="Optimizer.")
 @click.option(
     "--config",
@@ -45,14 +50,14 @@ def _memory(ctx, param, value):
     type=click.Choice(STAN_VARIANTS),
     help="Train with STAN (replays stored values, fp16 per entry) or STAN-lite (zeros, 1 bit per entry).",
 )
-@click.option("--theta", type=float, help="STAN threshold: conv outputs <= theta are covered.  [default: 0]")
+@click.option("--theta", type=Bounded(float), help="STAN threshold: conv outputs <= theta are covered.  [default: 0]")
 @click.option(
     "--coverage",
-    type=float,
+    type=Bounded(float, 0, 1, low_open=True, high_open=True),
     help="Instead of --theta: target coverage per layer in (0, 1); theta is that quantile of each batch.",
 )
-@click.option("--pre-epochs", default=0, help="STAN's p_t: dense epochs before the first entry-matrix epoch.")
-@click.option("--period", default=1, help="STAN's Z: skipping epochs after each entry-matrix epoch.")
+@click.option("--pre-epochs", type=Bounded(int, 0, 10**6), default=0, help="STAN's p_t: dense epochs before the first entry-matrix epoch.")
+@click.option("--period", type=Bounded(int, 1, 10**6), default=1, help="STAN's Z: skipping epochs after each entry-matrix epoch.")
 @click.option(
     "--stan-kernel",
     type=click.Choice(STAN_KERNELS),
@@ -75,9 +80,10 @@ def _memory(ctx, param, value):
     metavar="GLOB",
     help="Conv layers for STAN and --conv-dropout (repeatable; default: all).",
 )
-@click.option("--conv-dropout", default=0.0, help="Dropout on conv outputs (the seed's baseline uses 0.5); 0: off.")
+@click.option("--conv-dropout", type=Bounded(float, 0, 1, high_open=True), default=0.0, help="Dropout on conv outputs (the seed's baseline uses 0.5); 0: off.")
 @click.option(
     "--meprop-k",
+    type=Bounded(int, 0, 10**6),
     default=0,
     help="meProp: keep the top-k output gradients per sample of every linear layer but the last; 0: off.",
 )
@@ -88,11 +94,19 @@ def _memory(ctx, param, value):
     help="Write the training report (coverage per layer and epoch, timings, speedups) as JSON.",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the trained model (.pt2).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    help="Training state, saved after every epoch: the same command run again after an interruption resumes "
+    "from it and ends with the same weights; removed once --out is written.  [default: OUT.ckpt]",
+)
+@click.option("--resume/--no-resume", default=True, help="Resume from the checkpoint if there is one.")
 @click.pass_context
 def train_command(
     ctx, model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed,
     epochs, batch_size, lr, momentum, weight_decay, optimizer, config_file, stan_variant, theta, coverage,
-    pre_epochs, period, stan_kernel, max_entry_memory, layers, conv_dropout, meprop_k, report_file, out, normalize=None,
+    pre_epochs, period, stan_kernel, max_entry_memory, layers, conv_dropout, meprop_k, report_file, out,
+    checkpoint, resume, normalize=None,
 ):  # fmt: skip
     """Train MODEL on --data (seeded, deterministic) and save it to --out.
 
@@ -121,6 +135,17 @@ def train_command(
     if advanced:
         setup = _setup(ctx.params, given)
         seed = setup.seed
+    from ..storage import claim_output
+
+    # Before training: a finished model must not be lost to an --out that cannot be written.
+    ctx.with_resource(claim_output(out, inside=False))
+    if report_file:
+        ctx.with_resource(claim_output(report_file, inside=False, option="--report"))
+    checkpoint = _checkpoint_path(out, checkpoint)
+    if checkpoint is not None and ctx.params["checkpoint"] is not None:  # the default is covered by --out's lock
+        ctx.with_resource(claim_output(checkpoint, inside=False, option="--checkpoint"))
+    if checkpoint is not None and not resume:
+        checkpoint.unlink(missing_ok=True)
     torch.manual_seed(seed)
     prepared = prepare(
         model,
@@ -148,10 +173,13 @@ def train_command(
                 config,
                 on_epoch=lambda log: progress.echo(f"  epoch {log.epoch:3d}  loss {log.loss:.4f}  calib {log.calib}"),
                 progress=progress,
+                checkpoint=checkpoint,
             )
         seconds, train_info, report = result.seconds, config.to_dict(), None
+        if result.resumed_from:
+            click.echo(f"resumed from {checkpoint} (epoch {result.resumed_from})")
     else:
-        module, report = _train_advanced(prepared, setup, max_entry_memory, model, report_file)
+        module, report = _train_advanced(prepared, setup, max_entry_memory, model, report_file, checkpoint)
         seconds, train_info = report.seconds, setup.to_dict()
     test = evaluate(module, dataset.test)
     click.echo(f"trained in {seconds:.1f} s; test split: {test}")
@@ -165,7 +193,29 @@ def train_command(
         "versions": versions(),
     }
     save_program(module, tuple(image_shape), out, metadata)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     click.echo(f"saved {out}")
+
+
+def _checkpoint_path(out: str, checkpoint: str | None):
+    """The training checkpoint: --checkpoint, else OUT.ckpt beside a regular --out file (none
+    beside a device such as /dev/stdout)."""
+    from pathlib import Path
+
+    if checkpoint is None:
+        target = Path(out)
+        if target.exists() and not target.is_file():
+            return None
+        checkpoint = target.with_name(target.name + ".ckpt")
+    from ..errors import InputError
+
+    path = Path(checkpoint)
+    if path.exists() and not path.is_file():
+        raise InputError(f"training checkpoint '{path}' is not a regular file; choose another --checkpoint")
+    if path.absolute() == Path(out).absolute():
+        raise InputError(f"--checkpoint and --out are both '{out}'; the checkpoint needs a file of its own")
+    return path
 
 
 def _setup(params: dict, given: set[str]):
@@ -191,13 +241,12 @@ def _setup(params: dict, given: set[str]):
     return replace(setup, **changes)
 
 
-def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_file: str | None):
-    import json
-
+def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_file: str | None, checkpoint=None):
     from ..errors import InputError
     from ..stan.entry import format_bytes
     from ..stan.hyperband import build_zoo
     from ..stan.trainer import fit
+    from ..storage import write_json
 
     gm = prepared.captured.graph_module
     if setup.model_options:
@@ -222,7 +271,10 @@ def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_f
             line += "  coverage " + " ".join(f"{n} {100 * s['coverage']:.0f}%" for n, s in record.layers.items())
         click.echo(line)
 
-    result = fit(gm, prepared.data, setup, max_entry_memory=max_entry_memory, on_epoch=epoch, on_rewrite=rewritten)
+    result = fit(gm, prepared.data, setup, max_entry_memory=max_entry_memory, on_epoch=epoch, on_rewrite=rewritten,
+                 checkpoint=checkpoint)  # fmt: skip
+    if result.resumed_from:
+        click.echo(f"resumed from {checkpoint} (epoch {result.resumed_from})")
     if setup.stan:
         click.echo("  per layer, seconds per epoch: t_f dense forward, t_b backward, t_e building E, "
                    "t_i saved by a skipping forward (negative: it cost)")  # fmt: skip
@@ -233,7 +285,6 @@ def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_f
             f"{result.predicted_speedup():.2f}x (dense epoch {result.dense_epoch_seconds():.2f} s)"
         )
     if report_file:
-        with open(report_file, "w") as f:
-            json.dump({"model": model, **result.to_dict()}, f, indent=2)
+        write_json(report_file, {"model": model, **result.to_dict()})
         click.echo(f"wrote {report_file}")
     return result.graph_module, result

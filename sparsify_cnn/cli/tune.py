@@ -4,9 +4,11 @@ file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from .options import data_option, seed_option
+from .options import Bounded, data_option, seed_option
 
 PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cnn.stan.hyperband.PRESETS
 
@@ -22,10 +24,10 @@ PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cn
 )
 @data_option(default="digits")
 @seed_option
-@click.option("--trials", default=30, help="Trials in all; a resumed study runs only the rest.")
-@click.option("--max-epochs", default=8, help="Hyperband's largest budget (epochs); the best setup trains this long.")
-@click.option("--min-epochs", default=1, help="Hyperband's smallest budget (epochs).")
-@click.option("--reduction-factor", default=3, help="Hyperband's eta: each rung keeps 1/eta of the trials.")
+@click.option("--trials", type=Bounded(int, 1, 10**6), default=30, help="Trials in all; a resumed study runs only the rest.")
+@click.option("--max-epochs", type=Bounded(int, 1, 10**6), default=8, help="Hyperband's largest budget (epochs); the best setup trains this long.")
+@click.option("--min-epochs", type=Bounded(int, 1, 10**6), default=1, help="Hyperband's smallest budget (epochs).")
+@click.option("--reduction-factor", type=Bounded(int, 2, 1000), default=3, help="Hyperband's eta: each rung keeps 1/eta of the trials.")
 @click.option(
     "--storage",
     default="hyperband.db",
@@ -54,7 +56,12 @@ def tune_command(
     from .. import models
     from ..data import load_data
     from ..stan.hyperband import StudyConfig, run_study, write_config
+    from ..storage import claim_output
 
+    ctx = click.get_current_context()  # before any trial: both files writable and this run's alone
+    ctx.with_resource(claim_output(out, inside=False))
+    if Path(storage).absolute() != Path(out).absolute():
+        ctx.with_resource(claim_output(storage, inside=False, option="--storage"))  # a second run would take over its trials
     entry = models.get_entry(model)
     config = StudyConfig(preset, storage, trials, max_epochs, min_epochs, reduction_factor, seed, study_name)
     dataset = load_data(data, entry.input_shape, seed=seed, normalize=normalize)

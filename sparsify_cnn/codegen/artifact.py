@@ -1,19 +1,27 @@
 """A deployable artifact: compiled library, parameters, and a manifest (inputs, outputs,
-target, versions, plan, the compile-time check, and a checksum of every file)."""
+target, versions, plan, the compile-time check, and a checksum of every file). The folder holds
+exactly these files: the runtime refuses any other (see ``runtime.load``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import OutputError
 from ..quiet import tvm_scope_lines_hidden
+from ..storage import atomic_dir
 
 FORMAT = "sparsify-artifact"
 VERSION = 1
 LIBRARY, PARAMS, MANIFEST, CUDA_SOURCE = "model.so", "params.npz", "manifest.json", "model.cu"
+PLAIN_NAME = "^[A-Za-z0-9_][A-Za-z0-9_.-]*$"  # an artifact's file names: no separators, no '..', not hidden
 # SIMD features whose absence makes compiled x86 code crash (the runtime checks them): LLVM's
 # name -> the flag Linux lists in /proc/cpuinfo. No rule turns one into the other (avx512vnni is
 # avx512_vnni there, avx512vbmi stays avx512vbmi), so names are compared through this table only.
@@ -46,21 +54,47 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_artifact(out: Path, executable, params: list[np.ndarray], manifest: dict) -> dict:
-    """Write the library, parameters and manifest into ``out``; return the manifest."""
-    out.mkdir(parents=True, exist_ok=True)
-    with tvm_scope_lines_hidden():
-        executable.export_library(str(out / LIBRARY))
-    np.savez(out / PARAMS, **{f"p{i}": p for i, p in enumerate(params)})
-    files = [LIBRARY, PARAMS]
-    source = cuda_source(executable)
-    if source is not None:
-        (out / CUDA_SOURCE).write_text(source)
-        files.append(CUDA_SOURCE)
-    manifest = {"format": FORMAT, "version": VERSION, **manifest, "num_params": len(params)}
-    manifest["files"] = {name: sha256(out / name) for name in files}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
+def write_artifact(
+    out: Path, executable, params: list[np.ndarray], manifest: dict, extra_files: Mapping[str, Path] | None = None
+) -> tuple[dict, str]:
+    """Write the library, parameters, ``extra_files`` (name in the artifact -> file to copy) and
+    the manifest listing them all into folder ``out``, swapped in whole: a failed or killed write
+    leaves the previous artifact, or none. Returns the manifest and the sha256 of its bytes."""
+    out = Path(os.path.abspath(out))
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if not re.fullmatch(PLAIN_NAME, name) or name in (LIBRARY, PARAMS, MANIFEST, CUDA_SOURCE):
+            raise ValueError(f"'{name}' cannot be an artifact's extra file: give a plain file name of its own")
+    check_replaceable(out)
+    with atomic_dir(out) as tmp:
+        with tvm_scope_lines_hidden():
+            executable.export_library(str(tmp / LIBRARY))
+        np.savez(tmp / PARAMS, **{f"p{i}": p for i, p in enumerate(params)})
+        files = [LIBRARY, PARAMS]
+        source = cuda_source(executable)
+        if source is not None:
+            (tmp / CUDA_SOURCE).write_text(source)
+            files.append(CUDA_SOURCE)
+        for name, source_path in extra_files.items():
+            shutil.copyfile(source_path, tmp / name)
+            files.append(name)
+        manifest = {"format": FORMAT, "version": VERSION, **manifest, "num_params": len(params)}
+        manifest["files"] = {name: sha256(tmp / name) for name in files}
+        data = json.dumps(manifest, indent=2).encode("utf-8")
+        (tmp / MANIFEST).write_bytes(data)
+    return manifest, hashlib.sha256(data).hexdigest()
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise OutputError unless ``out`` is new, empty, or a previous artifact: it is swapped whole,
+    and a folder of other files (``--out .``) must never be."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputError(f"cannot write the artifact to '{out}': it exists and is not a folder")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise OutputError(
+            f"cannot write the artifact to '{out}': the folder holds other files, which the artifact would replace; "
+            "give a new folder or a previous artifact's"
+        )
 
 
 def cuda_source(executable) -> str | None:

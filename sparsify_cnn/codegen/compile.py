@@ -4,6 +4,7 @@ model against the torch model on real inputs before anything is written."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..ops.registry import custom_convert_map
 from ..progress import Progress, silent
 from ..transform.layers import output_shape
 from ..versions import versions
-from .artifact import cpu_features, cuda_source, write_artifact
+from .artifact import check_replaceable, cpu_features, cuda_source, write_artifact
 from .build import compile_module, transform_params
 from .exporting import export_static
 from .importer import import_program
@@ -36,6 +37,7 @@ class CompileResult:
     manifest: dict
     max_abs_diff: float | None  # None when the target cannot run here (CUDA without a GPU)
     relative_diff: float | None
+    manifest_sha256: str = ""  # pins the artifact: runtime.load(out, expected_sha256=...)
 
 
 def compile_graph(
@@ -49,13 +51,16 @@ def compile_graph(
     tune_trials: int = 0,
     records: str | Path | None = None,
     progress: Progress | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
     in batches of the compiled batch size) and write the artifact to ``out``. ``tune_trials``
     MetaSchedule trials, with records kept in (and reused from) ``records``. ``progress`` hears
-    of each step (``STEPS``) and of tuning."""
+    of each step (``STEPS``) and of tuning. ``extra_files`` (name -> file) are copied into the
+    artifact and listed in its manifest (a loader refuses files it does not list)."""
     progress = progress or silent
     spec = target_spec(target)
+    check_replaceable(Path(out))  # before hours of tuning, not after
     _step(progress, "export")
     program = export_static(gm, tuple(input_shape))
     import tvm
@@ -89,9 +94,9 @@ def compile_graph(
                   "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
     }
     _step(progress, "write")
-    manifest = write_artifact(Path(out), executable, params, manifest)
+    manifest, digest = write_artifact(Path(out), executable, params, manifest, extra_files)
     progress("compile", f"written to {out}", len(STEPS), len(STEPS), unit="steps", eta=False)
-    return CompileResult(Path(out), manifest, max_diff, relative)
+    return CompileResult(Path(out), manifest, max_diff, relative, digest)
 
 
 def _step(progress: Progress, name: str) -> None:

@@ -160,6 +160,15 @@ def cache_key(signature: dict) -> str:
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:20]
 
 
+_MS = {"type": "number", "minimum": 0, "maximum": 1e12}
+_CACHE_SCHEMA = {
+    "type": "object",
+    "required": ["timings"],
+    "properties": {"timings": {"type": "object", "additionalProperties": {"type": "object", "required": ["ms"],
+                                                                          "properties": {"ms": _MS}}}},  # fmt: skip
+}
+
+
 class TimingCache:
     """Measured milliseconds kept in a JSON file (or in memory), keyed by ``signature``.
 
@@ -171,10 +180,12 @@ class TimingCache:
         self.path = Path(path) if path is not None else None  # None: kept in memory only
         self.entries: dict[str, dict] = {}
         if self.path is not None and self.path.exists():
+            from ..schema import read_json
+
             try:
-                self.entries = json.loads(self.path.read_text())["timings"]
-            except (ValueError, KeyError, TypeError) as error:
-                raise InputError(f"timing cache '{self.path}' is not a timing cache: {error}") from error
+                self.entries = read_json(self.path, _CACHE_SCHEMA, "timing cache")["timings"]
+            except InputError as error:
+                raise InputError(f"{error}; it is not a timing cache: remove it to time again") from None
         self.hits = self.misses = 0
 
     def get_or_measure(
@@ -203,7 +214,6 @@ class TimingCache:
         return ms
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({"timings": self.entries}, indent=1, sort_keys=True))
-        os.replace(partial, self.path)  # never a half-written cache
+        from ..storage import write_text  # never a half-written cache; a failed write is one line
+
+        write_text(self.path, json.dumps({"timings": self.entries}, indent=1, sort_keys=True))

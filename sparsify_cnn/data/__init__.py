@@ -48,8 +48,13 @@ def _load(spec: str, input_shape: tuple[int, int, int] | None, seed: int) -> Dat
         raise DataError(f"data '{spec}' does not exist; expected 'digits', an .npz file or an image folder")
     if path.is_dir():
         return load_image_folder(path, input_shape, seed=seed)
+    if not path.is_file():  # a pipe or device would block or never end
+        raise DataError(f"data '{spec}' is not a regular file or a folder")
     if path.suffix.lower() == ".npz":
         return load_npz(path, seed=seed)
+    if path.suffix.lower() == ".npy":
+        raise DataError(f"data '{spec}' is a single .npy array; --data takes an .npz archive of arrays x and y "
+                        f"(numpy.savez(path, x=images, y=labels)) or an image folder")  # fmt: skip
     raise DataError(f"data '{spec}' is not an .npz file or an image folder")
 
 

@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from ..errors import DataError, check_finite
 
 SPLIT_NAMES = ("train", "calib", "test")
+MAX_CLASSES = 100_000  # labels are class indices: a model gets one output per class
 FRACTIONS = (0.6, 0.2, 0.2)
 
 
@@ -130,9 +131,16 @@ def _labels(name: str, y, n: int) -> np.ndarray:
     if y.ndim != 1 or len(y) != n:
         raise DataError(f"data '{name}' has labels of shape {y.shape}; expected ({n},), one per image")
     if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating):
+            check_finite(y, f"data '{name}' has labels", DataError)
         if not (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
-            raise DataError(f"data '{name}' has labels of type {y.dtype}; expected integer class indices")
-    y = y.astype(np.int64)
+            raise DataError(f"data '{name}' has labels of type {y.dtype} that are not whole numbers; "
+                            f"expected integer class indices")  # fmt: skip
+    # checked before the cast (1e300 or 2**63 would wrap) and before anything counts per class
+    shown = (lambda v: f"{int(v):,}") if np.issubdtype(y.dtype, np.integer) else (lambda v: f"{v:g}")
     if y.min() < 0:
-        raise DataError(f"data '{name}' has negative labels (smallest {y.min()}); expected classes 0..K-1")
-    return y
+        raise DataError(f"data '{name}' has negative labels (smallest {shown(y.min())}); expected classes 0..K-1")
+    if y.max() >= MAX_CLASSES:
+        raise DataError(f"data '{name}' has label {shown(y.max())}; expected classes 0..K-1 with K at most "
+                        f"{MAX_CLASSES:,}")  # fmt: skip
+    return y.astype(np.int64)

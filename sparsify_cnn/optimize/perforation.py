@@ -21,9 +21,9 @@ from ..passes.perforation import (
 )
 from ..pipeline import Prepared
 from ..progress import Progress
-from ..plan import Plan, graph_fingerprint
+from ..plan import Plan, graph_fingerprint, weights_digest
 from ..report.accounting import Accounting, account
-from ..search.checkpoint import Checkpoint
+from ..search.checkpoint import STEP_RECORD, Checkpoint
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig, RateSearchResult
 from ..search.perforation_masks import KEPT_FRACTIONS, impact_scores, kept_mask
@@ -87,6 +87,7 @@ def optimize_perforation(
     cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
     identity = {
         "graph": graph_fingerprint(dense_gm),
+        "weights": weights_digest(dense_gm),  # a retrained model must not resume these records
         "data": data.fingerprint(),
         "perforation": perforation.to_dict(),
         "search": search.to_dict(),
@@ -99,7 +100,7 @@ def optimize_perforation(
         for path in (checkpoint, finetune_checkpoint):
             if path is not None and Path(path).exists():
                 Path(path).unlink()
-    store = Checkpoint(checkpoint, identity)
+    store = Checkpoint(checkpoint, identity, record=STEP_RECORD)
     found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress).run()
     checked = None
     if crossover is not None:
@@ -125,7 +126,7 @@ def optimize_perforation(
         masks={name: op.kept.clone() for name, op in perforated_ops(gm).items()},
         search={**search.to_dict(), "metric": metric, "finetune": finetune_log.get("config")},
         data={"name": data.name, "fingerprint": data.fingerprint()},
-        model={"source": prepared.loaded.source, "graph": identity["graph"],
+        model={"source": prepared.loaded.source, "graph": identity["graph"], "weights": identity["weights"],
                "input_shape": list(prepared.captured.input_shape)},  # fmt: skip
         results={split: {kind: s.value for kind, s in pair.items()} for split, pair in scores.items()}
         | {"speedup": found.point.speedup, "cost_unit": found.cost_unit, "final": final},

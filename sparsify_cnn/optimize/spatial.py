@@ -15,9 +15,9 @@ from ..errors import InputError
 from ..evaluate import Score, evaluate, predict
 from ..passes.spatial import SpatialConfig, insert_spatial_ops, nothing_inserted, spatial_ops
 from ..pipeline import Prepared
-from ..plan import Plan, graph_fingerprint
+from ..plan import Plan, graph_fingerprint, weights_digest
 from ..report.accounting import Accounting, account
-from ..search.checkpoint import Checkpoint
+from ..search.checkpoint import SPATIAL_RECORD, Checkpoint
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
 from ..search.evaluator import Evaluator
 from ..search.spatial import Progress, SearchConfig, SearchResult, SpatialSearch
@@ -75,6 +75,7 @@ def optimize_spatial(
     target = data.calib.y if metric == "top1" else dense_predictions
     identity = {
         "graph": graph_fingerprint(dense_gm),
+        "weights": weights_digest(dense_gm),  # a retrained model must not resume these records
         "data": data.fingerprint(),
         "spatial": spatial.to_dict(),
         "search": search.to_dict(),
@@ -82,7 +83,7 @@ def optimize_spatial(
     }
     if checkpoint is not None and not resume and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    store = Checkpoint(checkpoint, identity)
+    store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD)
     evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
     time_saved = None
     if search.cost == "measured":
@@ -116,7 +117,8 @@ def optimize_spatial(
         masks={name: op.mask.clone() for name, op in spatial_ops(gm).items() if name in found.masks},
         search={**search.to_dict(), "metric": metric},
         data={"name": data.name, "fingerprint": data.fingerprint()},
-        model={"source": prepared.loaded.source, "graph": identity["graph"], "input_shape": list(prepared.captured.input_shape)},
+        model={"source": prepared.loaded.source, "graph": identity["graph"], "weights": identity["weights"],
+               "input_shape": list(prepared.captured.input_shape)},  # fmt: skip
         results={
             split: {kind: score.value for kind, score in pair.items()} for split, pair in scores.items()
         }

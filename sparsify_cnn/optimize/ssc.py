@@ -16,7 +16,7 @@ from ..passes.base import no_layer_message
 from ..passes.ssc import SSCAssignment, SSCConfig, insert_ssc
 from ..pipeline import Prepared
 from ..progress import Progress
-from ..plan import Plan, graph_fingerprint
+from ..plan import Plan, graph_fingerprint, weights_digest
 from ..report.accounting import Accounting, account
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..training import TrainConfig, train
@@ -113,7 +113,7 @@ def optimize_ssc(
                                "choices": {name: list(c) for name, c in assignment.choices.items()}}},
         data={"name": data.name, "fingerprint": data.fingerprint()},
         model={"source": prepared.loaded.source, "graph": graph_fingerprint(dense_gm),
-               "input_shape": list(prepared.captured.input_shape)},
+               "weights": weights_digest(dense_gm), "input_shape": list(prepared.captured.input_shape)},
         results={split: {kind: s.value for kind, s in pair.items()} for split, pair in scores.items()}
         | {"param_fraction": sparse_acc.total_params / dense_acc.total_params,
            "mac_fraction": sparse_acc.total_performed_macs / dense_acc.total_macs, "final": final},

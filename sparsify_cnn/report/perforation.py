@@ -3,12 +3,12 @@ operating points as a table and a plot, and a picture of each layer's kept posit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .. import storage
 from ..evaluate import METRICS
 from ..passes.perforation import perforated_ops
 from .budget import accuracy_checks, checks_markdown
@@ -19,13 +19,13 @@ def write_report(result, out_dir: str | Path, title: str = "sparsify report") ->
     """Write report.md, report.json, masks/*.png and operating_points.png into ``out_dir``;
     return the JSON data."""
     out = Path(out_dir)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
     data = report_data(result)
-    (out / "report.json").write_text(json.dumps(data, indent=2))
-    for name, op in perforated_ops(result.graph_module).items():
-        kept_picture(op.kept.numpy()).save(out / "masks" / f"{name.replace('/', '_')}.png")
+    storage.write_json(out / "report.json", data)
+    with storage.atomic_dir(out / "masks") as masks:  # no picture of an earlier run's layers stays
+        for name, op in perforated_ops(result.graph_module).items():
+            kept_picture(op.kept.numpy()).save(masks / f"{name.replace('/', '_')}.png")
     plot_operating_points(data, out / "operating_points.png")
-    (out / "report.md").write_text(report_markdown(data, title))
+    storage.write_text(out / "report.md", report_markdown(data, title))
     return data
 
 
@@ -156,7 +156,8 @@ def kept_picture(kept: np.ndarray, scale: int = 8) -> Image.Image:
 
 def plot_operating_points(data: dict, path: Path) -> None:
     """Save :func:`operating_points_figure` of the report's ``data`` to ``path``."""
-    operating_points_figure(data).savefig(path, dpi=100)
+    with storage.atomic_path(path) as tmp:
+        operating_points_figure(data).savefig(tmp, dpi=100)
 
 
 def operating_points_figure(data: dict):

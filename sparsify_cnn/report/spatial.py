@@ -3,13 +3,13 @@ chosen masks, and a plot of the operating points the search evaluated."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .. import storage
 from ..evaluate import METRICS
 from ..ops.spatial import SpatialConv
 from ..passes.spatial import spatial_ops
@@ -21,13 +21,13 @@ def write_report(result, out_dir: str | Path, title: str = "sparsify report") ->
     """Write report.md, report.json, masks/*.png and operating_points.png into ``out_dir``;
     return the JSON data."""
     out = Path(out_dir)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
     data = report_data(result)
-    (out / "report.json").write_text(json.dumps(data, indent=2))
-    for name, op in spatial_ops(result.graph_module).items():
-        mask_picture(op).save(out / "masks" / f"{_file_name(name)}.png")
+    storage.write_json(out / "report.json", data)
+    with storage.atomic_dir(out / "masks") as masks:  # no picture of an earlier run's layers stays
+        for name, op in spatial_ops(result.graph_module).items():
+            mask_picture(op).save(masks / f"{_file_name(name)}.png")
     plot_operating_points(data, out / "operating_points.png")
-    (out / "report.md").write_text(report_markdown(data, title))
+    storage.write_text(out / "report.md", report_markdown(data, title))
     return data
 
 
@@ -155,7 +155,8 @@ def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Ima
 
 def plot_operating_points(data: dict, path: Path) -> None:
     """Save :func:`operating_points_figure` of the report's ``data`` to ``path``."""
-    operating_points_figure(data).savefig(path, dpi=100)
+    with storage.atomic_path(path) as tmp:
+        operating_points_figure(data).savefig(tmp, dpi=100)
 
 
 def operating_points_figure(data: dict):

@@ -4,9 +4,9 @@ preset's nominal alpha); layers left dense and why; accuracy dense, SSC and fine
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from .. import storage
 from ..evaluate import METRICS
 from ..passes.ssc_presets import get_preset
 from .budget import accuracy_checks, checks_markdown
@@ -16,10 +16,9 @@ from .render import crossover_markdown
 def write_report(result, out_dir: str | Path, title: str = "sparsify report") -> dict:
     """Write report.md and report.json into ``out_dir``; return the JSON data."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data = report_data(result)
-    (out / "report.json").write_text(json.dumps(data, indent=2))
-    (out / "report.md").write_text(report_markdown(data, title))
+    storage.write_json(out / "report.json", data)
+    storage.write_text(out / "report.md", report_markdown(data, title))
     return data
 
 

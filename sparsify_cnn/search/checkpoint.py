@@ -2,25 +2,54 @@
 
 Records are keyed by what was evaluated; a search is deterministic, so a resumed run asks for
 the same keys, finds the finished ones here and reaches the same result. Writes are atomic
-(temporary file, then rename): a kill mid-write leaves the previous checkpoint intact.
+(temporary file, then rename): a kill mid-write leaves the previous checkpoint intact. A file
+read back is checked against a schema first: a corrupt or edited one is refused in one line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from ..errors import InputError
+from .. import storage
+from ..errors import InputError, OutputError
+from ..schema import read_json
+
+_NUMBER = {"type": "number", "minimum": -1e300, "maximum": 1e300}  # JSON's 1e999 reads as infinity
+_ACCURACY = {"type": "number", "minimum": 0, "maximum": 1}
+SPATIAL_RECORD = {"type": "array", "prefixItems": [_ACCURACY, _NUMBER], "minItems": 2, "maxItems": 2}  # accuracy, saved
+STEP_RECORD = {  # a greedy perforation step: the layer it advanced, or why it stopped
+    "type": "object",
+    "required": ["layer"],
+    "additionalProperties": False,
+    "properties": {"layer": {"type": ["string", "null"]}, "ratio": _NUMBER, "loss": _NUMBER,
+                   "accuracy": _ACCURACY, "reason": {"type": "string"}},  # fmt: skip
+    "if": {"properties": {"layer": {"type": "string"}}},
+    "then": {"required": ["ratio", "loss", "accuracy"]},
+    "else": {"required": ["reason"]},
+}
+
+
+def checkpoint_schema(record: dict) -> dict:
+    """The schema of a checkpoint file whose records are each valid against ``record``."""
+    return {
+        "type": "object",
+        "required": ["identity", "records"],
+        "additionalProperties": False,
+        "properties": {"identity": {"type": "object"}, "records": {"type": "object", "additionalProperties": record}},
+    }
 
 
 class Checkpoint:
     """A key -> record store flushed to ``path`` at most every ``interval`` seconds (and on
     ``flush``). ``identity`` says which search wrote it: a checkpoint of another search (other
-    model, data or options) is refused rather than mixed in. ``path=None`` keeps it in memory."""
+    model, data or options) is refused rather than mixed in; a file whose records do not match
+    ``record`` (a JSON Schema: ``SPATIAL_RECORD``, ``STEP_RECORD``) is refused as corrupt.
+    ``path=None`` keeps it in memory."""
 
-    def __init__(self, path: str | Path | None, identity: dict | None = None, interval: float = 2.0):
+    def __init__(self, path: str | Path | None, identity: dict | None = None, interval: float = 2.0,
+                 record: dict | None = None):  # fmt: skip
         self.path = Path(path) if path is not None else None
         self.identity = identity or {}
         self.interval = interval
@@ -29,15 +58,16 @@ class Checkpoint:
         self._dirty = False
         if self.path is not None and self.path.exists():
             try:
-                data = json.loads(self.path.read_text())
-            except (OSError, ValueError) as error:
-                raise InputError(f"checkpoint '{self.path}' is unreadable ({error}); remove it to start over") from error
-            if data.get("identity") != self.identity:
+                schema = checkpoint_schema(record or {"anyOf": [SPATIAL_RECORD, STEP_RECORD]})
+                data = read_json(self.path, schema, "checkpoint")
+            except InputError as error:
+                raise InputError(f"{error}; remove it or pass --no-resume to start over") from None
+            if data["identity"] != self.identity:
                 raise InputError(
                     f"checkpoint '{self.path}' was written by another search (other model, data or "
                     "options); remove it or pass --no-resume"
                 )
-            self.records = data.get("records", {})
+            self.records = data["records"]
         self.resumed = len(self.records)
 
     def get(self, key: str):
@@ -52,9 +82,10 @@ class Checkpoint:
     def flush(self) -> None:
         if self.path is None or not self._dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"identity": self.identity, "records": self.records}))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot write checkpoint '{self.path}': {error.strerror or error}") from error
+        storage.write_text(self.path, json.dumps({"identity": self.identity, "records": self.records}))
         self._dirty = False
         self._last_flush = time.monotonic()

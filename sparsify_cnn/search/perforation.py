@@ -226,6 +226,9 @@ class GreedyRateSearch:
                 stop = record["reason"]
                 break
             layer = record["layer"]
+            if layer not in notch or notch[layer] + 1 >= self.masks.notches(layer):  # an edited checkpoint
+                raise InputError(f"checkpoint record '{key}' takes layer '{layer}' to a rate this search does "
+                                 "not have; remove the checkpoint or pass --no-resume")  # fmt: skip
             current = {**current, layer: self.masks.mask(layer, notch[layer] + 1)}
             notch[layer] += 1
             points.append(self._point(step, layer, notch, current, record["loss"], record["accuracy"]))

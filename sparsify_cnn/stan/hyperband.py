@@ -1,8 +1,9 @@
 """Hyperband (optuna's ``HyperbandPruner``) over the seed's search spaces (seed 000 Tables 1-6),
 shipped as presets. As in the seed, the batch size is fixed at 100 and the seed is fixed; the
 resource is epochs, each trial trains a fresh zoo model and reports its calibration error after
-every epoch. Trials live in an optuna SQLite file: an interrupted study resumes, and a trial
-that was running when it was interrupted is run again.
+every epoch. Trials live in an optuna SQLite file: an interrupted study resumes, a trial that
+was running when it was interrupted is run again, and the points drawn and trials pruned are
+those of a study that was never interrupted (``replay.py``).
 
 Decisions where the seed is silent: the search ranges are the seed's, even where they diverge
 (a learning rate or momentum up to 5: such trials stop at their first non-finite loss and score
@@ -191,6 +192,8 @@ def run_study(
     """
     import optuna
 
+    from .replay import SLOT, SlotHyperbandPruner, SlotSampler, slot_of
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     preset = get_preset(config.preset)
     name = models.get_entry(model).name
@@ -210,9 +213,11 @@ def run_study(
     }
     storage = _storage(config.storage)
     study_name = config.study_name or f"{name}-{preset.name}-{data.name}"
-    pruner = optuna.pruners.HyperbandPruner(config.min_epochs, config.max_epochs, config.reduction_factor)
+    # Points and brackets follow a trial's slot (see replay.py): a study killed and resumed
+    # draws and prunes as one that was never interrupted.
+    pruner = SlotHyperbandPruner(config.min_epochs, config.max_epochs, config.reduction_factor)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize", pruner=pruner,
-                                load_if_exists=True)  # fmt: skip
+                                sampler=SlotSampler(config.seed), load_if_exists=True)  # fmt: skip
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", identity)
@@ -224,10 +229,9 @@ def run_study(
         )
     trials = study.get_trials(deepcopy=False)
     rerun = _requeue_interrupted(study, trials)
-    # A fixed seed, moved on by the trials already made, so a resumed study draws new points.
-    study.sampler = optuna.samplers.RandomSampler(seed=config.seed + len(trials))
 
     def objective(trial) -> float:
+        trial.set_user_attr(SLOT, slot_of(study.get_trials(deepcopy=False), trial))
         values = {}
         for p in preset.params:
             if p.integer:
@@ -301,7 +305,7 @@ def _requeue_interrupted(study, trials) -> list[int]:
             study.tell(t.number, state=TrialState.FAIL)
         elif t.state != TrialState.FAIL:
             continue
-        if t.number not in retried and t.params:
+        if t.number not in retried:  # even one killed before its first parameter: it holds a slot
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
             rerun.append(t.number)
     return rerun
@@ -326,7 +330,9 @@ def write_config(path: str | Path, model: str, result: StudyResult, config: Stud
             "data_fingerprint": data.fingerprint(),
         },
     }
-    Path(path).write_text(json.dumps(document, indent=2) + "\n")
+    from ..storage import write_text
+
+    write_text(path, json.dumps(document, indent=2) + "\n")
     return document
 
 

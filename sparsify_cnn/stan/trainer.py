@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -35,7 +36,7 @@ from ..passes.stan import (
     stan_layers,
     strip_training_ops,
 )
-from ..training import LastFinite
+from ..training import LastFinite, checkpoint_contents, load_checkpoint, run_identity, save_checkpoint
 from ..transform.layers import find_layers
 from .baselines import MePropLinear
 from .conv import StanContext, StanConv
@@ -145,6 +146,7 @@ class FitResult:
     rewrites: dict[str, dict[str, str]]
     entry_bytes: int = 0
     outputs: dict[str, int] = field(default_factory=dict)  # per STAN layer: outputs per sample
+    resumed_from: int = 0  # the epoch a checkpoint had reached (0: started from scratch)
 
     def coverage(self, kind: str = BUILD) -> float:
         """Coverage over every STAN layer (weighted by outputs), mean over the epochs of ``kind``;
@@ -220,10 +222,14 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     on_rewrite: Callable[[dict[str, dict[str, str]], int], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    checkpoint: str | Path | None = None,
 ) -> FitResult:
     """Train a copy of ``gm`` (a captured graph with shapes) on ``data.train`` with ``setup``.
     ``clock`` times epochs and layers (``time.thread_time`` measures CPU seconds, which other
     processes on a shared machine do not inflate; with one thread they are the work done).
+    With ``checkpoint``, everything the next epoch depends on (weights, optimizer, schedule,
+    random states, the entry matrix) is saved there after every epoch; a later call with the
+    same graph, data and setup resumes from it and ends with the weights of an uninterrupted run.
 
     Example::
 
@@ -234,6 +240,8 @@ def fit(
     if not data.labeled:
         raise InputError(f"data '{data.name}' has no labels: training needs labelled data")
     torch.manual_seed(setup.seed)
+    path = Path(checkpoint) if checkpoint is not None else None
+    identity = run_identity(gm, data, setup) if path is not None else None
     gm = copy_graph_module(gm)
     rewrites, context = _rewrite(gm, setup, len(data.train), max_entry_memory)
     if context:
@@ -248,16 +256,30 @@ def fit(
     order = torch.Generator().manual_seed(setup.seed)
     loss_fn = nn.CrossEntropyLoss()
     records, total = [], 0.0
-    last_finite = LastFinite(gm)
+    stan_convs = {name: m for name, m in gm.named_modules() if isinstance(m, StanConv)}
+    if path is not None and path.exists():
+        state = load_checkpoint(path, identity, "training checkpoint")
+        with checkpoint_contents(path, "training checkpoint"):
+            gm.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            order.set_state(state["order"])
+            torch.set_rng_state(state["rng"])
+            if context:
+                _restore_stan(context, stan_convs, state["stan"])
+            records = [EpochRecord(**{**r, "calib": Score(**r["calib"])}) for r in state["records"]]
+            total = float(state["seconds"])
+    first = len(records)
+    last_finite = LastFinite(gm, first)
 
     def diverged(epoch: int, step: int, lr: float, why: str) -> TrainingDiverged:
         last_finite.restore()
         plain = strip_training_ops(gm, inplace=True).graph_module
         _set_mode(plain, False)
-        partial = FitResult(plain, setup, records, total, rewrites, entry_bytes, outputs)
+        partial = FitResult(plain, setup, records, total, rewrites, entry_bytes, outputs, first)
         return TrainingDiverged(epoch, step, lr, why, last_finite.epoch, partial)
 
-    for epoch in range(setup.epochs):
+    for epoch in range(first, setup.epochs):
         kind = epoch_kind(epoch, setup.stan.pre_epochs, setup.stan.period) if context else DENSE
         if context:
             context.kind = kind
@@ -291,11 +313,51 @@ def fit(
         last_finite.keep(epoch + 1)
         record = EpochRecord(epoch + 1, kind, loss_sum / len(data.train), calib, seconds, layers)
         records.append(record)
+        if path is not None:
+            save_checkpoint(path, {
+                "identity": identity,
+                "epoch": epoch + 1,
+                "model": gm.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "order": order.get_state(),
+                "rng": torch.get_rng_state(),
+                "stan": _stan_state(context, stan_convs) if context else None,
+                "records": [r.to_dict() for r in records],
+                "seconds": total,
+            })  # fmt: skip
         if on_epoch is not None:
             on_epoch(record)
     plain = strip_training_ops(gm, inplace=True).graph_module
     _set_mode(plain, False)
-    return FitResult(plain, setup, records, total, rewrites, entry_bytes, outputs)
+    return FitResult(plain, setup, records, total, rewrites, entry_bytes, outputs, first)
+
+
+def _stan_state(context: StanContext, convs: dict[str, StanConv]) -> dict:
+    """What STAN carries from one epoch to the next: E, the quantile sampler's generator, and
+    each layer's coverage of the last entry-matrix epoch and phase."""
+    store = context.store
+    return {
+        "rows": dict(store.rows),
+        "thetas": dict(store.thetas),
+        "generator": context.generator.get_state(),
+        "convs": {name: {"built": list(m.built), "phase": m.phase} for name, m in convs.items()},
+    }
+
+
+def _restore_stan(context: StanContext, convs: dict[str, StanConv], state: dict) -> None:
+    store = context.store
+    for kept, saved in ((store.rows, state["rows"]), (store.thetas, state["thetas"])):
+        if set(kept) != set(saved):
+            raise ValueError(f"entry matrix layers {sorted(saved)}, expected {sorted(kept)}")
+        for name, tensor in saved.items():
+            if tensor.shape != kept[name].shape:
+                raise ValueError(f"entry matrix of {name} is {tuple(tensor.shape)}, expected {tuple(kept[name].shape)}")
+            kept[name].copy_(tensor)  # in place: E's size and type were checked and allocated
+    context.generator.set_state(state["generator"])
+    for name, module in convs.items():
+        module.built = [int(n) for n in state["convs"][name]["built"]]
+        module.phase = str(state["convs"][name]["phase"])
 
 
 def entry_memory(gm: fx.GraphModule, stan: StanConfig, samples: int) -> tuple[int, dict[str, tuple[int, int, int]]]:

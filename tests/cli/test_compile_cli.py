@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import torch
 from click.testing import CliRunner
@@ -18,7 +20,9 @@ def test_compile_then_run_from_the_shell(tmp_path, model_files, trained_lenet, d
     assert (tmp_path / "ir" / "00_decompose_for_inference_before.py").exists()
     x = digits28.test.x[:1].numpy()
     np.save(tmp_path / "x.npy", x)
-    result = run("run", out, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    digest = re.search(r"manifest sha256 ([0-9a-f]{64}) \(pin it with sparsify run --expect-sha256\)", result.output)
+    assert digest, result.output
+    result = run("run", out, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy", "--expect-sha256", digest[1])
     assert result.exit_code == 0, result.output
     with torch.no_grad():
         expected = trained_lenet(torch.from_numpy(x)).numpy()

@@ -40,8 +40,8 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     "args, fragment",
     [
         (("--mode", "uniform"), "Invalid value for '--mode'"),
-        (("--epsilon", "1.5"), "epsilon must be in [0, 1)"),
-        (("--patch-size", "1"), "patch size must be one of (2, 3, 4)"),
+        (("--epsilon", "1.5"), "'--epsilon': must be in [0, 1), got 1.5"),
+        (("--patch-size", "1"), "'--patch-size': must be in 2..4, got 1"),
         (("--ones-range", "4-4"), "leaves no 2x2 pattern"),
         (("--ones-range", "x"), "is not a range"),
         (("--channel-group", "3", "--mode", "uniform_patch"), "does not divide"),

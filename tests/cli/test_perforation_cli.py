@@ -87,7 +87,7 @@ def test_measured_cost_times_compiled_layers_once_each(tmp_path, model_files):
     "args, fragment",
     [
         (("--mask", "square"), "Invalid value for '--mask'"),
-        (("--speedup", "0.5"), "target speedup must be > 1"),
+        (("--speedup", "0.5"), "'--speedup': must be > 1, got 0.5"),
         (("--interpolation", "cubic"), "Invalid value for '--interpolation'"),
     ],
 )

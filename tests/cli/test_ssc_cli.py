@@ -97,7 +97,7 @@ def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_
 def test_bad_ssc_option_combinations_exit_2_with_one_error_line(tmp_path, model_files, args, message):
     result = run(model_files["pt2"], *args, "--out", tmp_path / "bad")
     assert result.exit_code == 2, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0]
 
 

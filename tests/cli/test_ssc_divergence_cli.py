@@ -18,5 +18,5 @@ def test_a_diverging_finetune_exits_2_with_one_error_line(tmp_path, model_files)
     assert "with lr 1e+10: " in errors[0] and errors[0].endswith(
         "stopped and kept the weights it started from, the last finite ones; try a smaller --finetune-lr"
     )
-    written = {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()} if out.exists() else set()  # a folder left empty is removed
     assert not written & {"plan.json", "model.pt2", "report.json", "report.md", "artifact", "train-checkpoint.pt"}

@@ -37,14 +37,14 @@ def test_every_zoo_model_compiles_and_matches_torch(name, tmp_path):
 @pytest.fixture(scope="module", params=["dense", "sparsified"])
 def lenet_artifact(request, tmp_path_factory, trained_lenet, digits28):
     """The demo model compiled dense, and with diagonal Spatial masks (a plan's kind of graph)."""
-    out = tmp_path_factory.mktemp("artifact")
+    out = tmp_path_factory.mktemp("lenet") / "artifact"  # a folder of its own: it holds only the artifact
     gm = capture(trained_lenet, (1, 1, 28, 28), method="export").graph_module  # the .pt2 form
     if request.param == "sparsified":
         gm = insert_spatial_ops(gm).graph_module
         for op in spatial_ops(gm).values():
             op.set_mask(tile(diagonal(2), op.mask.shape[0], *op.out_hw, 2))
     compile_graph(gm, (1, 1, 28, 28), out, check_inputs=digits28.calib.x[:16])
-    out.joinpath("reference.txt").write_text(" ".join(str(int(v)) for v in gm(digits28.test.x).argmax(1)))
+    out.parent.joinpath("reference.txt").write_text(" ".join(str(int(v)) for v in gm(digits28.test.x).argmax(1)))
     return out
 
 
@@ -62,7 +62,7 @@ def test_fresh_process_loads_without_torch_and_reproduces_predictions(lenet_arti
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     predictions = [int(v) for v in done.stdout.split()]
-    expected = [int(v) for v in (lenet_artifact / "reference.txt").read_text().split()]
+    expected = [int(v) for v in (lenet_artifact.parent / "reference.txt").read_text().split()]
     assert predictions == expected
 
 
@@ -71,7 +71,7 @@ def test_manifest_records_what_a_deployment_needs(lenet_artifact):
     assert manifest["inputs"][0] == {"name": "input", "shape": [1, 1, 28, 28], "dtype": "float32"}
     assert manifest["outputs"][0]["shape"] == [1, 10]
     assert manifest["target"]["kind"] == "llvm" and manifest["target"]["num-cores"] >= 1
-    assert set(manifest["files"]) == {"model.so", "params.npz"}  # reference.txt is the test's own
+    assert set(manifest["files"]) == {"model.so", "params.npz"}
     assert set(manifest["versions"]) == {"sparsify_cnn", "torch", "apache-tvm"}
     assert manifest["check"]["images"] == 16 and manifest["check"]["relative_diff"] <= TOLERANCE
 

@@ -57,7 +57,7 @@ def test_checkpoint_of_another_search_or_unreadable_is_refused(tmp_path):
     with pytest.raises(InputError, match="written by another search"):
         Checkpoint(path, {"model": "b"})
     path.write_text("{not json")
-    with pytest.raises(InputError, match="unreadable"):
+    with pytest.raises(InputError, match="not valid JSON.*remove it or pass --no-resume"):
         Checkpoint(path, {"model": "a"})
 
 

@@ -87,3 +87,28 @@ def test_a_study_resumes_and_reruns_an_interrupted_trial(tmp_path, toy_data):
 
     with pytest.raises(InputError, match="made with another max_epochs"):
         run_study("mlp", toy_data, StudyConfig("mlp", str(storage), trials=4, max_epochs=3, seed=5))
+
+
+def test_a_resumed_study_draws_and_prunes_as_an_uninterrupted_one(tmp_path, toy_data):
+    import optuna
+
+    from sparsify_cnn.stan.replay import SlotSampler
+
+    def history(storage):
+        trials = optuna.load_study(study_name="mlp-mlp-toy", storage=f"sqlite:///{storage}").get_trials()
+        return [(t.params, t.state.name, t.intermediate_values, t.value) for t in trials if t.state.name != "FAIL"]
+
+    straight = tmp_path / "straight.db"
+    run_study("mlp", toy_data, StudyConfig("mlp", str(straight), trials=5, max_epochs=3, seed=7))
+
+    killed = tmp_path / "killed.db"
+    run_study("mlp", toy_data, StudyConfig("mlp", str(killed), trials=2, max_epochs=3, seed=7))
+    # As after a kill -9 mid-trial: a trial left RUNNING, its first point drawn, one epoch reported.
+    study = optuna.load_study(study_name="mlp-mlp-toy", storage=f"sqlite:///{killed}", sampler=SlotSampler(7))
+    stale = study.ask()
+    stale.set_user_attr("slot", 2)  # what run_study's objective does first
+    stale.suggest_int("hidden", 100, 8192)
+    stale.report(0.5, 1)
+    resumed = run_study("mlp", toy_data, StudyConfig("mlp", str(killed), trials=5, max_epochs=3, seed=7))
+    assert resumed.rerun == [stale.number]
+    assert history(killed) == history(straight)

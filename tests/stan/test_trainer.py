@@ -105,3 +105,37 @@ def test_setup_round_trip_and_validation():
         TrainSetup.from_dict({"speed": 3})
     with pytest.raises(InputError, match="unknown optimizer"):
         TrainSetup(optimizer="rmsprop")
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("variant", ["stan", "stan-lite"])
+def test_an_interrupted_fit_resumes_to_identical_weights(toy_graph, toy_data, tmp_path, variant):
+    # Dropout (global RNG), a coverage quantile (STAN's generator) and skipping epochs (E) all
+    # carry state across the interruption.
+    setup = TrainSetup(epochs=4, batch_size=32, seed=2, conv_dropout=0.3, dropout_layers=("conv2",),
+                       stan=StanConfig(variant, theta=None, coverage=0.5, pre_epochs=1, period=1,
+                                       kernel="dense", layers=("conv1",)))  # fmt: skip
+    straight = fit(toy_graph, toy_data, setup)
+    path = tmp_path / "fit.ckpt"
+
+    def stop_after_two(record):
+        if record.epoch == 2:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        fit(toy_graph, toy_data, setup, on_epoch=stop_after_two, checkpoint=path)
+    seen = []
+    resumed = fit(toy_graph, toy_data, setup, on_epoch=seen.append, checkpoint=path)
+    assert resumed.resumed_from == 2 and [r.epoch for r in seen] == [3, 4]
+    assert [(r.kind, r.loss, r.calib) for r in resumed.epochs] == [(r.kind, r.loss, r.calib) for r in straight.epochs]
+    for (name, a), b in zip(straight.graph_module.state_dict().items(), resumed.graph_module.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(InputError, match="written by another run \\(other config\\); remove it or rerun with --no-"):
+        fit(toy_graph, toy_data, TrainSetup(epochs=4, batch_size=32, seed=3), checkpoint=path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(InputError, match="unreadable .*--no-resume"):
+        fit(toy_graph, toy_data, setup, checkpoint=path)

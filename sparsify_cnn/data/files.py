@@ -9,7 +9,6 @@ and checked before it is decoded.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 import zipfile
 import zlib

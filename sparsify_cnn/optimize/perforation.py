@@ -167,7 +167,7 @@ def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig):
 def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: LayerTimer | None) -> CostModel:
     if search.cost == "macs":
         return CostModel(gm)
-    from ..codegen.measure import TimingCache, measure_ms
+    from ..codegen.measure import measure_ms
 
     measured = measured or LayerTimer()
     cache = measured.timing_cache()

@@ -1,16 +1,10 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 from sparsify_cnn.errors import InputError
 from sparsify_cnn.passes.spatial import insert_spatial_ops
-from sparsify_cnn.plan import Plan
 from sparsify_cnn.search.checkpoint import Checkpoint
 from sparsify_cnn.search.evaluator import Evaluator
 from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
@@ -59,27 +53,3 @@ def test_checkpoint_of_another_search_or_unreadable_is_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON.*remove it or pass --no-resume"):
         Checkpoint(path, {"model": "a"})
-
-
-def test_killed_cli_search_resumes_to_the_same_plan(tmp_path, model_files):
-    args = [sys.executable, "-m", "sparsify_cnn.cli", str(model_files["pt2"]), "--mode", "uniform_patch",
-            "--top-m", "3", "--data", "digits", "--target", "none"]  # fmt: skip
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([*args, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "search-checkpoint.json"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert process.poll() is None, "the search ended before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (killed / "plan.json").exists()
-    resumed = subprocess.run([*args, "--out", str(killed)], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    fresh = subprocess.run([*args, "--out", str(tmp_path / "fresh")], capture_output=True, text=True)
-    assert fresh.returncode == 0, fresh.stderr
-    a, b = Plan.load(killed / "plan.json"), Plan.load(tmp_path / "fresh" / "plan.json")
-    assert a.masks.keys() == b.masks.keys() and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
-    assert a.results == b.results
-    resumed_records = json.loads((killed / "report.json").read_text())["search"]["checkpoint_records_resumed"]
-    assert resumed_records > 0

@@ -2,7 +2,6 @@
 InputError; a training checkpoint resumes or is refused with InputError; never another exception."""
 
 import copy
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
 from sparsify_cnn.training import TrainConfig, train
 from sparsify_cnn.transform.capture import capture
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import damaged  # noqa: E402
 
 IDENTITY = {"model": "lenet", "run": 1}
 RECORDS = {"spatial": SPATIAL_RECORD, "perforation": STEP_RECORD}
@@ -72,7 +69,7 @@ def _load(raw: bytes, kind: str) -> Checkpoint | None:
 
 
 @pytest.mark.parametrize("kind", list(RECORDS))
-def test_damaged_search_checkpoints_load_or_are_refused(checkpoints, kind):
+def test_damaged_search_checkpoints_load_or_are_refused(checkpoints, kind, damaged):
     assert _load(checkpoints[kind].encode(), kind).resumed > 0  # the undamaged one resumes
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -91,7 +88,7 @@ def test_damaged_search_checkpoints_load_or_are_refused(checkpoints, kind):
     check()
 
 
-def test_a_resumed_search_with_damaged_records_finishes_or_is_refused(lenet, checkpoints):
+def test_a_resumed_search_with_damaged_records_finishes_or_is_refused(lenet, checkpoints, damaged):
     model, data = lenet
 
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))

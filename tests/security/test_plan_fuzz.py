@@ -2,7 +2,6 @@
 with InputError on load; never another exception."""
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
 from sparsify_cnn.search.perforation import RateSearchConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import damaged  # noqa: E402
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -75,7 +72,7 @@ def test_the_undamaged_plans_load_and_apply(plans, technique):
 
 
 @pytest.mark.parametrize("technique", ["spatial", "perforation", "ssc"])
-def test_damaged_plans_load_or_are_refused_in_one_line(plans, technique):
+def test_damaged_plans_load_or_are_refused_in_one_line(plans, technique, damaged):
     prepared, texts = plans
 
     @FUZZ

@@ -1,11 +1,13 @@
 """Hypothesis strategies that damage a JSON document the way hand edits, bad disks and hostile
 files do: keys deleted, values of other types, huge or negative numbers, NaN and Infinity
-literals, deep nesting, bytes that are not UTF-8, truncation."""
+literals, deep nesting, bytes that are not UTF-8, truncation. Tests take the strategy as the
+``damaged`` fixture and draw from it: ``data.draw(damaged(text))``."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import strategies as st
 
 LITERALS = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1" + "0" * 400, "[" * 5000 + "]" * 5000, "nul"]
@@ -65,3 +67,8 @@ def damaged(draw, text: str) -> bytes:
     elif ending == "truncate":
         raw = raw[: draw(st.integers(0, len(raw)))]
     return raw
+
+
+@pytest.fixture(name="damaged", scope="session")
+def damaged_fixture():
+    return damaged

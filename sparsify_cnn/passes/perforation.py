@@ -90,6 +90,8 @@ def _unsupported(layer: Layer, module_calls: dict[str, int]) -> str | None:
         return "1x1 conv (the paper perforates only larger kernels: a 1x1 conv is part of the nonlinearity)"
     if layer.node.op == "call_module" and module_calls.get(layer.node.target, 0) > 1:
         return "its module is called more than once"
+    if layer.padding_mode != "zeros":
+        return f"padding mode '{layer.padding_mode}' (the perforated conv pads with zeros)"
     weight = layer.node.args[1] if layer.node.op == "call_function" else None
     if isinstance(weight, fx.Node) and len(weight.users) > 1:  # a shared module, as torch.export leaves it
         return "its weights are shared with another conv"

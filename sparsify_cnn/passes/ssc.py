@@ -234,9 +234,8 @@ def _unsupported(gm: fx.GraphModule, layer: Layer, calls: dict[str, int]) -> str
     if layer.node.op == "call_module":
         if calls.get(layer.node.target, 0) > 1:
             return "its module is called more than once"
-        mode = getattr(gm.get_submodule(layer.node.target), "padding_mode", "zeros")
-        if mode != "zeros":
-            return f"padding mode '{mode}' (SSC pads with zeros)"
+    if layer.padding_mode != "zeros":
+        return f"padding mode '{layer.padding_mode}' (SSC pads with zeros)"
     return None
 
 

@@ -236,8 +236,8 @@ def _unsupported_conv(gm: fx.GraphModule, layer: Layer, calls: dict[str, int]) -
     if layer.node.op == "call_module":
         if calls.get(layer.node.target, 0) > 1:
             return "its module is called more than once"
-        if getattr(gm.get_submodule(layer.node.target), "padding_mode", "zeros") != "zeros":
-            return "padding mode is not zeros"
+    if layer.padding_mode != "zeros":
+        return f"padding mode '{layer.padding_mode}' (STAN's conv pads with zeros)"
     shape = tensor_shape(layer.node)
     if shape is None or len(shape) != 4:
         return "no shape recorded (capture propagates shapes)"

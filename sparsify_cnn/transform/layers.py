@@ -44,6 +44,7 @@ class Layer:
     padding: tuple[int, ...] | str = ()
     dilation: tuple[int, ...] = ()
     groups: int = 1
+    padding_mode: str = "zeros"  # a conv module's: "reflect", "replicate" and "circular" pad otherwise
 
     @property
     def kernel_size(self) -> tuple[int, ...]:
@@ -109,6 +110,7 @@ def layer_of(gm: fx.GraphModule, node: fx.Node) -> Layer | None:
                 padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
                 dilation=tuple(module.dilation),
                 groups=module.groups,
+                padding_mode=module.padding_mode,
             )
         if isinstance(module, nn.Linear):
             return Layer(str(node.target), "linear", node, module.weight, module.bias)

@@ -142,6 +142,8 @@ def _unsupported(layer: Layer, module_calls: dict[str, int]) -> str | None:
         return f"{layer.weight.dim() - 2}-D conv (only 2-D convs are supported)"
     if layer.node.op == "call_module" and module_calls.get(layer.node.target, 0) > 1:
         return "its module is called more than once"
+    if layer.padding_mode != "zeros":
+        return f"padding mode '{layer.padding_mode}' (the Spatial op pads with zeros)"
     if tensor_shape(layer.node) is None:
         return "no shape recorded (capture propagates shapes)"
     return None

@@ -10,7 +10,8 @@ from torch import fx
 
 from ..errors import InputError
 from ..ops.perforation import INTERPOLATIONS, PerforatedConv
-from ..transform.layers import Layer, find_layers, tensor_shape
+from ..transform.eligibility import called_once, screen_convs, shape_recorded, two_d, unshared_weights, zero_padding
+from ..transform.layers import Layer, tensor_shape
 from .base import PassResult, conv_module, copy_graph_module, finish_rewrite, inserted_ops, replace_layer, select_layers
 
 
@@ -57,21 +58,9 @@ def insert_perforated_convs(
     """
     if not inplace:
         gm = copy_graph_module(gm)
-    selected = select_layers(config.layers, filter_fn)
-    module_calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module_calls[node.target] = module_calls.get(node.target, 0) + 1
-    result = PassResult(gm)
-    for layer in find_layers(gm):
-        if layer.kind != "conv":
-            continue
-        reason = _unsupported(layer, module_calls)
-        if reason is None and not selected(layer):
-            reason = "not selected"
-        if reason is not None:
-            result.skipped[layer.name] = reason
-            continue
+    taken, skipped = screen_convs(gm, PERFORATION_CHECKS, select_layers(config.layers, filter_fn))
+    result = PassResult(gm, skipped=skipped)
+    for layer in taken:
         result.inserted[layer.name] = _rewrite(gm, layer, config)
     if result.inserted:
         finish_rewrite(gm)
@@ -83,24 +72,21 @@ def perforated_ops(gm: fx.GraphModule) -> dict[str, PerforatedConv]:
     return inserted_ops(gm, PerforatedConv)
 
 
-def _unsupported(layer: Layer, module_calls: dict[str, int]) -> str | None:
-    if layer.weight.dim() != 4:
-        return f"{layer.weight.dim() - 2}-D conv (only 2-D convs are perforated)"
+def _not_1x1(layer: Layer, facts) -> str | None:
     if layer.kernel_size == (1, 1):
         return "1x1 conv (the paper perforates only larger kernels: a 1x1 conv is part of the nonlinearity)"
-    if layer.node.op == "call_module" and module_calls.get(layer.node.target, 0) > 1:
-        return "its module is called more than once"
-    if layer.padding_mode != "zeros":
-        return f"padding mode '{layer.padding_mode}' (the perforated conv pads with zeros)"
-    weight = layer.node.args[1] if layer.node.op == "call_function" else None
-    if isinstance(weight, fx.Node) and len(weight.users) > 1:  # a shared module, as torch.export leaves it
-        return "its weights are shared with another conv"
+    return None
+
+
+def _several_positions(layer: Layer, facts) -> str | None:
     shape = tensor_shape(layer.node)
-    if shape is None:
-        return "no shape recorded (capture propagates shapes)"
     if shape[-2] * shape[-1] < 2:
         return "its output map has a single position"
     return None
+
+
+PERFORATION_CHECKS = (two_d, _not_1x1, called_once, unshared_weights, zero_padding("the perforated conv"),
+                      shape_recorded, _several_positions)  # fmt: skip
 
 
 def _rewrite(gm: fx.GraphModule, layer: Layer, config: PerforationConfig) -> str:

@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from ..errors import InputError
 from ..ops.ssc import INITS, SSCConv, ssc_problem
+from ..transform.eligibility import called_once, screen_convs, two_d, unshared_weights, zero_padding
 from ..transform.layers import Layer, find_layers
 from .base import (
     PassResult,
@@ -204,39 +205,18 @@ def assign(gm: fx.GraphModule, config: SSCConfig, filter_fn: Callable[[Layer], b
 
 def ssc_candidates(gm: fx.GraphModule, selected: Callable[[Layer], bool]) -> tuple[dict[str, Layer], dict[str, str]]:
     """The convs that can take SSC (name -> layer, graph order) and the others (name -> reason)."""
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    candidates, skipped = {}, {}
-    for layer in find_layers(gm):
-        if layer.kind != "conv":
-            continue
-        reason = _unsupported(gm, layer, calls)
-        if reason is None and not selected(layer):
-            reason = "not selected"
-        if reason is None:
-            candidates[layer.name] = layer
-        else:
-            skipped[layer.name] = reason
-    return candidates, skipped
+    taken, skipped = screen_convs(gm, SSC_CHECKS, selected)
+    return {layer.name: layer for layer in taken}, skipped
 
 
-def _unsupported(gm: fx.GraphModule, layer: Layer, calls: dict[str, int]) -> str | None:
-    if layer.weight.dim() != 4:
-        return f"{layer.weight.dim() - 2}-D conv (SSC replaces 2-D convs)"
+def _dense(layer: Layer, facts) -> str | None:
     if layer.groups != 1:
         kind = "depthwise" if layer.groups == layer.in_channels == layer.out_channels else "grouped"
         return f"{kind} conv ({layer.groups} groups): SSC replaces dense convs"
-    weight_node = layer.node.args[1] if layer.node.op == "call_function" else None
-    if isinstance(weight_node, fx.Node) and len(weight_node.users) > 1:
-        return "its weights are shared with another conv"
-    if layer.node.op == "call_module":
-        if calls.get(layer.node.target, 0) > 1:
-            return "its module is called more than once"
-    if layer.padding_mode != "zeros":
-        return f"padding mode '{layer.padding_mode}' (SSC pads with zeros)"
     return None
+
+
+SSC_CHECKS = (two_d, _dense, unshared_weights, called_once, zero_padding("SSC"))
 
 
 def choice_problem(layer: Layer, choice: Choice) -> str | None:

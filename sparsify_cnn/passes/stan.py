@@ -14,6 +14,7 @@ from ..stan.baselines import MePropLinear
 from ..stan.conv import KERNELS, StanContext, StanConv
 from ..stan.entry import VARIANTS
 from ..stan.schedule import check_schedule
+from ..transform.eligibility import called_once, screen_convs, shape_recorded, two_d, unshared_weights, zero_padding
 from ..transform.layers import Layer, find_layers, tensor_shape
 from .base import (
     PassResult,
@@ -74,20 +75,8 @@ def stan_layers(
 ) -> tuple[dict[str, tuple[int, int, int]], dict[str, str]]:
     """The convs STAN would cover, with their output shape per sample (T, H', W'), and the convs
     it leaves alone, with the reason."""
-    selected = select_layers(patterns, filter_fn)
-    calls = _module_calls(gm)
-    shapes, skipped = {}, {}
-    for layer in find_layers(gm):
-        if layer.kind != "conv":
-            continue
-        reason = _unsupported_conv(gm, layer, calls)
-        if reason is None and not selected(layer):
-            reason = "not selected"
-        if reason is None:
-            shapes[layer.name] = tuple(tensor_shape(layer.node)[1:])
-        else:
-            skipped[layer.name] = reason
-    return shapes, skipped
+    taken, skipped = screen_convs(gm, STAN_CHECKS, select_layers(patterns, filter_fn))
+    return {layer.name: tuple(tensor_shape(layer.node)[1:]) for layer in taken}, skipped
 
 
 def insert_stan_convs(
@@ -228,20 +217,13 @@ def _module_calls(gm: fx.GraphModule) -> dict[str, int]:
     return calls
 
 
-def _unsupported_conv(gm: fx.GraphModule, layer: Layer, calls: dict[str, int]) -> str | None:
-    if layer.weight.dim() != 4:
-        return f"{layer.weight.dim() - 2}-D conv (STAN covers 2-D convs)"
+def _ungrouped(layer: Layer, facts) -> str | None:
     if layer.groups != 1:
         return f"grouped conv (groups={layer.groups}); the sparse-output kernel takes groups=1"
-    if layer.node.op == "call_module":
-        if calls.get(layer.node.target, 0) > 1:
-            return "its module is called more than once"
-    if layer.padding_mode != "zeros":
-        return f"padding mode '{layer.padding_mode}' (STAN's conv pads with zeros)"
-    shape = tensor_shape(layer.node)
-    if shape is None or len(shape) != 4:
-        return "no shape recorded (capture propagates shapes)"
     return None
+
+
+STAN_CHECKS = (two_d, _ungrouped, called_once, unshared_weights, zero_padding("STAN's conv"), shape_recorded)
 
 
 def _has_path(gm: fx.GraphModule, path: str) -> bool:

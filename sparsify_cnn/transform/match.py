@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .eligibility import called_once, screen_convs, shape_recorded, two_d, unshared_weights, zero_padding
 from .layers import Layer, constant, find_layers, layer_of, tensor_shape
 
 _RELU_FUNCTIONS = {
@@ -66,6 +67,7 @@ _CLAMP_METHODS = {
     **dict.fromkeys(("clamp_min", "clamp_min_"), _CLAMP_MIN),
     **dict.fromkeys(("clamp_max", "clamp_max_"), _CLAMP_MAX),
 }
+SPATIAL_CHECKS = (two_d, called_once, unshared_weights, zero_padding("the Spatial op"), shape_recorded)
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor}
 _BN_MODULES = (nn.BatchNorm2d,)
 _MAX_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, torch.ops.aten.max_pool2d.default}
@@ -101,21 +103,14 @@ class MatchResult:
 def find_conv_relu(gm: fx.GraphModule) -> MatchResult:
     """Every 2-D conv of ``gm`` whose output flows (alone) into a ReLU, and why the rest don't."""
     result = MatchResult()
-    module_calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module_calls[node.target] = module_calls.get(node.target, 0) + 1
-    for layer in find_layers(gm):
-        if layer.kind != "conv":
-            continue
-        reason = _unsupported(layer, module_calls)
-        if reason is None:
-            chain_or_reason = _follow(gm, layer)
-            if isinstance(chain_or_reason, ConvReluChain):
-                result.chains.append(chain_or_reason)
-                continue
-            reason = chain_or_reason
-        result.skipped[layer.name] = reason
+    taken, skipped = screen_convs(gm, SPATIAL_CHECKS)
+    for layer in taken:
+        chain_or_reason = _follow(gm, layer)
+        if isinstance(chain_or_reason, ConvReluChain):
+            result.chains.append(chain_or_reason)
+        else:
+            skipped[layer.name] = chain_or_reason
+    result.skipped = {layer.name: skipped[layer.name] for layer in find_layers(gm) if layer.name in skipped}
     _one_chain_per_relu(result)
     return result
 
@@ -135,18 +130,6 @@ def _one_chain_per_relu(result: MatchResult) -> None:
                 result.skipped[chain.layer.name] = (
                     f"shares its ReLU with '{keep.layer.name}' through a residual add (one conv per ReLU)"
                 )
-
-
-def _unsupported(layer: Layer, module_calls: dict[str, int]) -> str | None:
-    if layer.weight.dim() != 4:
-        return f"{layer.weight.dim() - 2}-D conv (only 2-D convs are supported)"
-    if layer.node.op == "call_module" and module_calls.get(layer.node.target, 0) > 1:
-        return "its module is called more than once"
-    if layer.padding_mode != "zeros":
-        return f"padding mode '{layer.padding_mode}' (the Spatial op pads with zeros)"
-    if tensor_shape(layer.node) is None:
-        return "no shape recorded (capture propagates shapes)"
-    return None
 
 
 def _follow(gm: fx.GraphModule, layer: Layer) -> ConvReluChain | str:

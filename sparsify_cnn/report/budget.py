@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import math
 
-TOLERANCE = 1e-9  # float noise in accuracy fractions, as the searches allow
+from ..search.accuracy_budget import TOLERANCE, accuracy_loss, within
 
 
 def points_per_image(images: int) -> float:
     """Accuracy points one image is worth on a split of ``images`` images (100 / N)."""
     return 100 / images
-
-
-def split_loss(dense: float, final: float, kind: str) -> float:
-    """The accuracy loss in epsilon's units: a fraction of the images (absolute) or of the dense
-    accuracy (relative)."""
-    loss = dense - final
-    return loss / dense if kind == "relative" and dense > 0 else loss
 
 
 def check_budget(calib: tuple[float, float], test: tuple[float, float], sizes: tuple[int, int],
@@ -31,10 +24,10 @@ def check_budget(calib: tuple[float, float], test: tuple[float, float], sizes: t
     """
     splits = {}
     for name, (dense, final), images in zip(("calib", "test"), (calib, test), sizes):
-        loss = split_loss(dense, final, kind)
+        loss = accuracy_loss(dense, final, kind)
         splits[name] = {"images": images, "dense": dense, "final": final, "loss": loss,
                         "loss_points": 100 * (dense - final), "points_per_image": points_per_image(images),
-                        "held": None if epsilon is None else loss <= epsilon + TOLERANCE}  # fmt: skip
+                        "held": None if epsilon is None else within(dense, final, epsilon, kind)}  # fmt: skip
     if epsilon is None:
         verdict = "no_budget"
     elif splits["test"]["held"] and splits["calib"]["held"]:

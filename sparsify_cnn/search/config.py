@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import InputError
+from .accuracy_budget import check_epsilon
 
 MODES = ("uniform_layer", "uniform_filter", "uniform_patch", "max_granularity")
-EPSILON_KINDS = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,7 @@ class SearchConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise InputError(f"unknown mode '{self.mode}'; choose one of: {', '.join(MODES)}")
-        if not 0 <= self.epsilon < 1:
-            raise InputError(f"epsilon must be in [0, 1), got {self.epsilon}")
-        if self.epsilon_kind not in EPSILON_KINDS:
-            raise InputError(f"epsilon kind must be one of {', '.join(EPSILON_KINDS)}, got '{self.epsilon_kind}'")
+        check_epsilon(self.epsilon, self.epsilon_kind)
         if self.cost not in ("macs", "measured"):
             raise InputError(f"cost must be macs or measured, got '{self.cost}'")
         if self.granularity < 0 or self.top_m < 1 or self.batch_size < 1:

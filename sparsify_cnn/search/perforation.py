@@ -26,7 +26,7 @@ from ..progress import Progress, silent
 from ..report.accounting import account
 from ..transform.capture import set_eval
 from .checkpoint import Checkpoint
-from .config import EPSILON_KINDS
+from .accuracy_budget import accuracy_floor, check_epsilon
 from .perforation_masks import KEPT_FRACTIONS, MASK_TYPES
 from .suffix import Recorder, suffix_after
 
@@ -60,10 +60,7 @@ class RateSearchConfig:
             raise InputError(f"unknown cost '{self.cost}'; choose one of: {', '.join(COSTS)}")
         if self.speedup is not None and self.speedup <= 1:
             raise InputError(f"target speedup must be > 1, got {self.speedup}")
-        if self.epsilon is not None and not 0 <= self.epsilon < 1:
-            raise InputError(f"epsilon must be in [0, 1), got {self.epsilon}")
-        if self.epsilon_kind not in EPSILON_KINDS:
-            raise InputError(f"epsilon kind must be one of {', '.join(EPSILON_KINDS)}, got '{self.epsilon_kind}'")
+        check_epsilon(self.epsilon, self.epsilon_kind)
         if self.batch_size < 1:
             raise InputError("batch size must be >= 1")
 
@@ -336,11 +333,9 @@ class GreedyRateSearch:
         return float(loss), accuracy
 
     def _accuracy_floor(self, dense_accuracy: float) -> float | None:
-        eps = self.config.epsilon
-        if eps is None:
+        if self.config.epsilon is None:
             return None
-        loss = eps if self.config.epsilon_kind == "absolute" else eps * dense_accuracy
-        return dense_accuracy - loss - 1e-9
+        return accuracy_floor(dense_accuracy, self.config.epsilon, self.config.epsilon_kind)
 
     def _point(self, step: int, layer: str | None, notch: dict[str, int], kept: dict[str, torch.Tensor], loss: float,
                accuracy: float) -> RatePoint:  # fmt: skip

@@ -28,6 +28,7 @@ import torch
 from ..errors import InputError
 from ..ops.spatial import all_patterns, padded_size, predicted_zero, tile
 from ..progress import Progress, silent
+from .accuracy_budget import accuracy_loss, within
 from .checkpoint import Checkpoint
 from .config import MODES, OperatingPoint, SearchConfig, SearchResult
 from .evaluator import Candidate, Evaluator, Outcome
@@ -102,11 +103,10 @@ class SpatialSearch:
         )
 
     def drop(self, accuracy: float) -> float:
-        loss = self.ev.dense_accuracy - accuracy
-        return loss / self.ev.dense_accuracy if self.config.epsilon_kind == "relative" else loss
+        return accuracy_loss(self.ev.dense_accuracy, accuracy, self.config.epsilon_kind)
 
     def within_budget(self, accuracy: float) -> bool:
-        return self.drop(accuracy) <= self.config.epsilon + 1e-12
+        return within(self.ev.dense_accuracy, accuracy, self.config.epsilon, self.config.epsilon_kind)
 
     # --- per layer: first level and quantizer levels -------------------------------------------
 

@@ -152,6 +152,7 @@ def _load_program(path: Path, trust_pickle: bool) -> LoadedModel:
     try:
         with _weights_only_loads(not trust_pickle), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=_PICKLE_PROTOCOL_WARNING, category=UserWarning)
             program = load_pt2(str(path)).exported_programs["model"]
             module = program.module()
             input_shape = tuple(metadata["input_shape"]) if "input_shape" in metadata else _program_input_shape(program)
@@ -248,7 +249,8 @@ def _with_classes_of(arch: str, state: dict, built: nn.Module) -> tuple[nn.Modul
     if arch.startswith("zoo:"):
         return None
     classifiers = [v for v in state.values() if v.dim() == 2]
-    built_classifiers = [v for v in built.state_dict().values() if v.dim() == 2]
+    # A lazy module's (LazyLinear's) parameters have no shape until they are loaded.
+    built_classifiers = [v for v in built.state_dict().values() if not nn.parameter.is_lazy(v) and v.dim() == 2]
     if not classifiers or not built_classifiers or classifiers[-1].shape[0] == built_classifiers[-1].shape[0]:
         return None
     classes = classifiers[-1].shape[0]
@@ -260,9 +262,30 @@ def _with_classes_of(arch: str, state: dict, built: nn.Module) -> tuple[nn.Modul
     return module, classes
 
 
-def _torch_load(path: Path, weights_only: bool):
+def _check_crc(path: Path) -> None:
+    """torch.save writes a zip whose entries torch.load reads without checking their CRC-32:
+    damaged weights would load silently."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as error:
+        raise ModelLoadError(f"'{path}' is not a readable PyTorch file ({first_line(error)}); {_EXPECTED}") from error
+    if damaged is not None:
+        raise ModelLoadError(f"'{path}' is damaged: entry '{damaged}' does not match its CRC-32")
+
+
+# torch's weights-only unpickler warns about any pickle protocol but 2, before it refuses or loads.
+_PICKLE_PROTOCOL_WARNING = r"Detected pickle protocol \d+ in the checkpoint"
+
+
+def _torch_load(path: Path, weights_only: bool):
+    _check_crc(path)
+    try:
+        with warnings.catch_warnings():  # a hostile or foreign pickle's protocol is no news to the user
+            warnings.filterwarnings("ignore", message=_PICKLE_PROTOCOL_WARNING, category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as error:
         names = re.findall(r"GLOBAL ([\w.]+)", str(error))
         if weights_only and "Weights only load failed" in str(error):
@@ -318,6 +341,8 @@ def _factory(arch: str):
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 - a missing module, or one that fails as it runs
         raise ModelLoadError(f"cannot import --arch '{arch}': {first_line(error)}") from error
+    except SystemExit as error:  # sys.exit() as it is imported: not a success of ours
+        raise ModelLoadError(f"cannot import --arch '{arch}': it called sys.exit({error.code!r})") from error
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         where = getattr(module, "__file__", None) or module_name
@@ -357,6 +382,8 @@ def _checked_call(arch: str, factory):
                     "give a factory that takes none"
                 ) from error
             raise ModelLoadError(f"--arch '{arch}' failed when called: {first_line(error)}") from error
+        except SystemExit as error:
+            raise ModelLoadError(f"--arch '{arch}' called sys.exit({error.code!r})") from error
 
     return call
 

@@ -50,7 +50,7 @@ CONFIGS = {  # technique -> the schema of its config (the fields of its config d
 
 PLAN_SCHEMA = {
     "type": "object",
-    "required": ["plan_version", "technique", "masks"],
+    "required": ["plan_version", "technique", "config", "masks"],  # a config left out would apply the defaults
     "additionalProperties": False,
     "properties": {
         "plan_version": {"const": 1},

@@ -119,8 +119,11 @@ def _open(path: Path):
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            damaged = archive.testzip()  # torch's reader does not check the entries' CRC-32
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as error:
         raise ModelLoadError(f"'{path}' is not a readable torch.export program: {first_line(error)}") from error
+    if damaged is not None:
+        raise ModelLoadError(f"'{path}' is damaged: entry '{damaged}' does not match its CRC-32")
     try:
         reader = torch._C.PyTorchFileReader(str(path))
         records = reader.get_all_records()

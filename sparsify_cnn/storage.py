@@ -175,6 +175,8 @@ def claim_output(path: str | Path, inside: bool = True, option: str = "--out") -
     """Before any work: the output's folder is created if needed and proved writable, then
     locked (:func:`output_lock`). At the end a folder this created is removed if it holds
     nothing, so a failed run leaves no empty folder behind. ``inside=False`` for a file."""
+    if isinstance(path, str) and not path:  # an unset shell variable: Path('') is the current folder
+        raise OutputError(f"{option} is empty: give the path to write")
     path = Path(path)
     if not inside and path.exists() and not (path.is_file() or path.is_dir()):
         yield path  # a device or pipe (/dev/stdout) is written in place: no folder to check or lock

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -273,7 +274,9 @@ def load_checkpoint(path: Path, identity: dict, what: str) -> dict:
     """The state saved at ``path`` by ``save_checkpoint``, if ``identity`` wrote it: a file of
     another run, or one that is not such a checkpoint, is an ``InputError`` (one line)."""
     try:
-        state = torch.load(path, weights_only=True)  # never unpickles code
+        with warnings.catch_warnings():  # torch warns of a foreign pickle's protocol before refusing it
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol \d+", category=UserWarning)
+            state = torch.load(path, weights_only=True)  # never unpickles code
         written_by = state["identity"]
         model = state["model"]
         if not isinstance(written_by, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):

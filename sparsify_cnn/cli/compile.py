@@ -76,12 +76,17 @@ def run_command(artifact, input_path, output_path, expect_sha256):
 
         sparsify run artifact/ --input x.npy --output y.npy --expect-sha256 3f2a...
     """
+    from pathlib import Path
+
     import numpy as np
 
     from ..errors import InputError
     from ..runtime import ArtifactError, load
     from ..storage import atomic_path
 
+    if Path(output_path).absolute().parent.resolve() == Path(artifact).resolve():
+        raise InputError(f"--output '{output_path}' is inside the artifact '{artifact}': an artifact holds exactly "
+                         "its manifest's files; write the outputs elsewhere")  # fmt: skip
     try:
         model = load(artifact, expected_sha256=expect_sha256)
         x = _read_input(input_path, model.input["shape"], model.input["dtype"])

@@ -21,6 +21,10 @@ def inspect_command(
     from ..report.accounting import account
     from ..report.render import accounting_markdown
 
+    if json_path is not None:  # writable (and not empty) before any work, as bench's --json
+        from ..storage import claim_output
+
+        click.get_current_context().with_resource(claim_output(json_path, inside=False, option="--json"))
     prepared = prepare(
         model,
         normalize=normalize,
@@ -44,7 +48,7 @@ def inspect_command(
         score = evaluate(prepared.loaded.module, prepared.data.test)
         click.echo(f"test split of {prepared.data.name}: {score}")
         result["test"] = {"metric": score.metric, "value": score.value, "count": score.count}
-    if json_path:
+    if json_path is not None:
         from ..storage import write_json
 
         write_json(json_path, result)

@@ -30,8 +30,9 @@ class _OneLine(click.ClickException):
 
 def _printable(text: str) -> str:
     """``text`` with control characters escaped: a value or file name echoed back may hold
-    terminal escapes, which are shown, never sent to the terminal."""
-    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in text)
+    terminal escapes, which are shown, never sent to the terminal; a newline (one in a file name)
+    is shown as ``\\n`` too, so the message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _one_line(error: click.ClickException, ctx: click.Context | None) -> click.ClickException:
@@ -74,6 +75,9 @@ class _Root(click.Group):
             ctx.exit(error.exit_code)
         except click.ClickException as error:
             raise _one_line(error, ctx) from None
+        except KeyboardInterrupt:  # Ctrl-C where a command has nothing to add (click would print "Aborted!")
+            click.echo("error: interrupted", err=True)
+            ctx.exit(1)
 
 
 @click.group("sparsify", cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

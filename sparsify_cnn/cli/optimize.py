@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..passes.ssc_presets import PRESETS
-from .options import Bounded, data_option, model_options, seed_option, target_or_none_callback
+from .options import OPTIMIZER_MAX, Bounded, data_option, model_options, seed_option, target_or_none_callback
 
 
 def _ones_range(ctx, param, value):
@@ -77,7 +77,7 @@ def _ssc_layers(ctx, param, values):
 @click.option("--finetune-epochs", type=Bounded(int, 0, 10**6), default=0, help="[perforation, ssc] Fine-tune the rewritten model this many epochs (seeded). "
               "For ssc: the seed's recipe (SGD, batch 128, weight decay 1e-4, lr x0.1 at 40/60/80% of the epochs), "
               "checkpointed in OUT/train-checkpoint.pt so an interrupted run resumes.")  # fmt: skip
-@click.option("--finetune-lr", type=Bounded(float, 0, low_open=True), help="[perforation, ssc] Fine-tuning learning rate [default: 0.01; for ssc a "
+@click.option("--finetune-lr", type=Bounded(float, 0, OPTIMIZER_MAX, low_open=True), help="[perforation, ssc] Fine-tuning learning rate [default: 0.01; for ssc a "
               "tenth of the seed's 0.1, which trains from scratch]. A loss or weight that turns NaN or infinite stops "
               "the job with an error naming the epoch and step.")  # fmt: skip
 @click.option("--target", default="llvm", callback=target_or_none_callback, help="Compile the result into OUT/artifact for llvm, llvm:CPU or cuda:sm_XX; 'none' skips.")
@@ -120,7 +120,7 @@ def optimize_command(
     from ..storage import check_writable_dir, claim_output
 
     out_dir = Path(out)  # writable and this run's alone before any work; released (and removed if empty) at exit
-    click.get_current_context().with_resource(claim_output(out_dir))
+    click.get_current_context().with_resource(claim_output(out))
     if checkpoint:
         check_writable_dir(Path(checkpoint).absolute().parent, "checkpoint folder")
     prepared = prepare(

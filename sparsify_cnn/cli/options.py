@@ -9,6 +9,7 @@ import math
 import click
 
 SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+OPTIMIZER_MAX = 1e38  # lr, momentum, weight decay: torch's optimizers convert them to float32 (max 3.4e38)
 MAX_INPUT_ELEMENTS = 2**30  # N*C*H*W of --input-shape: 4 GiB of float32 per batch
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from .options import Bounded, data_option, model_options, seed_option
+from .options import OPTIMIZER_MAX, Bounded, data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
 # sparsify_cnn.stan.conv.KERNELS (kept import-free)
@@ -34,9 +34,9 @@ def _memory(ctx, param, value):
 @seed_option
 @click.option("--epochs", type=Bounded(int, 0, 10**6), default=8, help="Training epochs.")
 @click.option("--batch-size", type=Bounded(int, 1, 65536), default=64, help="Images per step.")
-@click.option("--lr", type=Bounded(float, 0, low_open=True), default=0.05, help="Initial learning rate (cosine decay to 0).")
-@click.option("--momentum", type=Bounded(float, 0), default=0.9, help="SGD momentum (>= 0; < 1 for plain training).")
-@click.option("--weight-decay", type=Bounded(float, 0), default=5e-4, help="L2 penalty.")
+@click.option("--lr", type=Bounded(float, 0, OPTIMIZER_MAX, low_open=True), default=0.05, help="Initial learning rate (cosine decay to 0).")
+@click.option("--momentum", type=Bounded(float, 0, OPTIMIZER_MAX), default=0.9, help="SGD momentum (>= 0; < 1 for plain training).")
+@click.option("--weight-decay", type=Bounded(float, 0, OPTIMIZER_MAX), default=5e-4, help="L2 penalty.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", help="Optimizer.")
 @click.option(
     "--config",
@@ -159,6 +159,11 @@ def train_command(
         seed=seed,
     )
     dataset, module = prepared.data, prepared.loaded.module
+    if prepared.loaded.format == "export":  # torch refuses module.train() on an exported program
+        raise InputError(
+            f"'{model}' is a torch.export program, which torch cannot train (its graph is fixed for inference); "
+            "train from a state dict with --arch, or from zoo:NAME"
+        )
     image_shape = prepared.captured.input_shape[1:]
     click.echo(f"training {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib images)")
     if setup is None:

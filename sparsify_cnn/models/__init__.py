@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 from .alexnet import alexnet
 from .caffe_cifar import alexbn, alexlrn, cq, nin
 from .lenet import lenet, lenet_caffe, mlp
@@ -90,7 +90,12 @@ def build(name: str, num_classes: int = 10, in_channels: int | None = None, **op
     entry = get_entry(name)
     if in_channels is None:
         in_channels = entry.input_shape[0]
-    return entry.factory(num_classes=num_classes, in_channels=in_channels, **options)
+    try:
+        return entry.factory(num_classes=num_classes, in_channels=in_channels, **options)
+    except (RuntimeError, ValueError) as error:  # e.g. an input too small for its layers: a negative width
+        size = options.get("input_size")
+        shape = f"{in_channels} x {size[0]} x {size[1]}" if isinstance(size, tuple | list) and len(size) == 2 else f"{in_channels} channels"
+        raise ModelLoadError(f"{name} cannot be built for input {shape}: {first_line(error)}") from error
 
 
 __all__ = ["PREFIX", "ZOO", "ZooEntry", "build", "get_entry", "zoo_names"]

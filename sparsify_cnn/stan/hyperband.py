@@ -339,6 +339,9 @@ def write_config(path: str | Path, model: str, result: StudyResult, config: Stud
 def read_config(path: str | Path) -> TrainSetup:
     """The training setup of a config file (what ``write_config`` writes, or its ``setup`` alone)."""
     try:
+        if not Path(path).is_file():  # a fifo or device would block the read, or never end
+            exists = Path(path).exists()
+            raise InputError(f"config '{path}' is not a regular file" if exists else f"config '{path}' does not exist")
         document = json.loads(Path(path).read_text())
     except OSError as error:
         raise InputError(f"cannot read config '{path}': {error.strerror or error}") from None

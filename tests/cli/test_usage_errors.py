@@ -44,12 +44,15 @@ def one_error_line(result, *fragments, code=2):
         (["m", "--speedup", "1", "--out", "o"], ["'--speedup': must be > 1, got 1"]),
         (["m", "--epsilon", "nan", "--out", "o"], ["'--epsilon': must be a finite number in [0, 1), got nan"]),
         (["m", "--finetune-epochs", "-3", "--out", "o"], ["'--finetune-epochs': must be in 0..1000000, got -3"]),
-        (["m", "--finetune-lr", "0", "--out", "o"], ["'--finetune-lr': must be > 0, got 0"]),
+        (["m", "--finetune-lr", "0", "--out", "o"], ["'--finetune-lr': must be in (0, 1e+38], got 0"]),
         (["m", "--seed", "-1", "--out", "o"], ["'--seed': must be in 0..4294967295, got -1"]),
         (["m", "--technique", "ssc", "--target-params", "0", "--out", "o"], ["'--target-params': must be in (0, 1]"]),
         (["m", "--technique", "ssc", "--out", "o"], ["exactly one of --preset, --target-params, --ssc-layer (got none)",
                                                     "(see 'sparsify optimize --help')"]),  # fmt: skip
-        (["train", "m", "--lr", "-inf", "--out", "o"], ["'--lr': must be a finite number > 0, got -inf"]),
+        (["train", "m", "--lr", "-inf", "--out", "o"], ["'--lr': must be a finite number in (0, 1e+38], got -inf"]),
+        # Above float32's range torch's optimizers crashed converting them (a traceback, not one line).
+        (["m", "--finetune-lr", "1e308", "--out", "o"], ["'--finetune-lr': must be in (0, 1e+38], got 1e+308"]),
+        (["train", "m", "--weight-decay", "1e300", "--out", "o"], ["'--weight-decay': must be in [0, 1e+38], got 1e+300"]),
         (["train", "m", "--coverage", "1", "--out", "o"], ["'--coverage': must be in (0, 1), got 1"]),
         (["train", "m", "--max-entry-memory", "0", "--out", "o"], ["'--max-entry-memory': '0' must be at least 1 byte"]),
         (["tune-hparams", "zoo:cq"], ["Missing option '--preset'", "(see 'sparsify tune-hparams --help')"]),
@@ -91,3 +94,86 @@ def test_terminal_escapes_in_an_echoed_value_are_shown_escaped():
     assert "\x1b" not in line and "\\x1b[2J1-x" in line
     result = run("inspect", "zoo:lenet", "--data", "/nonexistent/\x1b[31m.npz")
     assert result.exit_code == 2 and "\x1b" not in result.output and "\\x1b[31m.npz" in result.output
+
+
+def test_a_newline_in_a_file_name_keeps_the_error_one_line(tmp_path):
+    line = one_error_line(run("inspect", tmp_path / "a\nb.pt2"), "does not exist")
+    assert "a\\nb.pt2" in line
+
+
+def test_ctrl_c_in_any_command_is_one_line_interrupted_with_exit_1():
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    with mock.patch.object(cli.commands["zoo"], "callback", interrupted):
+        one_error_line(run("zoo"), "error: interrupted", code=1)
+
+
+def test_a_refused_pickle_shows_no_torch_warning(tmp_path):
+    import pickle
+
+    import subprocess
+    import sys
+
+    path = tmp_path / "obj.pt"
+    path.write_bytes(pickle.dumps({"x": object()}, protocol=4))  # torch warns of any protocol but 2
+    # In a process of its own: pytest records warnings rather than printing them.
+    done = subprocess.run([sys.executable, "-m", "sparsify_cnn", "inspect", str(path)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "is a pickled Python object" in done.stderr
+
+
+def test_train_refuses_a_torch_export_program_in_one_line(tmp_path):
+    from sparsify_cnn.model_io import save_program
+    from sparsify_cnn.models import build
+
+    save_program(build("zoo:lenet").eval(), (1, 28, 28), tmp_path / "m.pt2")
+    result = run("train", tmp_path / "m.pt2", "--epochs", "1", "--out", tmp_path / "o.pt2")
+    one_error_line(result, "is a torch.export program, which torch cannot train")
+    assert not (tmp_path / "o.pt2").exists()
+
+
+def test_images_too_small_for_a_zoo_model_are_one_line(tmp_path):
+    """Channels-last images read as N,C,H,W: 28 channels of 28 x 1, too narrow for LeNet's layers."""
+    import numpy as np
+
+    np.savez(tmp_path / "hwc.npz", x=np.zeros((12, 28, 28, 1), np.float32), y=np.arange(12) % 2)
+    one_error_line(run("inspect", "zoo:lenet", "--data", tmp_path / "hwc.npz"), "lenet cannot be built for input 28 x 28 x 1")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["zoo:lenet", "--target", "none", "--out", ""],  # wrote the whole job into the current folder
+        ["compile", "zoo:lenet", "--out", ""],
+        ["train", "zoo:lenet", "--out", ""],
+        ["inspect", "zoo:lenet", "--json", ""],  # skipped the JSON silently, exit 0
+    ],
+)
+def test_an_empty_output_path_is_refused_before_any_work(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_error_line(run(*args), "is empty: give the path to write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pickled_object_as_training_checkpoint_shows_no_torch_warning(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "o.pt2.ckpt"
+    path.write_bytes(pickle.dumps({"x": object()}, protocol=4))
+    code = ("import sys\nfrom pathlib import Path\nfrom sparsify_cnn.training import load_checkpoint\n"
+            "try:\n    load_checkpoint(Path(sys.argv[1]), {}, 'training checkpoint')\n"
+            "except Exception as error:\n    print('error:', error, file=sys.stderr)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.stderr.count("\n") == 1 and "is unreadable (UnpicklingError)" in done.stderr, done.stderr
+
+
+def test_a_fifo_as_training_config_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "config.json")  # reading it blocked forever
+    one_error_line(run("train", "zoo:lenet", "--config", tmp_path / "config.json", "--out", tmp_path / "o.pt2"),
+                   "is not a regular file")  # fmt: skip

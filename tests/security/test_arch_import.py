@@ -53,3 +53,19 @@ def test_factories_that_need_arguments_or_raise_are_one_line(workdir):
         load_model("weights.pt", arch="mynet:broken")
     with pytest.raises(ModelLoadError, match="mynet.py has no function 'nothing'"):
         load_model("weights.pt", arch="mynet:nothing")
+
+
+def test_sys_exit_or_a_lazy_module_in_the_factory_is_one_line(workdir):
+    """sys.exit(0) as the module imports or in the factory once ended the run with exit 0; a
+    factory whose model has lazy (shapeless) parameters once crashed reading their shapes."""
+    (workdir / "quits.py").write_text("raise SystemExit(0)\n")
+    (workdir / "odd.py").write_text(
+        "import sys, torch\n\ndef quits():\n    sys.exit(0)\n\n"
+        "def lazy():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.Flatten(), torch.nn.LazyLinear(4))\n"
+    )
+    with pytest.raises(ModelLoadError, match=r"cannot import --arch 'quits:f': it called sys.exit\(0\)"):
+        load_model("weights.pt", arch="quits:f")
+    with pytest.raises(ModelLoadError, match=r"--arch 'odd:quits' called sys.exit\(0\)"):
+        load_model("weights.pt", arch="odd:quits")
+    with pytest.raises(ModelLoadError, match=r"does not fit --arch odd:lazy: size mismatch"):
+        load_model("weights.pt", arch="odd:lazy")

@@ -107,6 +107,15 @@ def test_run_writes_exactly_the_output_path_given(artifact, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy", "y.out"]  # no temporary left behind
 
 
+@pytest.mark.parametrize("name", ["manifest.json", "y.npy"])
+def test_run_never_writes_into_the_artifact(artifact, tmp_path, name):
+    np.save(tmp_path / "x.npy", np.ones(SHAPE, np.float32))
+    before = {p.name: p.read_bytes() for p in artifact.iterdir()}
+    result = run("run", artifact, "--input", tmp_path / "x.npy", "--output", artifact / name)
+    assert result.exit_code == 2 and "is inside the artifact" in result.output
+    assert {p.name: p.read_bytes() for p in artifact.iterdir()} == before
+
+
 def test_run_pins_the_manifest_digest(artifact, tmp_path):
     np.save(tmp_path / "x.npy", np.ones(SHAPE, np.float32))
     digest = hashlib.sha256((artifact / "manifest.json").read_bytes()).hexdigest()

@@ -245,3 +245,27 @@ def test_a_shape_expression_that_would_hang_is_refused(program, tmp_path):
     hostile = text.replace(expression, f"PowByNatural(9, PowByNatural(9, 9)) + {expression}")
     path = _rewrite(program, tmp_path / "tower.pt2", replace={"models/model.json": hostile.encode()})
     _refused(path, r"graph holds Python that loading would run \(shape expression.*--trust-pickle")
+
+
+def _flip_in_entry(path, out, suffix):
+    """``path`` with the bytes of the first entry ending in ``suffix`` inverted in place (its
+    CRC-32 left as it was): what a bad disk or a careless edit does."""
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(suffix) and i.file_size >= 8)
+    data = bytearray(path.read_bytes())
+    head = info.header_offset  # the local header's name and extra lengths (torch pads the extra)
+    start = head + 30 + int.from_bytes(data[head + 26 : head + 28], "little") + int.from_bytes(data[head + 28 : head + 30], "little")
+    for i in range(start, start + 8):
+        data[i] ^= 0xFF
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_damaged_weights_are_refused_not_loaded(program, tmp_path):
+    """torch's zip reader does not check CRC-32s: damaged weights loaded silently before."""
+    _refused(_flip_in_entry(program, tmp_path / "damaged.pt2", "weight_0"), r"is damaged: entry .*weight_0.* CRC-32")
+    state = tmp_path / "state.pt"
+    torch.save(torch.nn.Conv2d(1, 2, 3).state_dict(), state)
+    damaged = _flip_in_entry(state, tmp_path / "damaged.pt", "data/0")
+    with pytest.raises(ModelLoadError, match=r"'.*damaged.pt' is damaged: entry .*data/0.* CRC-32"):
+        load_model(str(damaged), arch="zoo:lenet")

@@ -20,8 +20,8 @@ from ..passes.perforation import (
     perforated_ops,
 )
 from ..pipeline import Prepared
-from ..progress import Progress
 from ..plan import Plan, graph_fingerprint, weights_digest
+from ..progress import Progress
 from ..report.accounting import Accounting, account
 from ..search.checkpoint import STEP_RECORD, Checkpoint
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover

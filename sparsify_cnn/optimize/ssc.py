@@ -15,8 +15,8 @@ from ..evaluate import Score, evaluate, predict
 from ..passes.base import no_layer_message
 from ..passes.ssc import SSCAssignment, SSCConfig, insert_ssc
 from ..pipeline import Prepared
-from ..progress import Progress
 from ..plan import Plan, graph_fingerprint, weights_digest
+from ..progress import Progress
 from ..report.accounting import Accounting, account
 from ..search.crossover import CrossoverResult, LayerTimer, check_crossover
 from ..training import TrainConfig, train

@@ -19,15 +19,15 @@ from ..ops.spatial import EDGES, SpatialConv
 from ..transform.layers import Layer, tensor_shape
 from ..transform.match import ConvReluChain, find_conv_relu
 from .base import (
-    no_layer_message,
-    skip_kind,
     PassResult,
     conv_module,
     copy_graph_module,
     finish_rewrite,
     free_name,
     inserted_ops,
+    no_layer_message,
     select_layers,
+    skip_kind,
 )
 
 PATCH_SIZES = (2, 3, 4)

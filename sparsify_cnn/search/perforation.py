@@ -25,8 +25,8 @@ from ..passes.perforation import perforated_ops
 from ..progress import Progress, silent
 from ..report.accounting import account
 from ..transform.capture import set_eval
-from .checkpoint import Checkpoint
 from .accuracy_budget import accuracy_floor, check_epsilon
+from .checkpoint import Checkpoint
 from .perforation_masks import KEPT_FRACTIONS, MASK_TYPES
 from .suffix import Recorder, suffix_after
 

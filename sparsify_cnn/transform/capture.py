@@ -13,7 +13,6 @@ import inspect
 import io
 import logging
 import re
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 

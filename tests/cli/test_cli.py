@@ -110,7 +110,6 @@ def test_capture_failure_names_the_module(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     import torch
-
     from gated import build
 
     torch.save(build().state_dict(), tmp_path / "gated.pt")

@@ -111,7 +111,6 @@ def test_ctrl_c_in_any_command_is_one_line_interrupted_with_exit_1():
 
 def test_a_refused_pickle_shows_no_torch_warning(tmp_path):
     import pickle
-
     import subprocess
     import sys
 

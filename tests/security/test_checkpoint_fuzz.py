@@ -23,7 +23,6 @@ from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
 from sparsify_cnn.training import TrainConfig, train
 from sparsify_cnn.transform.capture import capture
 
-
 IDENTITY = {"model": "lenet", "run": 1}
 RECORDS = {"spatial": SPATIAL_RECORD, "perforation": STEP_RECORD}
 

@@ -19,7 +19,6 @@ from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
 from sparsify_cnn.search.perforation import RateSearchConfig
 
-
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 
 

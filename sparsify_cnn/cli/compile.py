@@ -84,11 +84,11 @@ def run_command(artifact, input_path, output_path, expect_sha256):
     from ..runtime import ArtifactError, load
     from ..storage import atomic_path
 
-    if Path(output_path).absolute().parent.resolve() == Path(artifact).resolve():
-        raise InputError(f"--output '{output_path}' is inside the artifact '{artifact}': an artifact holds exactly "
-                         "its manifest's files; write the outputs elsewhere")  # fmt: skip
     try:
         model = load(artifact, expected_sha256=expect_sha256)
+        if Path(output_path).absolute().parent.resolve() == Path(artifact).resolve():
+            raise InputError(f"--output '{output_path}' is inside the artifact '{artifact}': an artifact holds "
+                             "exactly its manifest's files; write the outputs elsewhere")  # fmt: skip
         x = _read_input(input_path, model.input["shape"], model.input["dtype"])
         y = model(x)
     except ArtifactError as error:

@@ -341,7 +341,7 @@ def read_config(path: str | Path) -> TrainSetup:
     try:
         if not Path(path).is_file():  # a fifo or device would block the read, or never end
             exists = Path(path).exists()
-            raise InputError(f"config '{path}' is not a regular file" if exists else f"config '{path}' does not exist")
+            raise InputError(f"cannot read config '{path}': {'not a regular file' if exists else 'no such file'}")
         document = json.loads(Path(path).read_text())
     except OSError as error:
         raise InputError(f"cannot read config '{path}': {error.strerror or error}") from None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 from ..errors import SparsifyError
@@ -75,6 +77,13 @@ class _Root(click.Group):
             ctx.exit(error.exit_code)
         except click.ClickException as error:
             raise _one_line(error, ctx) from None
+        except OSError as error:
+            # files are written through storage (OutputError): a full or failing disk reaching here is
+            # standard output's (`sparsify zoo > /dev/full`); click handles a closed pipe itself
+            if error.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+                raise
+            click.echo(f"error: cannot write the command's output: {error.strerror}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:  # Ctrl-C where a command has nothing to add (click would print "Aborted!")
             click.echo("error: interrupted", err=True)
             ctx.exit(1)

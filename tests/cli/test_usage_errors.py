@@ -176,3 +176,14 @@ def test_a_fifo_as_training_config_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "config.json")  # reading it blocked forever
     one_error_line(run("train", "zoo:lenet", "--config", tmp_path / "config.json", "--out", tmp_path / "o.pt2"),
                    "not a regular file")  # fmt: skip
+
+
+def test_a_full_standard_output_is_one_error_line():
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:  # a device opened for writing, never replaced
+        done = subprocess.run([sys.executable, "-m", "sparsify_cnn", "zoo"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "error: cannot write the command's output: No space left on device\n"

@@ -152,6 +152,8 @@ def optimize_command(
             )  # fmt: skip
     except KeyboardInterrupt:
         kind = "training" if technique == "ssc" else "search"
+        if not Path(checkpoint).exists():  # stopped before the first record: nothing to resume from
+            raise click.ClickException(f"interrupted before the {kind} recorded anything") from None
         raise click.ClickException(f"interrupted: the {kind} checkpoint is saved; run the same command to resume") from None
     finally:
         progress.close()  # the lines of phases an error stopped, before the error

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import click
 
-from ..passes.ssc_presets import PRESETS
 from .options import OPTIMIZER_MAX, Bounded, data_option, model_options, seed_option, target_or_none_callback
+
+# sparsify_cnn.passes.ssc_presets.PRESETS, kept import-free: importing the passes imports torch,
+# which `sparsify --help` need not wait for (tests/cli/test_ssc_cli.py checks that they agree)
+SSC_PRESETS = (
+    "vgg19-cifar10-10", "vgg19-cifar10-5", "vgg19-cifar10-2", "resnet32-cifar10-10", "resnet32-cifar10-5",
+    "resnet32-cifar10-2", "resnet32-cifar10-10-swapped", "resnet32-cifar10-5-swapped", "resnet32-cifar10-2-swapped",
+    "resnet50-imagenet-40", "resnet50-imagenet-20",
+)  # fmt: skip
 
 
 def _ones_range(ctx, param, value):
@@ -67,7 +74,7 @@ def _ssc_layers(ctx, param, values):
 @click.option("--cost", type=click.Choice(["macs", "measured"]), default="macs",
               help="[perforation, spatial] What a layer's choice saves: MACs, or its compiled time measured on --target "
               "(cached in OUT/layer-timings.json; choices that save no time are never taken).")  # fmt: skip
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="[ssc] (g, p) per layer from a table of the seed, by filter count.")
+@click.option("--preset", type=click.Choice(SSC_PRESETS), help="[ssc] (g, p) per layer from a table of the seed, by filter count.")
 @click.option("--target-params", type=Bounded(float, 0, 1, low_open=True), metavar="F", help="[ssc] Solve (g, p) per layer to keep this fraction of the parameters, in (0, 1].")
 @click.option("--ssc-layer", multiple=True, callback=_ssc_layers, metavar="GLOB=G,P",
               help="[ssc] (g, p) for the layers GLOB matches, first match wins (repeatable; '-' leaves a branch out).")  # fmt: skip

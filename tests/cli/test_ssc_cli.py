@@ -106,3 +106,15 @@ def test_no_layer_taking_ssc_is_an_error_naming_the_reasons(tmp_path, model_file
                  "--out", tmp_path / "none")  # fmt: skip
     assert result.exit_code != 0
     assert "no layer of the model can take SSC" in result.output and "x no (g, p) given for it" in result.output
+
+
+def test_preset_choices_match_the_package_and_help_needs_no_torch():
+    import subprocess
+    import sys
+
+    from sparsify_cnn.cli.optimize import SSC_PRESETS
+    from sparsify_cnn.passes.ssc_presets import PRESETS
+
+    assert SSC_PRESETS == tuple(PRESETS)
+    code = "import sys, sparsify_cnn.cli.main; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

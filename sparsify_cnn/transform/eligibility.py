@@ -22,10 +22,14 @@ class GraphFacts:
     """What checks need to know about the whole graph, computed once."""
 
     module_calls: Counter  # module path -> calls
+    weight_convs: Counter  # a functional conv's weight node -> convs that use it
 
     @classmethod
     def of(cls, gm: fx.GraphModule) -> GraphFacts:
-        return cls(Counter(node.target for node in gm.graph.nodes if node.op == "call_module"))
+        calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
+        convs = [layer.node for layer in find_layers(gm) if layer.kind == "conv"]
+        weights = Counter(node.args[1] for node in convs if node.op == "call_function" and len(node.args) > 1)
+        return cls(calls, weights)
 
 
 Check = Callable[[Layer, GraphFacts], "str | None"]  # None: the layer passes
@@ -45,7 +49,7 @@ def called_once(layer: Layer, facts: GraphFacts) -> str | None:
 
 def unshared_weights(layer: Layer, facts: GraphFacts) -> str | None:
     weight = layer.node.args[1] if layer.node.op == "call_function" else None
-    if isinstance(weight, fx.Node) and len(weight.users) > 1:  # a shared module, as torch.export leaves it
+    if isinstance(weight, fx.Node) and facts.weight_convs[weight] > 1:  # a shared module, as torch.export leaves it
         return "its weights are shared with another conv"
     return None
 

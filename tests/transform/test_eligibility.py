@@ -48,3 +48,22 @@ def test_the_first_failed_check_is_the_reason_and_selection_comes_last():
     assert taken == []
     assert skipped == {"stem": "not selected", "tied": "its module is called more than once",
                        "other": "padding mode 'reflect' (X pads with zeros)"}  # fmt: skip
+
+
+class WeightAlsoRead(nn.Module):
+    """A conv whose weight is also read outside the conv (a penalty, a norm): not shared."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + self.conv.weight.sum())
+
+
+@pytest.mark.parametrize("checks", [SPATIAL_CHECKS, PERFORATION_CHECKS, SSC_CHECKS, STAN_CHECKS],
+                         ids=["spatial", "perforation", "ssc", "stan"])  # fmt: skip
+def test_a_weight_read_outside_its_conv_is_not_shared(checks):
+    gm = capture(WeightAlsoRead().eval(), (1, 3, 8, 8), method="export").graph_module
+    taken, skipped = screen_convs(gm, checks)
+    assert [layer.name for layer in taken] == ["conv"], skipped

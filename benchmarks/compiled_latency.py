@@ -13,11 +13,11 @@ import torch
 from _setup import trained_zoo_model
 
 from sparsify_cnn.codegen.compile import compile_graph
-from sparsify_cnn.optimize import optimize_spatial
-from sparsify_cnn.passes.spatial import spatial_ops
 from sparsify_cnn.report.timing import median_ms
 from sparsify_cnn.runtime import load
-from sparsify_cnn.search.spatial import SearchConfig
+from sparsify_cnn.techniques.spatial.job import optimize_spatial
+from sparsify_cnn.techniques.spatial.rewrite import spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig
 
 
 def main() -> None:

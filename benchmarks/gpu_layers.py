@@ -119,8 +119,8 @@ def persistent_builder(max_workers: int, timeout_sec: float = 120.0):
 
 def make_modules(layers, batches, rates, ssc_gp):
     """[(key, info, module, input_shape)] for every (layer, batch, variant)."""
-    from sparsify_cnn.ops.perforation import PerforatedConv
-    from sparsify_cnn.ops.ssc import SSCConv
+    from sparsify_cnn.techniques.perforation.op import PerforatedConv
+    from sparsify_cnn.techniques.ssc.op import SSCConv
 
     out = []
     for batch in batches:

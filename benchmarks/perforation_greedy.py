@@ -12,9 +12,9 @@ import argparse
 from _setup import trained_zoo_model
 
 from sparsify_cnn.evaluate import evaluate
-from sparsify_cnn.optimize.perforation import optimize_perforation
-from sparsify_cnn.passes.perforation import PerforationConfig, insert_perforated_convs, perforated_ops
-from sparsify_cnn.search.perforation import RateSearchConfig
+from sparsify_cnn.techniques.perforation.job import optimize_perforation
+from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
+from sparsify_cnn.techniques.perforation.search import RateSearchConfig
 from sparsify_cnn.training import TrainConfig, train
 
 MILESTONES = (1.5, 2.0, 2.5, 3.0, 4.0)

@@ -67,8 +67,8 @@ def main() -> None:
 
     from sparsify_cnn.codegen.measure import CompiledModule
     from sparsify_cnn.codegen.target import target_spec
-    from sparsify_cnn.ops.perforation import PerforatedConv
     from sparsify_cnn.report.timing import median_ms
+    from sparsify_cnn.techniques.perforation.op import PerforatedConv
 
     rates = [float(r) for r in args.rates.split(",")]
     convs = vgg16_convs(args.batch)

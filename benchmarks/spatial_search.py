@@ -11,8 +11,8 @@ import argparse
 
 from _setup import trained_zoo_model
 
-from sparsify_cnn.optimize import optimize_spatial
-from sparsify_cnn.search.spatial import MODES, SearchConfig
+from sparsify_cnn.techniques.spatial.job import optimize_spatial
+from sparsify_cnn.techniques.spatial.search import MODES, SearchConfig
 
 
 def main() -> None:

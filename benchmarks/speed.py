@@ -35,9 +35,9 @@ MODELS = {  # name -> (zoo entry, input shape)
 
 def transformed(technique: str, dense, shape, epochs: int):
     """(dense graph, transformed graph, images) for one technique."""
-    from sparsify_cnn.passes.perforation import PerforationConfig, insert_perforated_convs, perforated_ops
-    from sparsify_cnn.passes.ssc import SSCConfig, insert_ssc
-    from sparsify_cnn.search.perforation_masks import kept_mask
+    from sparsify_cnn.techniques.perforation.masks import kept_mask
+    from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
+    from sparsify_cnn.techniques.ssc.rewrite import SSCConfig, insert_ssc
 
     images = torch.randn(32, *shape, generator=torch.Generator().manual_seed(0))
     if technique.startswith("perforation-"):
@@ -54,8 +54,8 @@ def transformed(technique: str, dense, shape, epochs: int):
 def spatial_cq(epochs: int):
     from _setup import trained_zoo_model
 
-    from sparsify_cnn.optimize import optimize_spatial
-    from sparsify_cnn.search.spatial import SearchConfig
+    from sparsify_cnn.techniques.spatial.job import optimize_spatial
+    from sparsify_cnn.techniques.spatial.search import SearchConfig
 
     prepared, _ = trained_zoo_model("cq", epochs, batch=1, threads=torch.get_num_threads())
     result = optimize_spatial(prepared, search=SearchConfig(mode="uniform_filter", epsilon=0.01))

@@ -43,10 +43,10 @@ def main() -> None:
     from sparsify_cnn.codegen.measure import CompiledModule
     from sparsify_cnn.data import load_data
     from sparsify_cnn.evaluate import evaluate
-    from sparsify_cnn.passes.ssc import SSCConfig, insert_ssc
-    from sparsify_cnn.report.accounting import account
     from sparsify_cnn.report.timing import median_ms
+    from sparsify_cnn.techniques.ssc.rewrite import SSCConfig, insert_ssc
     from sparsify_cnn.training import TrainConfig, train
+    from sparsify_cnn.transform.accounting import account
     from sparsify_cnn.transform.capture import capture
 
     shape = (args.batch, 3, 32, 32)

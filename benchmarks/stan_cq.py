@@ -27,8 +27,8 @@ from sparsify_cnn import models
 from sparsify_cnn.data import load_data
 from sparsify_cnn.errors import TrainingDiverged
 from sparsify_cnn.evaluate import evaluate
-from sparsify_cnn.passes.stan import StanConfig
-from sparsify_cnn.stan.trainer import TrainSetup, fit
+from sparsify_cnn.techniques.stan.rewrite import StanConfig
+from sparsify_cnn.techniques.stan.trainer import TrainSetup, fit
 from sparsify_cnn.transform.capture import capture
 
 LATER_CONVS = ("conv2", "conv3")  # every conv but the first (3 input channels: see the README)

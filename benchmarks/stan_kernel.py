@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sparsify_cnn.stan.compiled import compiled, geometry, skip_conv
-from sparsify_cnn.stan.entry import pack_channels
+from sparsify_cnn.techniques.stan.compiled import compiled, geometry, skip_conv
+from sparsify_cnn.techniques.stan.entry import pack_channels
 
 CQ_CONVS = {"conv1": (3, 32, 32), "conv2": (32, 16, 32), "conv3": (32, 8, 64)}  # C_in, H = W, T; 5x5, padding 2
 

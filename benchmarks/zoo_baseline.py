@@ -15,8 +15,8 @@ import time
 import torch
 
 from sparsify_cnn import models
-from sparsify_cnn.report.accounting import account
 from sparsify_cnn.report.timing import median_ms
+from sparsify_cnn.transform.accounting import account
 from sparsify_cnn.transform.capture import capture
 
 

@@ -15,7 +15,7 @@ from sparsify_cnn.data import load_data
 from sparsify_cnn.evaluate import evaluate
 from sparsify_cnn.model_io import save_program
 from sparsify_cnn.pipeline import prepare
-from sparsify_cnn.report.accounting import account
+from sparsify_cnn.transform.accounting import account
 from sparsify_cnn.report.render import accounting_markdown
 from sparsify_cnn.training import TrainConfig, train
 

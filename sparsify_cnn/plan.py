@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import glob
 import hashlib
 import json
 import math
@@ -25,19 +24,12 @@ from torch import fx
 
 from . import storage
 from .errors import InputError
-from .passes.base import PassResult
-from .passes.perforation import (
-    PerforationConfig,
-    insert_perforated_convs,
-    perforated_ops,
-)
-from .passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
-from .passes.ssc import SSCConfig, insert_ssc
-from .plan_schema import PLAN_SCHEMA
+from .plan_schema import plan_schema
 from .schema import read_json
+from .technique import get as get_technique
+from .transform.rewrite import PassResult
 
 PLAN_VERSION = 1
-TECHNIQUES = ("spatial", "perforation", "ssc")
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         """The plan in ``path``, checked against its schema: a bad field gives one InputError line."""
-        data = read_json(path, PLAN_SCHEMA, "plan")
+        data = read_json(path, plan_schema(), "plan")
         masks = {}
         for name, packed in data["masks"].items():
             try:
@@ -84,26 +76,7 @@ class Plan:
         to another one anyway (a retrained model: the masks were chosen for other weights)."""
         if not for_other_model:
             self.check_model(gm)
-        if self.technique == "ssc":
-            return self._apply_ssc(gm)
-        if self.technique == "spatial":
-            config = _config(SpatialConfig, {**self.config, "layers": list(self.masks)})
-            result = insert_spatial_ops(gm, config)
-            ops, install = spatial_ops(result.graph_module), "set_mask"
-        else:
-            config = _config(PerforationConfig, {**self.config, "layers": list(self.masks)})
-            result = insert_perforated_convs(gm, config)
-            ops, install = perforated_ops(result.graph_module), "set_kept"
-        missing = sorted(set(self.masks) - set(ops))
-        if missing:
-            reasons = "; ".join(f"{name}: {result.skipped.get(name, 'no such layer')}" for name in missing)
-            raise InputError(f"the plan does not fit this model: {reasons}")
-        for name, mask in self.masks.items():
-            try:
-                getattr(ops[name], install)(mask)
-            except (ValueError, RuntimeError) as error:
-                raise InputError(f"the plan does not fit this model: {error}") from error
-        return result
+        return get_technique(self.technique, stage="optimize").function("apply_plan")(gm, self)
 
     def check_model(self, gm: fx.GraphModule) -> None:
         """Raise InputError unless ``gm`` is the model this plan was made for, as far as the plan
@@ -119,30 +92,32 @@ class Plan:
         raise InputError(f"the plan was made for {why}, not this model; pass --plan-for-other-model "
                          f"(in Python: apply(gm, for_other_model=True)) to apply it anyway")  # fmt: skip
 
-    def _apply_ssc(self, gm: fx.GraphModule) -> PassResult:
-        # SSC has no masks: the config lists every layer's exact (g, p); all of them must fit.
-        config = _config(SSCConfig, self.config)
-        planned = [entry[0] for entry in config.per_layer]
-        result = insert_ssc(gm, config)
-        by_glob = {glob.escape(name): name for name in result.inserted}
-        missing = [pattern for pattern in planned if pattern not in by_glob]
-        if missing:
-            reasons = "; ".join(
-                f"{pattern}: {result.skipped.get(_unescape(pattern), 'no such layer')}" for pattern in missing
-            )
-            raise InputError(f"the plan does not fit this model: {reasons}")
-        return result
-
-
-def _config(kind, data: dict):
-    # The schema checked the fields' types; the config checks their values (InputError).
+def plan_config(kind, data: dict):
+    """The config of type ``kind`` a plan's ``data`` gives: the schema checked the fields' types,
+    the config checks their values (InputError)."""
     try:
         return kind.from_dict(data)
     except (TypeError, ValueError) as error:
         raise InputError(f"the plan's config does not make a {kind.__name__}: {error}") from error
 
 
-def _unescape(pattern: str) -> str:
+def install_masks(result: PassResult, ops: dict, masks: dict[str, torch.Tensor], install: str) -> PassResult:
+    """Install a plan's ``masks`` on the ``ops`` a rewrite inserted (``op.<install>(mask)``);
+    a layer the rewrite skipped, or a mask that does not fit, is an InputError."""
+    missing = sorted(set(masks) - set(ops))
+    if missing:
+        reasons = "; ".join(f"{name}: {result.skipped.get(name, 'no such layer')}" for name in missing)
+        raise InputError(f"the plan does not fit this model: {reasons}")
+    for name, mask in masks.items():
+        try:
+            getattr(ops[name], install)(mask)
+        except (ValueError, RuntimeError) as error:
+            raise InputError(f"the plan does not fit this model: {error}") from error
+    return result
+
+
+def unescape(pattern: str) -> str:
+    """A layer name from the glob ``glob.escape`` made of it."""
     # glob.escape wraps the special characters *, ? and [ in brackets
     return pattern.replace("[*]", "*").replace("[?]", "?").replace("[[]", "[")
 

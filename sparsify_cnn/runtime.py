@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import re
-import stat
 import sys
 import tempfile
 import zipfile
@@ -28,6 +27,7 @@ import numpy as np
 from .codegen.artifact import FORMAT, LIBRARY, MANIFEST, PARAMS, PLAIN_NAME, VERSION, missing_features
 from .errors import first_line
 from .npyfile import read_npy
+from .plainfile import NotPlainFile, open_plain
 from .quiet import tvm_scope_lines_hidden
 from .schema import check, parse_json
 
@@ -186,29 +186,18 @@ def _files(root: Path, manifest: dict) -> dict[str, bytes]:
 
 def _read_plain(path: Path, limit: int | None = None) -> bytes:
     """The bytes of ``path`` if it is a regular file (not a link, device, fifo or folder)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # a fifo must not block
     try:
-        fd = os.open(path, flags)
+        with open_plain(path, follow_links=False) as (f, size):
+            if limit is not None and size > limit:
+                raise ArtifactError(f"artifact file '{path}' is {size:,} bytes, more than any can be")
+            try:
+                return f.read(size)  # never more than it held when checked
+            except OSError as error:
+                raise ArtifactError(f"artifact file '{path}' is unreadable: {error.strerror or error}") from error
+    except NotPlainFile as error:
+        raise ArtifactError(f"artifact file '{path}' is not a plain file: {error.kind}") from None
     except OSError as error:
-        kind = "a symbolic link" if path.is_symlink() else (error.strerror or str(error))
-        raise ArtifactError(f"artifact file '{path}' is not a plain file: {kind}") from error
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ArtifactError(f"artifact file '{path}' is not a plain file: {_kind(info.st_mode)}")
-    with open(fd, "rb") as f:
-        if limit is not None and info.st_size > limit:
-            raise ArtifactError(f"artifact file '{path}' is {info.st_size:,} bytes, more than any can be")
-        try:
-            return f.read(info.st_size)  # never more than it held when checked
-        except OSError as error:
-            raise ArtifactError(f"artifact file '{path}' is unreadable: {error.strerror or error}") from error
-
-
-def _kind(mode: int) -> str:
-    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a device"),
-             (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")]  # fmt: skip
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
+        raise ArtifactError(f"artifact file '{path}' is not a plain file: {error.strerror or error}") from error
 
 
 def _params(root: Path, data: bytes, count: int) -> list[np.ndarray]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import Config
 from .data import Dataset
 from .errors import InputError, NonFiniteError, OutputError, TrainingDiverged, check_finite
 from .evaluate import Score, evaluate
@@ -35,7 +36,7 @@ FINETUNE_LR = 0.01
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """SGD settings. ``schedule``: "cosine" (decay to 0 over the run, per step) or "step" (the
     learning rate times ``gamma`` at each epoch of ``milestones``)."""
 
@@ -84,9 +85,6 @@ class TrainConfig:
         for a model that starts from trained weights: ``TrainConfig.finetune_recipe(5).lr == 0.01``."""
         return replace(cls.seed_recipe(epochs, seed), lr=lr)
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "milestones": list(self.milestones)}
-
 
 @dataclass(frozen=True)
 class EpochLog:
@@ -100,6 +98,159 @@ class TrainResult:
     epochs: list[EpochLog] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0  # the epoch a checkpoint had reached (0: started from scratch)
+
+
+class Trainer:
+    """The training loop every trainer shares: seeded batch order, steps checked for NaN and
+    infinity, a calibration score per epoch, a checkpoint after every epoch that a later run
+    resumes from (bit for bit), and the last finite weights put back when training diverges.
+
+    A trainer that does more per epoch or per batch (STAN's) extends it through the hooks:
+    ``set_mode``, ``start_epoch``, ``start_step``, ``end_epoch`` (before the calibration score),
+    ``make_record``, ``extra_state`` / ``restore_extra`` (what its checkpoint adds), and
+    ``result`` (what a finished or diverged run returns)."""
+
+    records_key = "logs"  # where a checkpoint keeps the per-epoch records
+
+    def __init__(self, model: nn.Module, data: Dataset, epochs: int, batch_size: int, seed: int, optimizer,
+                 schedule, checkpoint: str | Path | None = None, identity: dict | None = None,
+                 progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
+                 on_epoch: Callable | None = None):  # fmt: skip
+        self.model, self.data, self.epochs, self.batch_size = model, data, epochs, batch_size
+        self.optimizer, self.schedule, self.identity = optimizer, schedule, identity
+        self.path = Path(checkpoint) if checkpoint is not None else None
+        self.order = torch.Generator().manual_seed(seed)
+        self.progress, self.clock, self.on_epoch = progress or silent, clock, on_epoch
+        self.records: list = []
+        self.resumed_from = 0  # the epoch a checkpoint had reached (0: started from scratch)
+        self.seconds = 0.0  # of training, checkpointed with the run
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    # --- hooks -------------------------------------------------------------------------------
+    def set_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before the epoch's first batch (epochs count from 1)."""
+
+    def start_step(self, ids: torch.Tensor) -> None:
+        """Before each batch, with the ids of its samples."""
+
+    def end_epoch(self, epoch: int) -> dict:
+        """After the epoch's last step, in eval mode, before it is scored: what the record adds."""
+        return {}
+
+    def make_record(self, epoch: int, loss: float, calib: Score, seconds: float, extra: dict):
+        return EpochLog(epoch, loss, calib)
+
+    def record_to_dict(self, record) -> dict:
+        return {"epoch": record.epoch, "loss": record.loss, "calib": asdict(record.calib)}
+
+    def record_from_dict(self, data: dict):
+        return EpochLog(data["epoch"], data["loss"], Score(**data["calib"]))
+
+    def extra_state(self) -> dict:
+        """What the checkpoint holds besides weights, optimizer, schedule and random states."""
+        return {}
+
+    def restore_extra(self, state: dict) -> None:
+        pass
+
+    def epoch_seconds(self, train_seconds: float, wall_seconds: float) -> float:
+        """What an epoch adds to ``seconds``: its training steps, or (here) its whole wall time."""
+        return wall_seconds
+
+    def result(self):
+        return TrainResult(self.records, self.seconds, self.resumed_from)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the checkpoint if there is one this run wrote."""
+        if self.path is None or not self.path.exists():
+            return
+        state = load_checkpoint(self.path, self.identity, "training checkpoint")
+        with checkpoint_contents(self.path, "training checkpoint"):
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.order.set_state(state["order"])
+            torch.set_rng_state(state["rng"])
+            self.restore_extra(state)
+            self.records = [self.record_from_dict(r) for r in state[self.records_key]]
+            self.resumed_from = int(state["epoch"])
+            self.seconds = float(state["seconds"])
+
+    def run(self):
+        """Train from where the checkpoint left off to the last epoch; the trainer's result."""
+        data, progress = self.data, self.progress
+        self.resume()
+        last_finite = LastFinite(self.model, self.resumed_from)
+
+        def diverged(epoch: int, step: int, lr: float, why: str) -> TrainingDiverged:
+            last_finite.restore()
+            self.set_mode(False)
+            return TrainingDiverged(epoch, step, lr, why, last_finite.epoch, self.result())
+
+        steps_per_epoch = -(-len(data.train) // self.batch_size)
+        steps_in_all = self.epochs * steps_per_epoch
+        if self.resumed_from < self.epochs:
+            progress("training", f"epoch {self.resumed_from + 1} of {self.epochs}",
+                     self.resumed_from * steps_per_epoch, steps_in_all, unit="steps")  # fmt: skip
+        for epoch in range(self.resumed_from + 1, self.epochs + 1):
+            wall = time.perf_counter()
+            self.start_epoch(epoch)
+            self.set_mode(True)
+            total, count, start = 0.0, 0, self.clock()
+            batches = torch.randperm(len(data.train), generator=self.order).split(self.batch_size)
+            for step, ids in enumerate(batches, 1):
+                self.start_step(ids)
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.optimizer.zero_grad()
+                loss = self.loss_fn(self.model(data.train.x[ids]), data.train.y[ids])
+                if not math.isfinite(loss.item()):
+                    raise diverged(epoch, step, lr, f"the loss is {loss.item()}")
+                loss.backward()
+                self.optimizer.step()
+                self.schedule.step()
+                broken = last_finite.first_nonfinite()
+                if broken is not None:
+                    raise diverged(epoch, step, lr, f"{broken} is NaN or infinite after the step")
+                total += loss.item() * len(ids)
+                count += len(ids)
+                if step < len(batches):  # an epoch's last step is reported once it is scored
+                    item = f"epoch {epoch} of {self.epochs}, step {step} of {len(batches)}"
+                    progress("training", item, (epoch - 1) * steps_per_epoch + step, steps_in_all, unit="steps",
+                             loss=total / count)  # fmt: skip
+            train_seconds = self.clock() - start
+            self.set_mode(False)
+            extra = self.end_epoch(epoch)
+            try:
+                calib = evaluate(self.model, data.calib, name=f"the model after epoch {epoch}")
+            except NonFiniteError:  # finite weights can still overflow to inf on the way through
+                raise diverged(epoch, step, lr, "its calibration outputs are NaN or infinite") from None
+            last_finite.keep(epoch)
+            record = self.make_record(epoch, total / count, calib, train_seconds, extra)
+            self.records.append(record)
+            self.seconds += self.epoch_seconds(train_seconds, time.perf_counter() - wall)
+            if self.path is not None:
+                save_checkpoint(self.path, {
+                    "identity": self.identity,
+                    "epoch": epoch,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "schedule": self.schedule.state_dict(),
+                    "order": self.order.get_state(),
+                    "rng": torch.get_rng_state(),
+                    **self.extra_state(),
+                    self.records_key: [self.record_to_dict(r) for r in self.records],
+                    "seconds": self.seconds,
+                })  # fmt: skip
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+            progress("training", f"epoch {epoch} of {self.epochs}", epoch * steps_per_epoch, steps_in_all,
+                     unit="steps", loss=record.loss, calib=str(calib))  # fmt: skip
+        self.set_mode(False)
+        return self.result()
 
 
 def train(
@@ -129,88 +280,11 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    steps_per_epoch = -(-len(data.train) // config.batch_size)
-    schedule = _schedule(optimizer, config, steps_per_epoch)
-    order = torch.Generator().manual_seed(config.seed)
-    loss_fn = nn.CrossEntropyLoss()
-    result = TrainResult()
-    path = Path(checkpoint) if checkpoint is not None else None
-    identity = run_identity(model, data, config) if path is not None else None
-    previous_seconds = 0.0
-    if path is not None and path.exists():
-        state = load_checkpoint(path, identity, "training checkpoint")
-        with checkpoint_contents(path, "training checkpoint"):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            order.set_state(state["order"])
-            torch.set_rng_state(state["rng"])
-            result.epochs = [EpochLog(log["epoch"], log["loss"], Score(**log["calib"])) for log in state["logs"]]
-            result.resumed_from = int(state["epoch"])
-            previous_seconds = float(state["seconds"])
-    start = time.perf_counter()
-    last_finite = LastFinite(model, result.resumed_from)
-
-    def diverged(epoch: int, step: int, lr: float, why: str) -> TrainingDiverged:
-        last_finite.restore()
-        model.eval()
-        result.seconds = previous_seconds + time.perf_counter() - start
-        return TrainingDiverged(epoch, step, lr, why, last_finite.epoch, result)
-
-    progress = progress or silent
-    steps_in_all = config.epochs * steps_per_epoch
-    if result.resumed_from < config.epochs:
-        progress("training", f"epoch {result.resumed_from + 1} of {config.epochs}",
-                 result.resumed_from * steps_per_epoch, steps_in_all, unit="steps")  # fmt: skip
-    for epoch in range(result.resumed_from + 1, config.epochs + 1):
-        model.train()
-        total, count = 0.0, 0
-        batches = torch.randperm(len(data.train), generator=order).split(config.batch_size)
-        for step, index in enumerate(batches, 1):
-            x, y = data.train.x[index], data.train.y[index]
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
-            if not math.isfinite(loss.item()):
-                raise diverged(epoch, step, lr, f"the loss is {loss.item()}")
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            broken = last_finite.first_nonfinite()
-            if broken is not None:
-                raise diverged(epoch, step, lr, f"{broken} is NaN or infinite after the step")
-            total += loss.item() * len(index)
-            count += len(index)
-            if step < len(batches):  # an epoch's last step is reported once it is scored
-                item = f"epoch {epoch} of {config.epochs}, step {step} of {len(batches)}"
-                progress("training", item, (epoch - 1) * steps_per_epoch + step, steps_in_all, unit="steps",
-                         loss=total / count)  # fmt: skip
-        try:
-            calib = evaluate(model, data.calib, name=f"the model after epoch {epoch}")
-        except NonFiniteError:  # finite weights can still overflow to inf on the way through
-            raise diverged(epoch, step, lr, "its calibration outputs are NaN or infinite") from None
-        last_finite.keep(epoch)
-        log = EpochLog(epoch, total / count, calib)
-        result.epochs.append(log)
-        if path is not None:
-            save_checkpoint(path, {
-                "identity": identity,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "order": order.get_state(),
-                "rng": torch.get_rng_state(),
-                "logs": [{"epoch": e.epoch, "loss": e.loss, "calib": asdict(e.calib)} for e in result.epochs],
-                "seconds": previous_seconds + time.perf_counter() - start,
-            })  # fmt: skip
-        if on_epoch is not None:
-            on_epoch(log)
-        progress("training", f"epoch {epoch} of {config.epochs}", epoch * steps_per_epoch, steps_in_all,
-                 unit="steps", loss=log.loss, calib=str(calib))  # fmt: skip
-    model.eval()
-    result.seconds = previous_seconds + time.perf_counter() - start
-    return result
+    schedule = _schedule(optimizer, config, -(-len(data.train) // config.batch_size))
+    identity = run_identity(model, data, config) if checkpoint is not None else None
+    trainer = Trainer(model, data, config.epochs, config.batch_size, config.seed, optimizer, schedule,
+                      checkpoint, identity, progress, on_epoch=on_epoch)  # fmt: skip
+    return trainer.run()
 
 
 class LastFinite:

@@ -11,6 +11,41 @@ from sparsify_cnn.model_io import save_program
 from sparsify_cnn.training import TrainConfig, train
 
 
+class Interrupted(Exception):
+    """What a ``stop_after`` callback raises: a run killed once an epoch is recorded."""
+
+
+@pytest.fixture
+def stop_after():
+    """An ``on_epoch`` callback factory: ``stop_after(2)`` raises ``stop_after.error`` once epoch 2
+    is recorded (and checkpointed), as a kill would stop the run; ``stop_after(None)`` after any."""
+
+    def make(epoch: int | None):
+        def callback(record):
+            if epoch is None or record.epoch == epoch:
+                raise Interrupted
+
+        return callback
+
+    make.error = Interrupted
+    return make
+
+
+def tiny_net():
+    """Conv, batch norm (buffers), dropout (the global random state) and a linear layer, seeded."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3),
+                         nn.Flatten(), nn.Linear(4 * 13 * 13, 10))  # fmt: skip
+
+
+@pytest.fixture
+def tiny():
+    """``tiny()`` builds the seeded tiny training net (a new one each call)."""
+    return tiny_net
+
+
 @pytest.fixture(scope="session")
 def digits28():
     return load_data("digits", (1, 28, 28))

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.optimize import optimize_spatial
-from sparsify_cnn.passes.spatial import SpatialConfig, spatial_ops
 from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan, graph_fingerprint
-from sparsify_cnn.search.spatial import SearchConfig
+from sparsify_cnn.techniques.spatial.job import optimize_spatial
+from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,9 @@ def test_label_free_data_searches_by_agreement(tmp_path, model_files, digits28):
 
 def test_perforation_plans_round_trip_and_refuse_other_models(tmp_path, model_files):
     from sparsify_cnn import models
-    from sparsify_cnn.optimize import optimize_perforation
-    from sparsify_cnn.passes.perforation import PerforationConfig, perforated_ops
-    from sparsify_cnn.search.perforation import RateSearchConfig
+    from sparsify_cnn.techniques.perforation.job import optimize_perforation
+    from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, perforated_ops
+    from sparsify_cnn.techniques.perforation.search import RateSearchConfig
     from sparsify_cnn.transform.capture import capture
 
     prepared = prepare(str(model_files["pt2"]), data="digits")
@@ -109,8 +109,8 @@ def test_perforation_plans_round_trip_and_refuse_other_models(tmp_path, model_fi
 
 def test_ssc_plans_round_trip_and_refuse_other_models(tmp_path, model_files):
     from sparsify_cnn import models
-    from sparsify_cnn.optimize import optimize_ssc
-    from sparsify_cnn.passes.ssc import SSCConfig, ssc_ops
+    from sparsify_cnn.techniques.ssc.job import optimize_ssc
+    from sparsify_cnn.techniques.ssc.rewrite import SSCConfig, ssc_ops
     from sparsify_cnn.transform.capture import capture
 
     prepared = prepare(str(model_files["pt2"]), data="digits")
@@ -157,8 +157,8 @@ def test_the_weights_digest_tells_a_retrained_model_apart(optimized, model_files
 
 
 def test_a_retrained_model_does_not_resume_the_search_of_the_old_one(tmp_path):
-    from sparsify_cnn.optimize import optimize_perforation
-    from sparsify_cnn.search.perforation import RateSearchConfig
+    from sparsify_cnn.techniques.perforation.job import optimize_perforation
+    from sparsify_cnn.techniques.perforation.search import RateSearchConfig
 
     torch.manual_seed(0)
     prepared = prepare("zoo:lenet", data="digits")

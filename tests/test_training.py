@@ -40,25 +40,6 @@ def test_label_free_data_cannot_train(digits28):
         train(models.build("lenet"), free, TrainConfig(epochs=1))
 
 
-class _Interrupted(Exception):
-    pass
-
-
-def _tiny():
-    """Conv, batch norm (buffers), dropout (the global random state) and a linear layer."""
-    from torch import nn
-
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, stride=2),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Dropout(0.3),
-        nn.Flatten(),
-        nn.Linear(4 * 13 * 13, 10),
-    )
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -66,61 +47,57 @@ def _tiny():
         TrainConfig(epochs=3, batch_size=128, schedule="step", milestones=(1, 2)),
     ],
 )
-def test_an_interrupted_run_resumes_to_identical_weights(digits28, tmp_path, config):
-    straight = _tiny()
+def test_an_interrupted_run_resumes_to_identical_weights(digits28, tmp_path, config, tiny, stop_after):
+    straight = tiny()
     expected = train(straight, digits28, config)
     path = tmp_path / "run.ckpt"
 
-    def stop_after_two(log):
-        if log.epoch == 2:
-            raise _Interrupted
-
-    with pytest.raises(_Interrupted):
-        train(_tiny(), digits28, config, on_epoch=stop_after_two, checkpoint=path)
+    with pytest.raises(stop_after.error):
+        train(tiny(), digits28, config, on_epoch=stop_after(2), checkpoint=path)
     assert path.exists() and not (tmp_path / "run.ckpt.partial").exists()
     seen = []
-    resumed = _tiny()
+    resumed = tiny()
     result = train(resumed, digits28, config, on_epoch=seen.append, checkpoint=path)
     assert result.resumed_from == 2 and [log.epoch for log in seen] == [3]
     assert result.epochs == expected.epochs  # losses and calibration scores, every epoch
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     # A finished run's checkpoint gives the final weights back without training.
-    again = _tiny()
+    again = tiny()
     finished = train(again, digits28, config, on_epoch=seen.append, checkpoint=path)
     assert finished.resumed_from == 3 and len(seen) == 1
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), straight.state_dict().values()))
 
 
-def test_a_checkpoint_of_another_run_is_refused(digits28, tmp_path):
+def test_a_checkpoint_of_another_run_is_refused(digits28, tmp_path, tiny):
     path = tmp_path / "run.ckpt"
     config = TrainConfig(epochs=1, batch_size=256)
-    train(_tiny(), digits28, config, checkpoint=path)
+    train(tiny(), digits28, config, checkpoint=path)
     with pytest.raises(InputError, match="written by another run \\(other config\\); remove it"):
-        train(_tiny(), digits28, TrainConfig(epochs=2, batch_size=256), checkpoint=path)
-    other_init = _tiny()
+        train(tiny(), digits28, TrainConfig(epochs=2, batch_size=256), checkpoint=path)
+    other_init = tiny()
     with torch.no_grad():
         other_init[0].weight.add_(1)
     with pytest.raises(InputError, match="other initial weights"):
         train(other_init, digits28, config, checkpoint=path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="is unreadable"):
-        train(_tiny(), digits28, config, checkpoint=path)
+        train(tiny(), digits28, config, checkpoint=path)
 
 
-def test_a_checkpoint_with_the_right_identity_but_wrong_contents_is_one_error(digits28, tmp_path):
+def test_a_checkpoint_with_the_right_identity_but_wrong_contents_is_one_error(digits28, tmp_path, tiny):
     path = tmp_path / "run.ckpt"
     config = TrainConfig(epochs=1, batch_size=256)
-    train(_tiny(), digits28, config, checkpoint=path)
+    train(tiny(), digits28, config, checkpoint=path)
     state = torch.load(path, weights_only=True)
     del state["optimizer"]
     torch.save(state, path)
     with pytest.raises(InputError, match="does not fit this run \\(KeyError: 'optimizer'\\); remove it or rerun with"):
-        train(_tiny(), digits28, config, checkpoint=path)
+        train(tiny(), digits28, config, checkpoint=path)
     state["optimizer"], state["model"] = {}, {name: t.reshape(-1)[:1] for name, t in state["model"].items()}
     torch.save(state, path)
     with pytest.raises(InputError, match="does not fit this run \\(RuntimeError"):
-        train(_tiny(), digits28, config, checkpoint=path)
+        train(tiny(), digits28, config, checkpoint=path)
 
 
 def test_step_schedule_and_the_seed_recipe():

@@ -1,20 +1,9 @@
 import pytest
 import torch
-from torch import nn
 
 from sparsify_cnn.training import TrainConfig, train
 
 CONFIG = TrainConfig(epochs=2, batch_size=256, seed=1)  # 1078 digits: 5 steps an epoch
-
-
-def _tiny():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Flatten(), nn.Linear(4 * 13 * 13, 10))  # fmt: skip
-
-
-class _Interrupted(Exception):
-    pass
 
 
 def _recorder():
@@ -22,9 +11,9 @@ def _recorder():
     return calls, lambda phase, item, done, total, **extra: calls.append((phase, item, done, total, extra))
 
 
-def test_every_step_is_reported_and_the_weights_are_those_of_a_silent_run(digits28):
+def test_every_step_is_reported_and_the_weights_are_those_of_a_silent_run(digits28, tiny):
     calls, progress = _recorder()
-    reported, silent = _tiny(), _tiny()
+    reported, silent = tiny(), tiny()
     result = train(reported, digits28, CONFIG, progress=progress)
     train(silent, digits28, CONFIG)
     assert all(torch.equal(a, b) for a, b in zip(reported.state_dict().values(), silent.state_dict().values()))
@@ -37,18 +26,15 @@ def test_every_step_is_reported_and_the_weights_are_those_of_a_silent_run(digits
     assert last[4]["calib"] == str(result.epochs[1].calib)
 
 
-def test_a_resumed_run_reports_from_where_it_resumes(digits28, tmp_path):
+def test_a_resumed_run_reports_from_where_it_resumes(digits28, tmp_path, tiny, stop_after):
     path = tmp_path / "run.ckpt"
 
-    def stop(log):
-        raise _Interrupted
-
-    with pytest.raises(_Interrupted):
-        train(_tiny(), digits28, CONFIG, on_epoch=stop, checkpoint=path)
+    with pytest.raises(stop_after.error):
+        train(tiny(), digits28, CONFIG, on_epoch=stop_after(None), checkpoint=path)
     calls, progress = _recorder()
-    train(_tiny(), digits28, CONFIG, checkpoint=path, progress=progress)
+    train(tiny(), digits28, CONFIG, checkpoint=path, progress=progress)
     assert [done for _, _, done, _, _ in calls] == list(range(5, 11))
     assert calls[0][1] == "epoch 2 of 2"
     calls.clear()
-    train(_tiny(), digits28, CONFIG, checkpoint=path, progress=progress)  # finished: nothing to do or tell
+    train(tiny(), digits28, CONFIG, checkpoint=path, progress=progress)  # finished: nothing to do or tell
     assert calls == []

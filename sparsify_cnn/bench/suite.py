@@ -22,11 +22,11 @@ from torch import fx, nn
 from ..errors import InputError
 from ..ops.base import CostedOp
 from ..progress import Progress, silent
-from ..report.accounting import account
 from ..report.timing import interleaved_ms
-from ..search.crossover import WithResidual
-from ..search.suffix import record_op_inputs
+from ..transform.accounting import account
 from ..transform.layers import tensor_shape
+from ..transform.suffix import record_op_inputs
+from .crossover import WithResidual
 from .runners import BACKENDS, BackendUnavailable, TVMSettings, make_runner
 
 BASELINES = {"eager": "eager", "compile": "compile", "tvm-dense": "tvm"}  # --baseline -> the dense backend

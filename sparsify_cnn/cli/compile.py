@@ -100,20 +100,15 @@ def run_command(artifact, input_path, output_path, expect_sha256):
 
 def _read_input(path: str, shape, dtype):
     """The .npy array at ``path``, checked against the artifact's input before it is allocated."""
-    import os
-    import stat
-
     from ..errors import InputError
     from ..npyfile import read_npy
+    from ..plainfile import NotPlainFile, open_plain
 
     label = f"input '{path}'"
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a fifo must not block
+        with open_plain(path) as (f, size):
+            return read_npy(f, size, label, InputError, shape, dtype, wanted="the artifact was compiled for")
+    except NotPlainFile:
+        raise InputError(f"{label} is not a regular file") from None
     except OSError as error:
         raise InputError(f"cannot read {label}: {error.strerror or error}") from error
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise InputError(f"{label} is not a regular file")
-    with open(fd, "rb") as f:
-        return read_npy(f, info.st_size, label, InputError, shape, dtype, wanted="the artifact was compiled for")

@@ -18,8 +18,8 @@ def inspect_command(
     """Print MODEL's per-layer parameters and MACs (and its test accuracy with --data)."""
     from ..evaluate import evaluate
     from ..pipeline import prepare
-    from ..report.accounting import account
     from ..report.render import accounting_markdown
+    from ..transform.accounting import account
 
     if json_path is not None:  # writable (and not empty) before any work, as bench's --json
         from ..storage import claim_output

@@ -9,13 +9,13 @@ import click
 from .options import OPTIMIZER_MAX, Bounded, data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
-# sparsify_cnn.stan.conv.KERNELS (kept import-free)
+# sparsify_cnn.techniques.stan.conv.KERNELS (kept import-free)
 STAN_KERNELS = ("compiled", "positions", "channels", "dense", "auto")
 
 
 def _memory(ctx, param, value):
     from ..errors import InputError
-    from ..stan.entry import parse_bytes
+    from ..techniques.stan.entry import parse_bytes
 
     try:
         size = parse_bytes(value)
@@ -227,9 +227,9 @@ def _setup(params: dict, given: set[str]):
     """The training setup: the --config file's, with the options given on the command line on top."""
     from dataclasses import replace
 
-    from ..passes.stan import StanConfig
-    from ..stan.hyperband import read_config
-    from ..stan.trainer import TrainSetup
+    from ..techniques.stan.hyperband import read_config
+    from ..techniques.stan.rewrite import StanConfig
+    from ..techniques.stan.trainer import TrainSetup
 
     setup = read_config(params["config_file"]) if params["config_file"] else TrainSetup()
     plain = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "seed", "optimizer", "conv_dropout", "meprop_k")
@@ -248,10 +248,10 @@ def _setup(params: dict, given: set[str]):
 
 def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_file: str | None, checkpoint=None):
     from ..errors import InputError
-    from ..stan.entry import format_bytes
-    from ..stan.hyperband import build_zoo
-    from ..stan.trainer import fit
     from ..storage import write_json
+    from ..techniques.stan.entry import format_bytes
+    from ..techniques.stan.hyperband import build_zoo
+    from ..techniques.stan.trainer import fit
 
     gm = prepared.captured.graph_module
     if setup.model_options:

@@ -10,7 +10,7 @@ import click
 
 from .options import Bounded, data_option, seed_option
 
-PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cnn.stan.hyperband.PRESETS
+PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cnn.techniques.stan.hyperband.PRESETS
 
 
 @click.command("tune-hparams")
@@ -55,8 +55,8 @@ def tune_command(
     """
     from .. import models
     from ..data import load_data
-    from ..stan.hyperband import StudyConfig, run_study, write_config
     from ..storage import claim_output
+    from ..techniques.stan.hyperband import StudyConfig, run_study, write_config
 
     ctx = click.get_current_context()  # before any trial: both files writable and this run's alone
     ctx.with_resource(claim_output(out, inside=False))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..progress import Progress
+from .lowering import hand_scheduled
 
 STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights", "build")
 TRANSFORM_PARAMS = "main_transform_params"
@@ -69,11 +70,6 @@ def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
 
     return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,
             "pack_weights": pack_weights, "build": build}  # fmt: skip
-
-
-def hand_scheduled(func) -> bool:
-    """A function written with its schedule (``tirx.is_scheduled``), such as the Spatial kernel."""
-    return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
 
 
 def compile_module(

@@ -22,7 +22,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import InputError, check_finite
-from ..ops.perforation import PerforatedConv
+from ..ops.base import conv_geometry, tensor_digest
 from ..ops.registry import custom_convert_map
 from ..progress import Progress
 from ..transform.capture import capture
@@ -130,30 +130,14 @@ def signature(module: nn.Module, input_shape: tuple[int, ...], target: str = "ll
         "tune_trials": int(tune_trials),
         "threads": os.environ.get("TVM_NUM_THREADS", "all"),
     }
-    if isinstance(module, PerforatedConv):
-        kept = _digest(module.kept.to(torch.uint8))
-        return {"kind": "perforation", "conv": _conv_geometry(module.conv), "kept": kept,
-                "interpolation": module.interpolation, **common}  # fmt: skip
+    if hasattr(module, "timing_key"):  # an inserted op: what its time depends on, not its weights
+        return {**module.timing_key(), **common}
     if isinstance(module, nn.Conv2d):
-        return {"kind": "conv2d", "conv": _conv_geometry(module), **common}
-    buffers = {name: _digest(buffer) for name, buffer in module.named_buffers()}
+        return {"kind": "conv2d", "conv": conv_geometry(module), **common}
+    buffers = {name: tensor_digest(buffer) for name, buffer in module.named_buffers()}
     parameters = {name: list(p.shape) for name, p in module.named_parameters()}
     return {"kind": f"{type(module).__module__}.{type(module).__qualname__}", "repr": repr(module),
             "buffers": buffers, "parameters": parameters, **common}  # fmt: skip
-
-
-def _conv_geometry(conv: nn.Conv2d) -> dict:
-    return {
-        "in": conv.in_channels, "out": conv.out_channels, "kernel": list(conv.kernel_size),
-        "stride": list(conv.stride), "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
-        "dilation": list(conv.dilation), "groups": conv.groups, "bias": conv.bias is not None,
-    }  # fmt: skip
-
-
-def _digest(tensor: torch.Tensor) -> str:
-    data = tensor.detach().cpu().contiguous()
-    header = f"{data.dtype}{tuple(data.shape)}".encode()
-    return hashlib.sha256(header + data.numpy().tobytes()).hexdigest()[:16]
 
 
 def cache_key(signature: dict) -> str:
@@ -201,7 +185,7 @@ class TimingCache:
         ``example`` (the input it runs on, for data-dependent ops) its digest joins the key."""
         key_data = signature(module, input_shape, target, tune_trials)
         if example is not None:
-            key_data["example"] = _digest(torch.as_tensor(example))
+            key_data["example"] = tensor_digest(torch.as_tensor(example))
         key = cache_key(key_data)
         if key in self.entries:
             self.hits += 1

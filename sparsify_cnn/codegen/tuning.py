@@ -168,7 +168,7 @@ def _unnamed_handlers_detached(logger: logging.Logger):
 
 def _scheduled(task) -> bool:
     """A kernel written with its schedule (``tirx.is_scheduled``): nothing to tune."""
-    from .build import hand_scheduled
+    from .lowering import hand_scheduled
 
     return any(hand_scheduled(func) for func in task.mod.functions.values())
 

@@ -1,8 +1,7 @@
-"""Ops that passes insert into graphs. Each keeps its torch reference semantics and reports
-its own cost; capture keeps them whole (fx leaves). Importing this package registers every op
-with the codegen registry."""
+"""What every inserted op shares: its cost record and the registry where its torch reference
+meets its TVM lowering. The ops themselves live with their technique
+(``sparsify_cnn/techniques/<name>/op.py``) and register when imported."""
 
-from . import perforation, spatial  # noqa: F401 - registers the ops
 from .base import CostedOp, OpCost
 
 __all__ = ["CostedOp", "OpCost"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 
@@ -47,3 +49,19 @@ def conv_output_hw(in_hw, kernel_hw, stride, padding, dilation) -> tuple[int, in
         (size + 2 * pad - dil * (k - 1) - 1) // st + 1
         for size, k, st, pad, dil in zip(in_hw, kernel_hw, stride, padding, dilation)
     )
+
+
+def conv_geometry(conv: nn.Conv2d) -> dict:
+    """A conv's sizes as plain data (what its compiled time depends on, with its input)."""
+    return {
+        "in": conv.in_channels, "out": conv.out_channels, "kernel": list(conv.kernel_size),
+        "stride": list(conv.stride), "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+        "dilation": list(conv.dilation), "groups": conv.groups, "bias": conv.bias is not None,
+    }  # fmt: skip
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A short hash of a tensor's dtype, shape and values."""
+    data = tensor.detach().cpu().contiguous()
+    header = f"{data.dtype}{tuple(data.shape)}".encode()
+    return hashlib.sha256(header + data.numpy().tobytes()).hexdigest()[:16]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .accounting import Accounting
+from ..transform.accounting import Accounting
 
 
 def human(count: float) -> str:

@@ -6,8 +6,10 @@ import torch
 from sparsify_cnn import models
 from sparsify_cnn.bench import BenchConfig, BenchResult, Entry, Timings, TVMSettings, bench, render_markdown, runners
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.passes.perforation import PerforationConfig, insert_perforated_convs, perforated_ops
+from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
 from sparsify_cnn.transform.capture import capture
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 FAST = dict(rounds=1, number=1, warmup=0)
 

@@ -1,8 +1,11 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from sparsify_cnn.cli.main import cli
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 FAST = ("--rounds", "1", "--number", "1", "--backends", "eager,tvm")
 

@@ -1,10 +1,13 @@
 import re
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
 from sparsify_cnn.cli.main import cli
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 
 def run(*args):

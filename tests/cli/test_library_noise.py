@@ -7,9 +7,9 @@ import sys
 import numpy as np
 
 from sparsify_cnn import models
-from sparsify_cnn.ops.spatial import diagonal, tile
-from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
 from sparsify_cnn.plan import Plan
+from sparsify_cnn.techniques.spatial.op import diagonal, tile
+from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops, spatial_ops
 from sparsify_cnn.transform.capture import capture
 
 # What torch's FutureWarnings / UserWarnings and TVM's C++ log lines look like on stderr.

@@ -6,9 +6,9 @@ from click.testing import CliRunner
 
 from sparsify_cnn.cli.main import cli
 from sparsify_cnn.model_io import load_model
-from sparsify_cnn.passes.perforation import perforated_ops
 from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
+from sparsify_cnn.techniques.perforation.rewrite import perforated_ops
 
 
 def run(*args):

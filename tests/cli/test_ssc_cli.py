@@ -6,9 +6,9 @@ from click.testing import CliRunner
 
 from sparsify_cnn.cli.main import cli
 from sparsify_cnn.model_io import load_model
-from sparsify_cnn.passes.ssc import ssc_ops
 from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
+from sparsify_cnn.techniques.ssc.rewrite import ssc_ops
 
 
 def run(*args):
@@ -89,8 +89,8 @@ def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_
         (["--technique", "ssc"], "exactly one of --preset, --target-params, --ssc-layer (got none)"),
         (["--technique", "ssc", "--target-params", "0.3", "--ssc-layer", "conv2=2,2"], "(got --target-params, --ssc-layer)"),
         (["--technique", "ssc", "--ssc-layer", "conv2"], "is not GLOB=G,P"),
-        (["--technique", "ssc", "--target-params", "0.3", "--epsilon", "0.01"], "do not apply to --technique ssc"),
-        (["--target-params", "0.3"], "apply only with --technique ssc"),
+        (["--technique", "ssc", "--target-params", "0.3", "--epsilon", "0.01"], "not apply to --technique ssc"),
+        (["--target-params", "0.3"], "only with --technique ssc"),
         (["--technique", "ssc", "--preset", "no-such"], "Invalid value for '--preset'"),
     ],
 )
@@ -112,8 +112,8 @@ def test_preset_choices_match_the_package_and_help_needs_no_torch():
     import subprocess
     import sys
 
-    from sparsify_cnn.cli.optimize import SSC_PRESETS
-    from sparsify_cnn.passes.ssc_presets import PRESETS
+    from sparsify_cnn.techniques.ssc.cli import PRESETS as SSC_PRESETS
+    from sparsify_cnn.techniques.ssc.presets import PRESETS
 
     assert SSC_PRESETS == tuple(PRESETS)
     code = "import sys, sparsify_cnn.cli.main; print('torch' in sys.modules)"

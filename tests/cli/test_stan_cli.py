@@ -37,8 +37,8 @@ def _one_error_line(result, *fragments):
 
 
 def test_cli_choices_match_the_package():
-    from sparsify_cnn.stan.conv import KERNELS
-    from sparsify_cnn.stan.hyperband import PRESETS
+    from sparsify_cnn.techniques.stan.conv import KERNELS
+    from sparsify_cnn.techniques.stan.hyperband import PRESETS
 
     assert STAN_KERNELS == KERNELS and CLI_PRESETS == tuple(PRESETS)
     assert "tune-hparams" in run("--help").output

@@ -11,10 +11,12 @@ from sparsify_cnn import models
 from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
 from sparsify_cnn.codegen.importer import UnsupportedOpsError
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.ops.spatial import diagonal, tile
-from sparsify_cnn.passes.spatial import insert_spatial_ops, spatial_ops
 from sparsify_cnn.runtime import ArtifactError, load
+from sparsify_cnn.techniques.spatial.op import diagonal, tile
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops, spatial_ops
 from sparsify_cnn.transform.capture import capture
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "resnet50": (3, 32, 32)}
 

@@ -10,6 +10,8 @@ from sparsify_cnn.codegen import compile as compile_module
 from sparsify_cnn.codegen.compile import CompiledMismatchError, compile_graph
 from sparsify_cnn.transform.capture import capture
 
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
+
 SHAPE = (2, 1, 6, 6)
 
 

@@ -2,6 +2,7 @@
 tuning takes minutes here: MetaSchedule's search is replaced by one that measures nothing and
 calls the measure callbacks as its task scheduler would."""
 
+import pytest
 import torch
 from torch import nn
 from tvm.s_tir import meta_schedule as ms
@@ -9,6 +10,8 @@ from tvm.s_tir import meta_schedule as ms
 from sparsify_cnn.codegen.compile import STEPS, compile_graph
 from sparsify_cnn.codegen.tuning import TrialCounter
 from sparsify_cnn.transform.capture import capture
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 
 def _recorder():

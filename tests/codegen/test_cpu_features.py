@@ -9,6 +9,8 @@ import pytest
 from sparsify_cnn.codegen.artifact import X86_FEATURES, cpu_features, cpuinfo_features, missing_features
 from sparsify_cnn.codegen.target import target_spec
 
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
+
 
 def _real_cpus() -> dict[str, str]:
     """LLVM -mcpu -> that CPU's cpuinfo text, from cpuinfo_flags.txt."""

@@ -8,8 +8,10 @@ from torch import nn
 from sparsify_cnn.codegen import measure
 from sparsify_cnn.codegen.measure import TimingCache, cache_key, measure_ms, signature
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.ops.perforation import PerforatedConv
+from sparsify_cnn.techniques.perforation.op import PerforatedConv
 from sparsify_cnn.transform.capture import capture
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 SHAPE = (1, 3, 8, 8)
 

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sparsify_cnn.codegen.threads import default_tvm_threads, physical_cores
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 
 def _sysfs(root, cores_of_cpus):

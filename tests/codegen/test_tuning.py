@@ -1,12 +1,15 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
 from sparsify_cnn.runtime import load
 from sparsify_cnn.transform.capture import capture
+
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
 
 def _records(path):
@@ -53,7 +56,7 @@ def test_kernels_written_with_their_schedule_are_not_tuned():
     from sparsify_cnn.codegen.target import target_spec
     from sparsify_cnn.codegen.tuning import _scheduled
     from sparsify_cnn.ops.registry import custom_convert_map
-    from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+    from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops, spatial_ops
 
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)).eval()
     gm = insert_spatial_ops(capture(model, (1, 2, 8, 8)).graph_module, SpatialConfig()).graph_module
@@ -72,7 +75,7 @@ def test_kernels_written_with_their_schedule_are_not_tuned():
 
 def test_a_tuned_model_with_hand_written_kernels_compiles_and_matches(tmp_path):
     # The Spatial kernel has no root block: the layout rewrite passes must leave such modules be.
-    from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
+    from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops, spatial_ops
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()).eval()

@@ -13,6 +13,8 @@ from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
 from sparsify_cnn.errors import MissingExtraError
 from sparsify_cnn.transform.capture import capture
 
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
+
 MESSAGE = "tuning (--tune-trials) needs packages not installed here ({}): pip install 'sparsify-cnn[tune]'"
 
 

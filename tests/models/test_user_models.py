@@ -97,7 +97,7 @@ def test_main_job_compiles_an_artifact_that_reproduces_the_rewritten_model(techn
 
 def test_relu6_nets_search_through_the_main_job(tmp_path, images):
     """MobileNetV2: ReLU6 after every expansion and depthwise conv (its kernels are compiled and
-    checked in tests/codegen/test_spatial_kernel.py)."""
+    checked in tests/techniques/spatial/test_lowering.py)."""
     _export_static(_torchvision("mobilenet_v2"), tmp_path / "model.pt2")
     result = _main_job(tmp_path / "model.pt2", images, tmp_path / "out", "--mode", "uniform_layer", "--target", "none")
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from sparsify_cnn.models import ZOO, build
-from sparsify_cnn.report.accounting import account
+from sparsify_cnn.transform.accounting import account
 from sparsify_cnn.transform.capture import capture
 
 

@@ -6,19 +6,20 @@ import json
 
 import pytest
 
+from sparsify_cnn.bench.crossover import LayerTimer
 from sparsify_cnn.codegen import measure
 from sparsify_cnn.evaluate import evaluate
-from sparsify_cnn.optimize import optimize_perforation, optimize_spatial
-from sparsify_cnn.passes.spatial import spatial_ops
 from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
-from sparsify_cnn.report.accounting import account
-from sparsify_cnn.report.perforation import operating_points_figure as perforation_figure
-from sparsify_cnn.report.perforation import write_report as write_perforation_report
-from sparsify_cnn.report.spatial import operating_points_figure, write_report
-from sparsify_cnn.search.crossover import LayerTimer
-from sparsify_cnn.search.perforation import RateSearchConfig
-from sparsify_cnn.search.spatial import SearchConfig
+from sparsify_cnn.techniques.perforation.job import optimize_perforation
+from sparsify_cnn.techniques.perforation.report import operating_points_figure as perforation_figure
+from sparsify_cnn.techniques.perforation.report import write_report as write_perforation_report
+from sparsify_cnn.techniques.perforation.search import RateSearchConfig
+from sparsify_cnn.techniques.spatial.job import optimize_spatial
+from sparsify_cnn.techniques.spatial.report import operating_points_figure, write_report
+from sparsify_cnn.techniques.spatial.rewrite import spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig
+from sparsify_cnn.transform.accounting import account
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.passes.spatial import insert_spatial_ops
 from sparsify_cnn.search.checkpoint import Checkpoint
-from sparsify_cnn.search.evaluator import Evaluator
-from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig, SpatialSearch
 from sparsify_cnn.transform.capture import capture
 
 CONFIG = SearchConfig(mode="uniform_patch", epsilon=0.01, top_m=2)

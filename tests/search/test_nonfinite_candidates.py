@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from sparsify_cnn.errors import NonFiniteError
-from sparsify_cnn.passes.perforation import PerforationConfig, insert_perforated_convs, perforated_ops
-from sparsify_cnn.passes.spatial import insert_spatial_ops
-from sparsify_cnn.search.evaluator import Evaluator
-from sparsify_cnn.search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
-from sparsify_cnn.search.perforation_masks import KEPT_FRACTIONS, kept_mask
+from sparsify_cnn.techniques.perforation.masks import KEPT_FRACTIONS, kept_mask
+from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
+from sparsify_cnn.techniques.perforation.search import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
 from sparsify_cnn.transform.capture import capture
 
 

@@ -3,12 +3,12 @@ grow, the right totals, and one end per phase."""
 
 import pytest
 
-from sparsify_cnn.passes.perforation import insert_perforated_convs, perforated_ops
-from sparsify_cnn.passes.spatial import insert_spatial_ops
-from sparsify_cnn.search.evaluator import Evaluator
-from sparsify_cnn.search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
-from sparsify_cnn.search.perforation_masks import KEPT_FRACTIONS, kept_mask
-from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
+from sparsify_cnn.techniques.perforation.masks import KEPT_FRACTIONS, kept_mask
+from sparsify_cnn.techniques.perforation.rewrite import insert_perforated_convs, perforated_ops
+from sparsify_cnn.techniques.perforation.search import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig, SpatialSearch
 from sparsify_cnn.transform.capture import capture
 
 

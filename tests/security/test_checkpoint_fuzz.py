@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from sparsify_cnn import models
 from sparsify_cnn.data import load_data
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.passes.perforation import insert_perforated_convs, perforated_ops
-from sparsify_cnn.passes.spatial import insert_spatial_ops
 from sparsify_cnn.search.checkpoint import SPATIAL_RECORD, STEP_RECORD, Checkpoint
-from sparsify_cnn.search.evaluator import Evaluator
-from sparsify_cnn.search.perforation import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
-from sparsify_cnn.search.perforation_masks import KEPT_FRACTIONS, kept_mask
-from sparsify_cnn.search.spatial import SearchConfig, SpatialSearch
+from sparsify_cnn.techniques.perforation.masks import KEPT_FRACTIONS, kept_mask
+from sparsify_cnn.techniques.perforation.rewrite import insert_perforated_convs, perforated_ops
+from sparsify_cnn.techniques.perforation.search import CostModel, FixedMasks, GreedyRateSearch, RateSearchConfig
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
+from sparsify_cnn.techniques.spatial.search import SearchConfig, SpatialSearch
 from sparsify_cnn.training import TrainConfig, train
 from sparsify_cnn.transform.capture import capture
 

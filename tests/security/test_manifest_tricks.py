@@ -20,6 +20,8 @@ from sparsify_cnn.codegen.compile import compile_graph
 from sparsify_cnn.runtime import ArtifactError, load
 from sparsify_cnn.transform.capture import capture
 
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
+
 SHAPE = (1, 1, 6, 6)
 
 

@@ -21,6 +21,8 @@ from sparsify_cnn.errors import OutputError
 from sparsify_cnn.runtime import ArtifactError, load
 from sparsify_cnn.transform.capture import capture
 
+pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
+
 SHAPE = (1, 1, 6, 6)
 
 

@@ -11,13 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.optimize import optimize_perforation, optimize_ssc
-from sparsify_cnn.passes.perforation import PerforationConfig
-from sparsify_cnn.passes.spatial import SpatialConfig, insert_spatial_ops, spatial_ops
-from sparsify_cnn.passes.ssc import SSCConfig
 from sparsify_cnn.pipeline import prepare
 from sparsify_cnn.plan import Plan
-from sparsify_cnn.search.perforation import RateSearchConfig
+from sparsify_cnn.techniques.perforation.job import optimize_perforation
+from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig
+from sparsify_cnn.techniques.perforation.search import RateSearchConfig
+from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops, spatial_ops
+from sparsify_cnn.techniques.ssc.job import optimize_ssc
+from sparsify_cnn.techniques.ssc.rewrite import SSCConfig
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 

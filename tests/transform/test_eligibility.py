@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify_cnn.passes.perforation import PERFORATION_CHECKS
-from sparsify_cnn.passes.ssc import SSC_CHECKS
-from sparsify_cnn.passes.stan import STAN_CHECKS
+from sparsify_cnn.techniques.perforation.rewrite import PERFORATION_CHECKS
+from sparsify_cnn.techniques.ssc.choices import SSC_CHECKS
+from sparsify_cnn.techniques.stan.rewrite import STAN_CHECKS
 from sparsify_cnn.transform.capture import capture
 from sparsify_cnn.transform.eligibility import called_once, screen_convs, two_d, zero_padding
 from sparsify_cnn.transform.match import SPATIAL_CHECKS

@@ -1,0 +1,140 @@
+"""The crossover rule: a transformed layer ships only where its kernel is faster than the dense
+layer it replaced, at the artifact's target and batch size.
+
+Each transformed layer and its dense layer (``op.dense_layer()``) are compiled alone and timed
+on the activations that reach the layer in the model (zero prediction depends on them; a
+residual input is fed as the constant it was). Timings are cached on disk
+(``codegen.measure.TimingCache``), so a rerun pays for nothing twice. A job leaves a layer
+below the crossover dense and its report says so.
+
+    timer = LayerTimer(target="llvm", cache="out/layer-timings.json")
+    speeds = layer_speeds(gm, calib_images[:1], timer)
+    slower = [name for name, speed in speeds.items() if speed.below_crossover]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from ..ops.base import CostedOp
+from ..transform.layers import tensor_shape
+from ..transform.suffix import record_op_inputs
+
+
+@dataclass(frozen=True)
+class LayerTimer:
+    """Where layers are timed: compile target, tuning budget (trials per module, records
+    reused) and the timing cache file (None: in memory)."""
+
+    target: str = "llvm"
+    tune_trials: int = 0
+    records: str | Path | None = None
+    cache: str | Path | None = None
+
+    def timing_cache(self):
+        from ..codegen.measure import TimingCache
+
+        return TimingCache(self.cache)
+
+
+@dataclass(frozen=True)
+class LayerSpeed:
+    """One transformed layer against its dense layer, each compiled alone."""
+
+    layer: str
+    kind: str
+    dense_ms: float
+    transformed_ms: float
+    theoretical: float  # dense MACs / performed MACs (inf: all of the layer's work is skipped)
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.transformed_ms
+
+    @property
+    def below_crossover(self) -> bool:
+        return self.transformed_ms >= self.dense_ms
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "kind": self.kind, "dense_ms": self.dense_ms, "transformed_ms": self.transformed_ms,
+                "speedup": self.speedup, "theoretical": self.theoretical if math.isfinite(self.theoretical) else None,
+                "below_crossover": self.below_crossover}  # fmt: skip
+
+
+class WithResidual(nn.Module):
+    """A layer that takes a residual input, with that input fixed: timeable alone."""
+
+    def __init__(self, layer: nn.Module, residual: torch.Tensor):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("residual", residual)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, self.residual)
+
+
+def layer_speeds(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) -> dict[str, LayerSpeed]:
+    """Time every inserted op of ``gm`` that saves work on ``images`` (one batch of the size the
+    model is compiled for) against its dense layer; keyed by layer name."""
+    ops = {node.name: gm.get_submodule(node.target) for node in gm.graph.nodes
+           if node.op == "call_module" and isinstance(gm.get_submodule(node.target), CostedOp)}  # fmt: skip
+    if not ops:
+        return {}
+    inputs = record_op_inputs(gm, ops, images)
+    nodes = {node.name: node for node in gm.graph.nodes}
+    cache = timer.timing_cache()
+    speeds = {}
+    for node_name, op in ops.items():
+        args = inputs.get(node_name)
+        if args is None:
+            continue
+        cost = op.cost(tuple(args[0].shape), (len(args[0]), *tensor_shape(nodes[node_name])[1:]))
+        if cost.performed_macs >= cost.dense_macs:
+            continue  # saves nothing: runs as the dense layer already
+        timed = [time_layer(module, args, timer, cache) for module in (op.dense_layer(), op)]
+        # A map smaller than a patch may be predicted zero from padding alone: nothing is computed.
+        theoretical = cost.dense_macs / cost.performed_macs if cost.performed_macs else math.inf
+        speeds[op.layer_name] = LayerSpeed(op.layer_name, op.kind, *timed, theoretical)
+    return speeds
+
+
+def time_layer(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTimer, cache) -> float:
+    """Milliseconds of ``module`` compiled alone and run on ``args`` (its recorded inputs: the
+    activation, and a residual input fed as a constant), through ``cache``."""
+    x = args[0]
+    timed = WithResidual(module, args[1]) if len(args) > 1 else module
+    was_tracking = getattr(module, "track_stats", None)
+    if was_tracking is not None:
+        module.track_stats = False  # time the kernel, not the counters
+    try:
+        return cache.get_or_measure(timed, tuple(x.shape), timer.target, timer.tune_trials, timer.records, x.numpy())
+    finally:
+        if was_tracking is not None:
+            module.track_stats = was_tracking
+
+
+@dataclass(frozen=True)
+class CrossoverResult:
+    """What the rule found: each transformed layer's speed, and which were left dense."""
+
+    target: str
+    batch: int
+    speeds: dict[str, LayerSpeed]
+
+    @property
+    def left_dense(self) -> list[str]:
+        return [name for name, speed in self.speeds.items() if speed.below_crossover]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "batch": self.batch, "left_dense": self.left_dense,
+                "layers": [speed.to_dict() for speed in self.speeds.values()]}  # fmt: skip
+
+
+def check_crossover(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) -> CrossoverResult:
+    """``layer_speeds`` of ``gm`` on ``images`` (one compiled batch) as a ``CrossoverResult``."""
+    return CrossoverResult(timer.target, len(images), layer_speeds(gm, images, timer))

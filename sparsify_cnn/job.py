@@ -1,0 +1,166 @@
+"""The main job, as every technique runs it: ``run`` hands the prepared model, the options and
+the job's context (output, checkpoint, crossover timer, progress) to the technique's registered
+job; what each job shares lives here: the metric it scores with (and whether the dense model
+can give it meaning) and how the rewritten model is saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .errors import DataError, InputError
+from .evaluate import Score, evaluate, predict
+from .model_io import save_program
+
+METRIC_CHOICES = ("auto", "top1", "agreement")
+ONE_CLASS_SHARE = 0.95  # a dense model giving one class to this share of images is untrained or broken
+
+
+def resolve_metric(metric: str, labeled: bool) -> str:
+    """``auto`` becomes top1 for labelled data and agreement (with the dense model) otherwise."""
+    if metric not in METRIC_CHOICES:
+        raise InputError(f"unknown metric '{metric}'; choose one of: {', '.join(METRIC_CHOICES)}")
+    if metric == "auto":
+        return "top1" if labeled else "agreement"
+    if metric == "top1" and not labeled:
+        raise DataError("metric top1 needs labels; this data has none (use agreement)")
+    return metric
+
+
+def one_class_warning(predictions: torch.Tensor, metric: str) -> str | None:
+    """A warning when the dense model's top-1 ``predictions`` on the calibration images give one
+    class to at least 95% of them: agreement with such a model is met by predicting that class,
+    and top-1 accuracy is that class's share. Example::
+
+        one_class_warning(torch.tensor([3, 3, 3]), "agreement")  # 'the dense model predicts class 3 for all ...'
+    """
+    counts = torch.bincount(predictions.flatten())
+    top, images = int(counts.argmax()), predictions.numel()
+    share = int(counts[top]) / images
+    if share < ONE_CLASS_SHARE:
+        return None
+    how_many = "all" if share == 1 else f"{100 * share:.1f}% of the"
+    meaning = ("agreement with it is meaningless (any model that predicts that class agrees)" if metric == "agreement"
+               else "its top-1 accuracy is only that class's share of the labels")  # fmt: skip
+    return (f"the dense model predicts class {top} for {how_many} {images} calibration images (untrained or "
+            f"constant?): {meaning}; check the model and its input scaling before trusting this plan")
+
+
+def save_rewritten(gm: fx.GraphModule, input_shape: tuple[int, ...], path: str | Path) -> None:
+    """The rewritten model as a torch.export program (it runs the reference semantics)."""
+    for module in gm.modules():
+        if getattr(module, "track_stats", False):  # an op's counters are not part of the program
+            module.track_stats = False
+    save_program(gm, tuple(input_shape[1:]), path, {"plan": "plan.json"})
+
+
+@dataclass
+class JobContext:
+    """What the main job of any technique is given besides the model and its options."""
+
+    out_dir: Path
+    checkpoint: Path  # the search or training checkpoint
+    resume: bool = True
+    crossover: Any = None  # a bench.crossover.LayerTimer, or None: the crossover rule is not applied
+    progress: Any = None  # a progress.Progress
+
+    def measured_timer(self, target: str):
+        """The layer timer a ``--cost measured`` search times its choices with (llvm when no
+        artifact is compiled), cached in OUT/layer-timings.json."""
+        from .bench.crossover import LayerTimer
+
+        return LayerTimer(target="llvm" if target == "none" else target, cache=self.out_dir / "layer-timings.json")
+
+
+def run(technique: str, prepared, options: dict, context: JobContext):
+    """Run ``technique``'s main job on ``prepared``: (its result, its report writer)."""
+    from .technique import get
+
+    return get(technique, stage="optimize").function("run")(prepared, options, context)
+
+
+def accuracy_change(report: dict) -> str:
+    """The metric before and after on both splits, as the summary lines give it."""
+    acc, name = report["accuracy"], report["metric_name"]
+    final = list(acc["test"])[-1]  # sparse, perforated or finetuned
+    return (f"{name} calib {100 * acc['calib']['dense']:.2f}% -> {100 * acc['calib'][final]:.2f}%, "
+            f"test {100 * acc['test']['dense']:.2f}% -> {100 * acc['test'][final]:.2f}%")  # fmt: skip
+
+
+@dataclass
+class JobStart:
+    """What every main job begins with: the data, the metric it scores with, the dense model, its
+    predictions on the calibration split, and warnings about the run's meaning."""
+
+    prepared: Any  # pipeline.Prepared
+    metric: str
+    dense_predictions: torch.Tensor
+    warnings: list[str]
+
+    @property
+    def data(self):
+        return self.prepared.data
+
+    @property
+    def dense_gm(self) -> fx.GraphModule:
+        return self.prepared.captured.graph_module
+
+    @property
+    def crossover_images(self) -> torch.Tensor:
+        """Calibration images, one batch of the model's size: what the crossover rule times on."""
+        return self.data.calib.x[: self.prepared.captured.input_shape[0]]
+
+    def score(self, model: nn.Module, split: str, name: str) -> Score:
+        """``model``'s metric on ``split`` (agreement is with the dense model); ``name`` says which
+        model an error is about."""
+        data = self.data
+        return evaluate(model, data.split(split), reference=self.dense_gm, metric=self.metric, name=f"{name} on the {split} split")
+
+    def score_splits(self, models: dict[str, tuple[nn.Module, str]]) -> dict[str, dict[str, Score]]:
+        """split -> kind -> score, for calib and test, of ``models`` (kind -> (model, its name))."""
+        return {split: {kind: self.score(model, split, name) for kind, (model, name) in models.items()}
+                for split in ("calib", "test")}  # fmt: skip
+
+    def finetune(self, gm: fx.GraphModule, config, checkpoint, progress, scores: dict, name: str) -> dict:
+        """Fine-tune ``gm`` (seeded, checkpointed), add its scores as "finetuned" to ``scores``, and
+        return the log the plan and report keep (empty when ``config`` asks for no epochs)."""
+        if config is None or config.epochs <= 0:
+            return {}
+        from .training import train
+
+        log = train(gm, self.data, config, checkpoint=checkpoint, progress=progress)
+        gm.eval()
+        for split in ("calib", "test"):
+            scores[split]["finetuned"] = self.score(gm, split, f"the fine-tuned {name}")
+        return {"config": config.to_dict(), "seconds": log.seconds, "resumed_from": log.resumed_from,
+                "epochs": [{"epoch": e.epoch, "loss": e.loss, "calib": e.calib.value} for e in log.epochs]}  # fmt: skip
+
+    def plan(self, technique: str, config: dict, masks: dict, search: dict, results: dict):
+        """The plan of this job: what was chosen, how, on which data, for which model."""
+        from .plan import Plan, graph_fingerprint, weights_digest
+        from .versions import versions
+
+        dense_gm, data = self.dense_gm, self.data
+        model = {"source": self.prepared.loaded.source, "graph": graph_fingerprint(dense_gm),
+                 "weights": weights_digest(dense_gm), "input_shape": list(self.prepared.captured.input_shape)}  # fmt: skip
+        return Plan(technique=technique, config=config, masks=masks, search=search, model=model, results=results,
+                    data={"name": data.name, "fingerprint": data.fingerprint()}, versions=versions())  # fmt: skip
+
+
+def start_job(prepared, metric: str, what: str, finetune=None) -> JobStart:
+    """Check that ``prepared`` has the data ``what`` (the job, for the error) needs, settle the
+    metric, and predict with the dense model (a model that predicts one class is warned of)."""
+    data = prepared.data
+    if data is None:
+        raise InputError(f"{what} needs data (--data)")
+    metric = resolve_metric(metric, data.labeled)
+    if finetune is not None and finetune.epochs > 0 and not data.labeled:
+        raise InputError("fine-tuning needs labelled data; this data has none")
+    dense_gm = prepared.captured.graph_module
+    predictions = predict(dense_gm, data.calib.x, name="the dense model on the calib split")
+    warning = one_class_warning(predictions, metric)
+    return JobStart(prepared, metric, predictions, [warning] if warning else [])

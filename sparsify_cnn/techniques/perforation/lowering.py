@@ -1,0 +1,182 @@
+"""The perforated conv as Relax: the conv is computed at the kept output positions only.
+
+Each step is a kernel that TVM schedules (dlight on CUDA, MetaSchedule when tuning):
+
+1. The input is padded once, densely (in a network this fuses with the ops before it), so the
+   gather that follows needs no bounds checks.
+2. ``im2col`` of the kept positions: a (groups, C_in/groups*kh*kw, N*K) matrix gathered from
+   the flat padded map at each kept window's start. Images are stacked along the columns, so
+   one GEMM serves the whole batch.
+3. One GEMM per group with the weights read in place (no transpose: they are inputs of the
+   compiled function, and on CPU a tuned kernel may take them packed, packed once at compile
+   time), ``(C_out/groups, C_in/groups*kh*kw) x cols``, the bias fused in: the compact output
+   (groups, C_out/groups, N*K). On CUDA it is a plain matmul for dlight's GPU rule.
+4. Interpolation: output position p is ``sum_j weight[p, j] * compact[index[p, j]]`` (J = 1
+   or 3), written straight into the NCHW map; the elementwise ops after the conv fuse into it.
+
+Window starts and an int32 copy of the interpolation index are computed from the tables by
+kernels that TVM folds into constants at compile time. The kernels take the tables as inputs,
+so one compiled kernel serves every mask with the same number of kept positions, and clamp
+every entry into range: MetaSchedule's runner calls kernels with random inputs, and random
+indices must not read out of bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax, te, tirx
+
+from ...codegen.lowering.geometry import ConvGeometry
+from ...ops.base import conv_output_hw
+
+INJECTIVE = 2  # TVM's OpPatternKind kInjective
+MATMUL_COLUMNS = 16  # on CUDA, the GEMM is a plain matmul from this many columns (N * K) on
+
+
+@dataclass(frozen=True)
+class PerforatedGeometry(ConvGeometry):
+    """Every size of one perforated conv (compile-time constants of its kernels)."""
+
+    kept: int  # K, kept output positions
+
+    @property
+    def positions(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return self.in_hw[0] + 2 * self.padding[0], self.in_hw[1] + 2 * self.padding[1]
+
+
+def convert(node, importer):
+    """TVM frontend converter for ``sparsify::perforated_conv`` (registered in ops.perforation)."""
+    bb = importer.block_builder
+    x, weight, bias, kept_index, interp_index, interp_weight = (importer.env[arg] for arg in node.args[:6])
+    stride, padding, dilation, groups = node.args[6:10]
+    n, c_in, h, w = (int(v) for v in x.ty.shape)
+    c_out, _, kh, kw = (int(v) for v in weight.ty.shape)
+    out_h, out_w = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
+    geometry = PerforatedGeometry(
+        n, c_in, (h, w), c_out, (kh, kw), (out_h, out_w), tuple(stride), tuple(padding), tuple(dilation), int(groups),
+        int(kept_index.ty.shape[0]),
+    )  # fmt: skip
+    return emit_perforated_conv(bb, geometry, x, weight, bias, kept_index, interp_index, interp_weight)
+
+
+def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept_index, interp_index, interp_weight):
+    """Emit the steps into ``bb``; return the (N, C_out, H', W') output."""
+    g = geometry
+    (ph, pw), (hp, wp) = g.padding, g.padded_hw
+    if ph or pw:  # padded once, densely: the gather then needs no bounds checks
+        x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw]))
+    flat = bb.emit(relax.op.memory.view(x, (g.batch, g.in_channels, hp * wp)))
+    # Where each kept window starts in the flat padded map; constant-folded when the table is.
+    starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
+    cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, starts: im2col(x, starts, g), [flat, starts])
+    target = tvm.target.Target.current(allow_none=True)
+    if target is not None and target.kind.name == "cuda" and g.batch * g.kept >= MATMUL_COLUMNS:
+        # dlight's GPU matmul rule schedules a plain matmul; with fewer columns its tiles stage
+        # more than a block's shared memory, and the reduction rules serve the TE form instead.
+        filters = bb.emit(relax.op.memory.view(weight, (g.groups, g.out_channels // g.groups, g.reduction)))
+        # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
+        per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))
+        compact = bb.emit(relax.op.add(relax.op.matmul(filters, cols), per_channel))  # (groups, C_out/groups, N*K)
+    else:  # the weights read in place, so a tuned CPU kernel may take them packed (build.pack_weights)
+        compact = bb.emit_te(lambda w, c, b: gemm(w, c, b, g), weight, cols, bias, primfunc_name_hint="perforated_gemm")
+    # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
+    index = bb.emit_te(
+        lambda index: te.compute(index.shape, lambda p, j: _clamp_index(index[p, j], g.kept), name="index32"),
+        interp_index, primfunc_name_hint="perforated_index32",
+    )  # fmt: skip
+    out = bb.emit_te(
+        lambda compact, index, weight: interpolate(compact, index, weight, g),
+        compact, index, interp_weight, primfunc_name_hint="perforated_interpolate",
+    )  # fmt: skip
+    _mark_injective(bb, out)
+    return out
+
+
+def _emit_int32_kernel(bb, name: str, compute, args):
+    """``bb.emit_te`` with int32 sizes and loop variables instead of Relax's int64: index
+    arithmetic in int32 vectorises on AVX2, int64 min/max does not (the gather runs 2x faster).
+    Such a kernel cannot fuse with int64 ones: only for opaque kernels."""
+    inputs = [te.placeholder([int(d) for d in arg.ty.shape], arg.ty.dtype, f"in{i}") for i, arg in enumerate(args)]
+    out = compute(*inputs)
+    gvar = bb.add_func(te.create_prim_func([*inputs, out]).without_attr("global_symbol"), name)
+    return bb.emit(relax.call_tir(gvar, args, relax.TensorType([int(d) for d in out.shape], out.dtype)))
+
+
+def _mark_injective(bb, var) -> None:
+    """Declare the kernel computing ``var`` injective. Its table lookups make TVM's pattern
+    analysis call it opaque, and nothing fuses with an opaque kernel; injective, it takes in the
+    elementwise ops that follow (batch norm, ReLU) as a dense conv does."""
+    gvar = bb.lookup_binding(var).args[0]
+    bb.update_func(gvar, bb.get()[gvar].with_attr("op_pattern", INJECTIVE))
+
+
+def _clamp_index(value, upper: int):
+    """A table entry as an int32 index in [0, upper): safe on any table contents."""
+    return tirx.max(tirx.min(value, upper - 1), 0).astype("int32")
+
+
+def window_starts(kept_index: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(K,) int32: the flat offset in the padded input map of each kept position's window."""
+    out_w, wp = g.out_hw[1], g.padded_hw[1]
+
+    def value(k):
+        position = _clamp_index(kept_index[k], g.positions)
+        return position // out_w * g.stride[0] * wp + position % out_w * g.stride[1]
+
+    return te.compute((g.kept,), value, name="window_starts")
+
+
+def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(groups, C_in/groups*kh*kw, N*K) from the flat padded input (N, C_in, Hp*Wp): column
+    ``n*K + k`` holds image n's window under the k-th kept output position; rows run over
+    (channel, ky, kx) as the weights do."""
+    (kh, kw), (hp, wp) = g.kernel, g.padded_hw
+    per_group = g.in_channels // g.groups
+    last = hp * wp - 1
+
+    def value(group, row, column):
+        tap = row // kw % kh * g.dilation[0] * wp + row % kw * g.dilation[1]
+        # Real tables are in bounds; the clamp keeps random ones (MetaSchedule's runner) there too.
+        offset = tirx.min(tirx.max(starts[column % g.kept] + tap, 0), last)
+        return flat[column // g.kept, group * per_group + row // (kh * kw), offset]
+
+    return te.compute((g.groups, g.reduction, g.batch * g.kept), value, name="im2col")
+
+
+def gemm(weight: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(groups, C_out/groups, N*K): each group's filters times its columns, plus the bias. The
+    reduction runs over (channel, ky, kx) so that the 4-D weight is read with affine indices:
+    MetaSchedule can then rewrite its layout (pack it) for the schedule it picks."""
+    (kh, kw), per_in, per_out = g.kernel, g.in_channels // g.groups, g.out_channels // g.groups
+    c, ky, kx = te.reduce_axis((0, per_in), "c"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+    acc = te.compute(
+        (g.groups, per_out, g.batch * g.kept),
+        lambda grp, o, col: te.sum(weight[grp * per_out + o, c, ky, kx] * cols[grp, (c * kh + ky) * kw + kx, col],
+                                   axis=[c, ky, kx]),
+        name="gemm",
+    )  # fmt: skip
+    return te.compute(acc.shape, lambda grp, o, col: acc[grp, o, col] + bias[grp * per_out + o], name="gemm_bias")
+
+
+def interpolate(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(N, C_out, H', W') from the compact (groups, C_out/groups, N*K) values through the (P, J)
+    table."""
+    out_w = g.out_hw[1]
+    per_group = g.out_channels // g.groups
+    columns = int(index.shape[1])
+
+    def value(n, c, y, xx):
+        p = y * out_w + xx
+        terms = [
+            compact[c // per_group, c % per_group, n * g.kept + _clamp_index(index[p, j], g.kept)] * weight[p, j]
+            for j in range(columns)
+        ]
+        return sum(terms[1:], terms[0])
+
+    return te.compute((g.batch, g.out_channels, *g.out_hw), value, name="interpolate")

@@ -1,0 +1,151 @@
+"""The main job for zero prediction: insert Spatial ops, search their masks under the accuracy
+budget, verify on the whole network, score the held-out test split, and write the plan, the
+rewritten model and the report."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import fx
+
+from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
+from ...errors import InputError
+from ...evaluate import Score
+from ...job import start_job
+from ...pipeline import Prepared
+from ...plan import Plan, graph_fingerprint, weights_digest
+from ...search.checkpoint import SPATIAL_RECORD, Checkpoint
+from ...transform.accounting import Accounting, account
+from ...transform.suffix import record_op_inputs
+from .evaluator import Evaluator
+from .rewrite import SpatialConfig, insert_spatial_ops, nothing_inserted, spatial_ops
+from .search import Progress, SearchConfig, SearchResult, SpatialSearch
+
+
+@dataclass
+class OptimizeResult:
+    plan: Plan
+    search: SearchResult
+    graph_module: fx.GraphModule  # the rewritten model, masks installed
+    dense: Accounting
+    sparse: Accounting  # performed MACs measured on the test split
+    calib_macs_saved: float  # per image, measured on calib with the verified masks (crossover applied)
+    scores: dict[str, dict[str, Score]]  # split -> {"dense": ..., "sparse": ...}
+    skipped: dict[str, str]
+    metric: str
+    checkpoint_resumed: int = 0
+    crossover: CrossoverResult | None = None  # None: not checked
+    warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
+
+    @property
+    def seconds(self) -> float:
+        return self.search.seconds
+
+
+def optimize_spatial(
+    prepared: Prepared,
+    spatial: SpatialConfig = SpatialConfig(),
+    search: SearchConfig = SearchConfig(),
+    metric: str = "auto",
+    checkpoint: str | Path | None = None,
+    resume: bool = True,
+    progress: Progress | None = None,
+    crossover: LayerTimer | None = None,
+    measured: LayerTimer | None = None,
+) -> OptimizeResult:
+    """Search Spatial masks for ``prepared`` (a model with data) and verify them; with
+    ``crossover``, leave dense every layer whose kernel is not faster than its dense layers
+    (timed on calibration activations). ``search.cost == "measured"`` times layer options with
+    ``measured`` (default: this CPU). Example::
+
+        result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
+        result.plan.save("plan.json")
+    """
+    job = start_job(prepared, metric, "a search")
+    data, metric, dense_gm = job.data, job.metric, job.dense_gm
+    result = insert_spatial_ops(dense_gm, spatial)
+    if not result.inserted:
+        raise InputError(nothing_inserted(result.skipped))
+    gm = result.graph_module
+    target = data.calib.y if metric == "top1" else job.dense_predictions
+    identity = {
+        "graph": graph_fingerprint(dense_gm),
+        "weights": weights_digest(dense_gm),  # a retrained model must not resume these records
+        "data": data.fingerprint(),
+        "spatial": spatial.to_dict(),
+        "search": search.to_dict(),
+        "metric": metric,
+    }
+    if checkpoint is not None and not resume and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD)
+    evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
+    time_saved = None
+    if search.cost == "measured":
+        time_saved = _time_saved(gm, job.crossover_images, measured or LayerTimer())
+    found = SpatialSearch(evaluator, search, store, progress, time_saved).run()
+    evaluator.install(found.masks)
+    checked = None
+    if crossover is not None:
+        checked = check_crossover(gm, job.crossover_images, crossover)
+        ops = spatial_ops(gm)
+        for name in checked.left_dense:
+            ops[name].set_mask(torch.ones_like(ops[name].mask))
+    for op in spatial_ops(gm).values():
+        op.track_stats = True
+        op.reset_stats()
+
+    scores, dense = {}, account(dense_gm)
+    for split_name in ("calib", "test"):
+        scores[split_name] = {
+            "dense": job.score(dense_gm, split_name, "the dense model"),
+            "sparse": job.score(gm, split_name, "the model with Spatial ops"),
+        }
+        if split_name == "calib":  # the test split's pass is the one the MAC table reports
+            calib_macs_saved = dense.total_macs - account(gm).total_performed_macs  # what the plan verified
+            for op in spatial_ops(gm).values():
+                op.reset_stats()
+    plan = job.plan(
+        "spatial",
+        config=spatial.to_dict(),
+        masks={name: op.mask.clone() for name, op in spatial_ops(gm).items() if name in found.masks},
+        search={**search.to_dict(), "metric": metric},
+        results={split: {kind: score.value for kind, score in pair.items()} for split, pair in scores.items()}
+        | {"calib_macs_saved": calib_macs_saved},
+    )
+    return OptimizeResult(
+        plan=plan,
+        search=found,
+        graph_module=gm,
+        dense=dense,
+        sparse=account(gm),
+        calib_macs_saved=calib_macs_saved,
+        scores=scores,
+        skipped=result.skipped,
+        metric=metric,
+        checkpoint_resumed=store.resumed,
+        crossover=checked,
+        warnings=job.warnings,
+    )
+
+
+def _time_saved(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer):
+    """(layer, mask) -> milliseconds its Spatial op saves with ``mask`` against its dense layers,
+    both compiled alone and run on the layer's activations for ``images``."""
+    ops = spatial_ops(gm)
+    inputs = record_op_inputs(gm, ops, images)
+    cache = timer.timing_cache()
+    dense_ms: dict[str, float] = {}
+
+    def saved(layer: str, mask: torch.Tensor) -> float:
+        op, args = ops[layer], inputs[layer]
+        if layer not in dense_ms:
+            dense_ms[layer] = time_layer(op.dense_layer(), args, timer, cache)
+        trial = copy.deepcopy(op)
+        trial.set_mask(mask)
+        return dense_ms[layer] - time_layer(trial, args, timer, cache)
+
+    return saved

@@ -1,0 +1,398 @@
+"""The mask search for Spatial ops (seed 002, section 5 and Appendix 1).
+
+A first level scores every (target, pattern) on one layer with the others dense; quantizer
+levels merge the M best options of each target into options of the next coarser target
+(patches -> channel -> layer); the last level combines layers and backs off, cheapest error
+first, until the whole network meets epsilon. What a target is depends on the mode:
+
+| mode              | first-level target                  | levels after it          |
+|-------------------|-------------------------------------|--------------------------|
+| uniform_layer     | a layer (one pattern everywhere)    | layer                    |
+| uniform_filter    | a cluster of patch positions        | patch -> layer           |
+| uniform_patch     | a channel (its pattern tiled)       | channel -> layer         |
+| max_granularity   | a cluster of patches of a channel   | patch -> channel -> layer|
+
+Targets are not independent (the seed assumes they are), so every combination is evaluated on
+the real network and the final masks are verified on the whole calibration split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InputError
+from ...progress import Progress, silent
+from ...search.accuracy_budget import accuracy_loss, within
+from ...search.checkpoint import Checkpoint
+from .evaluator import Candidate, Evaluator, Outcome
+from .op import all_patterns, padded_size, predicted_zero, tile
+from .search_config import MODES, OperatingPoint, SearchConfig, SearchResult
+
+NONE = -1  # slot assignment: no prediction (all ones)
+__all__ = ["MODES", "SearchConfig", "SearchResult", "SpatialSearch", "OperatingPoint", "Progress"]
+LAYERS_PHASE, COMBINE_PHASE = "spatial search", "combining layers"  # progress phases
+LEVELS = {"pq": "patch level", "cq": "channel level"}
+
+
+@dataclass
+class _Option:
+    assignment: torch.Tensor  # (C, Hb, Wb) pattern index per slot, NONE = no prediction
+    accuracy: float
+    saved: float
+
+
+class SpatialSearch:
+    """Runs the multi-level search on an evaluator (see module docstring)."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        config: SearchConfig,
+        checkpoint: Checkpoint | None = None,
+        progress: Progress | None = None,
+        time_saved: Callable[[str, torch.Tensor], float] | None = None,
+    ):
+        self.ev = evaluator
+        self.time_saved = time_saved  # (layer, mask) -> measured ms saved, for cost "measured"
+        self.config = config
+        self.checkpoint = checkpoint or Checkpoint(None)
+        self.progress = progress or silent
+        self._at = (0, 0, "")  # the layer being searched: (index, count, name), for progress
+        ops = list(evaluator.ops.values())
+        if not ops:
+            raise InputError("the model has no Spatial ops to search (no conv feeds a ReLU)")
+        self.p = ops[0].patch_size
+        if config.mode in ("uniform_patch", "max_granularity") and any(op.channel_group > 1 for op in ops):
+            raise InputError(f"mode {config.mode} gives channels their own patterns: it needs channel group 1")
+        self.patterns = all_patterns(self.p, config.ones_range)
+        if not len(self.patterns):
+            raise InputError(f"ones range {config.ones_range} leaves no {self.p}x{self.p} pattern")
+        self._padded_patterns = torch.cat([self.patterns, torch.ones(1, self.p, self.p, dtype=torch.bool)])
+        self.candidates = 0
+        self.options = 0
+
+    # --- entry point ---------------------------------------------------------------------------
+
+    def run(self) -> SearchResult:
+        start = time.perf_counter()
+        try:
+            options = self._all_layer_options()
+            if self.config.cost == "measured":
+                options = {layer: self._by_time_saved(layer, layer_options) for layer, layer_options in options.items()}
+            masks, points = self._combine_layers(options)
+        finally:
+            self.checkpoint.flush()
+        final = self.ev.evaluate_network(masks)
+        return SearchResult(
+            masks=masks,
+            dense_accuracy=self.ev.dense_accuracy,
+            accuracy=final.accuracy,
+            macs_saved=final.macs_saved,
+            points=points,
+            options=self.options,
+            candidates=self.candidates,
+            suffix_images=self.ev.suffix_images,
+            full_passes=self.ev.full_passes,
+            work=self.ev.work / len(self.ev.x),
+            seconds=time.perf_counter() - start,
+        )
+
+    def drop(self, accuracy: float) -> float:
+        return accuracy_loss(self.ev.dense_accuracy, accuracy, self.config.epsilon_kind)
+
+    def within_budget(self, accuracy: float) -> bool:
+        return within(self.ev.dense_accuracy, accuracy, self.config.epsilon, self.config.epsilon_kind)
+
+    # --- per layer: first level and quantizer levels -------------------------------------------
+
+    def _all_layer_options(self) -> dict[str, list[_Option]]:
+        layers = self.ev.layer_names
+        options = {}
+        for i, layer in enumerate(layers):
+            self._at = (i, len(layers), layer)
+            self._report("starting", 0.0)
+            options[layer] = self._layer_options(layer)
+        best = max((o.saved for layer_options in options.values() for o in layer_options), default=0.0)
+        self.progress(LAYERS_PHASE, "every layer", len(layers), len(layers), unit="layers", best_saved=best)
+        return options
+
+    def _report(self, stage: str, best: float) -> None:
+        """Progress within the current layer; the count is of layers finished."""
+        i, n, layer = self._at
+        self.progress(LAYERS_PHASE, f"layer {i + 1} of {n} ({layer}): {stage}", i, n, unit="layers", best_saved=best)
+
+    def _layer_options(self, layer: str) -> list[_Option]:
+        c, hb, wb = self._slots(layer)
+        clusters = self._clusters(hb, wb)
+        mode = self.config.mode
+        if mode == "uniform_layer":
+            targets = {"all": torch.ones(c, hb, wb, dtype=torch.bool)}
+        elif mode == "uniform_filter":
+            targets = {f"k{i}": region.expand(c, hb, wb) for i, region in enumerate(clusters)}
+        elif mode == "uniform_patch":
+            targets = {f"c{ch}": self._channel_region(ch, c, hb, wb) for ch in range(c)}
+        else:
+            targets = {
+                f"c{ch}k{i}": self._channel_region(ch, c, hb, wb) & region
+                for ch in range(c)
+                for i, region in enumerate(clusters)
+            }
+        first = self._first_level(layer, targets)
+        if mode == "uniform_layer":
+            return first["all"]
+        if mode == "max_granularity":  # patch level: clusters -> channel options
+            channels = {
+                f"c{ch}": self._merge(layer, f"pq/c{ch}", [first[f"c{ch}k{i}"] for i in range(len(clusters))])
+                for ch in range(c)
+            }
+            return self._merge(layer, "cq", list(channels.values()))
+        return self._merge(layer, "pq" if mode == "uniform_filter" else "cq", list(first.values()))
+
+    def _first_level(self, layer: str, targets: dict[str, torch.Tensor]) -> dict[str, list[_Option]]:
+        """Score (target, pattern) pairs with the rest of the network dense, lazily: per target,
+        patterns go most-MACs-saved first and stop once the M best within epsilon are known;
+        a pair that could not meet epsilon even if every image it mispredicts came out right
+        is dropped without running. Both shortcuts leave the kept options exactly as a full
+        evaluation would."""
+        cache = self.ev.layers[layer]
+        op, dense = cache.op, cache.dense
+        n, c, h, w = dense.shape
+        hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
+        masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
+        self.options += len(masks) * len(targets)
+        pending = {name: [] for name in targets}  # target -> [(saved, j, images)]
+        for j, mask in enumerate(masks):
+            pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
+            per_slot = _per_slot(pred, self.p, hb, wb)
+            wrong_slot = _per_slot_any(pred & (dense > 0), self.p, hb, wb)
+            for name, region in targets.items():
+                saved = float(per_slot[region].sum()) / n * op.macs_per_position
+                if saved > 0:
+                    pending[name].append((saved, j, wrong_slot[:, region].any(dim=1).nonzero().flatten()))
+            self._report(f"statistics, pattern {j + 1} of {len(masks)}", 0.0)
+        for queue in pending.values():
+            queue.sort(key=lambda item: (-item[0], item[1]))
+        positions = {name: self._positions(region, h, w) for name, region in targets.items()}
+        records: dict[str, list[_Option]] = {name: [] for name in targets}
+        done_targets = 0
+        while pending:
+            batch = []  # (target, j, key, candidate)
+            for name in list(pending):
+                if self._settled(records[name], pending[name]):
+                    del pending[name]
+                    done_targets += 1
+                    continue
+                saved, j, images = pending[name].pop(0)
+                key = f"fl/{layer}/{name}/{j}"
+                record = self.checkpoint.get(key)
+                if record is not None:
+                    records[name].append(self._option(c, hb, wb, targets[name], j, *record))
+                    continue
+                best_case = self.ev.best_case_accuracy(images)
+                if not self.within_budget(best_case):  # over budget whatever the suffix says
+                    self.checkpoint.put(key, [best_case, saved])
+                    records[name].append(self._option(c, hb, wb, targets[name], j, best_case, saved))
+                    continue
+                where, mask = positions[name], masks[j]
+                predicted = lambda imgs, mask=mask, where=where: where & predicted_zero(
+                    dense[imgs], mask, self.p, op.edge, op.channel_group
+                )
+                batch.append((name, j, key, Candidate(saved, images, predicted)))
+            for (name, j, key, _), outcome in zip(batch, self._evaluate(layer, [b[3] for b in batch])):
+                self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
+                records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved))
+            self._report(f"first level, {done_targets} of {len(targets)} targets settled", self._best(records))
+        return {name: self._ranked(options) for name, options in records.items()}
+
+    def _settled(self, options: list[_Option], queue: list) -> bool:
+        """True when no queued pattern can enter this target's top M within epsilon."""
+        if not queue:
+            return True
+        kept = self._ranked(options)
+        return len(kept) == self.config.top_m and queue[0][0] < kept[-1].saved
+
+    @staticmethod
+    def _option(c, hb, wb, region, j, accuracy, saved) -> _Option:
+        assignment = torch.full((c, hb, wb), NONE, dtype=torch.long).masked_fill(region, j)
+        return _Option(assignment, accuracy, saved)
+
+    def _merge(self, layer: str, level: str, children: list[list[_Option]]) -> list[_Option]:
+        """Options of the parent target: the i-th best option of every child, for i < M."""
+        c, hb, wb = self._slots(layer)
+        merged, seen = [], set()
+        for i in range(self.config.top_m):
+            assignment = torch.full((c, hb, wb), NONE, dtype=torch.long)
+            for options in children:
+                if options:
+                    chosen = options[min(i, len(options) - 1)].assignment
+                    assignment = torch.where(chosen != NONE, chosen, assignment)
+            key = assignment.numpy().tobytes()
+            if key in seen or bool((assignment == NONE).all()):
+                continue
+            seen.add(key)
+            self.options += 1
+            record_key = f"{level}/{layer}/{i}"
+            record = self.checkpoint.get(record_key)
+            if record is None:
+                outcome = self._evaluate(layer, [self.ev.candidate(layer, self._mask(assignment))])[0]
+                record = [outcome.accuracy, outcome.macs_saved]
+                self.checkpoint.put(record_key, record)
+            merged.append(_Option(assignment, *record))
+            where = LEVELS[level[:2]] + (f", channel {level[4:]}" if "/" in level else "")
+            self._report(f"{where}, option {i + 1} of {self.config.top_m}", max(o.saved for o in merged))
+        return self._ranked(merged)
+
+    # --- layer level: combine layers, back off until the network meets epsilon ------------------
+
+    def _combine_layers(self, options: dict[str, list[_Option]]):
+        layers = [layer for layer in options if options[layer]]
+        combos = 1
+        for layer in layers:
+            combos *= len(options[layer]) + 1
+        if self.config.mode == "uniform_layer" and combos <= self.config.exact_limit:
+            return self._exact(options, layers)
+        return self._greedy(options, layers)
+
+    def _greedy(self, options, layers):
+        rank = {layer: 0 for layer in layers}
+        points = []
+        # Each step moves one layer to a later option or drops it: a bound on the steps.
+        bound = sum(len(options[layer]) for layer in layers) + 1
+        self.progress(COMBINE_PHASE, "greedy back-off", 0, bound, unit="steps", at_most=True)
+        for step in itertools.count():
+            masks = self._masks(options, rank)
+            outcome = self._network(f"lq/{step}", masks)
+            points.append(self._point(f"layer level {step}", outcome, rank))
+            finished = self.within_budget(outcome.accuracy) or not rank
+            item = f"step {step + 1}, {len(rank)} layers transformed"
+            self._combined(item, step + 1, bound, "steps", finished, outcome)
+            if finished:
+                return masks, points
+            # Back off the layer whose option costs the most accuracy on its own: its next option
+            # with a smaller error, or none at all.
+            worst = max(rank, key=lambda l: (self.drop(options[l][rank[l]].accuracy), -options[l][rank[l]].saved))
+            current = self.drop(options[worst][rank[worst]].accuracy)
+            better = [i for i in range(rank[worst] + 1, len(options[worst])) if self.drop(options[worst][i].accuracy) < current]
+            if better:
+                rank[worst] = better[0]
+            else:
+                del rank[worst]
+
+    def _exact(self, options, layers):
+        """Every combination of layer options (or none), best estimated saving first; the
+        first that meets epsilon on the whole network wins."""
+        choices = [range(-1, len(options[layer])) for layer in layers]
+        combos = []
+        for pick in itertools.product(*choices):
+            estimate = sum(options[layer][i].saved for layer, i in zip(layers, pick) if i >= 0)
+            combos.append((estimate, pick))
+        combos.sort(key=lambda item: -item[0])
+        points = []
+        self.progress(COMBINE_PHASE, "every combination", 0, len(combos), unit="combinations", at_most=True)
+        for step, (_, pick) in enumerate(combos):
+            rank = {layer: i for layer, i in zip(layers, pick) if i >= 0}
+            masks = self._masks(options, rank)
+            outcome = self._network(f"exact/{step}", masks)
+            points.append(self._point(f"exact {step}", outcome, rank))
+            finished = self.within_budget(outcome.accuracy)
+            item = f"combination {step + 1}, {len(rank)} layers transformed"
+            self._combined(item, step + 1, len(combos), "combinations", finished or step + 1 == len(combos), outcome)
+            if finished:
+                return masks, points
+        return {}, points
+
+    def _combined(self, item: str, done: int, bound: int, unit: str, finished: bool, outcome: Outcome) -> None:
+        self.progress(COMBINE_PHASE, item, done, bound, unit=unit, at_most=True, end=finished,
+                      saved=outcome.macs_saved, accuracy=outcome.accuracy)  # fmt: skip
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _network(self, key: str, masks: dict[str, torch.Tensor]) -> Outcome:
+        self.options += 1
+        record = self.checkpoint.get(key)
+        if record is None:
+            outcome = self.ev.evaluate_network(masks)
+            self.candidates += 1
+            self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
+            return outcome
+        return Outcome(*record)
+
+    def _evaluate(self, layer: str, candidates: list[Candidate]) -> list[Outcome]:
+        self.candidates += len(candidates)
+        return self.ev.evaluate(layer, candidates)
+
+    def _point(self, step: str, outcome: Outcome, rank: dict[str, int]) -> OperatingPoint:
+        return OperatingPoint(step, outcome.accuracy, outcome.macs_saved, tuple(sorted(rank.items())))
+
+    def _masks(self, options, rank) -> dict[str, torch.Tensor]:
+        return {layer: self._mask(options[layer][i].assignment) for layer, i in rank.items()}
+
+    def _mask(self, assignment: torch.Tensor) -> torch.Tensor:
+        c, hb, wb = assignment.shape
+        patterns = self._padded_patterns[assignment]  # NONE (-1) picks the all-ones pattern
+        return tile(patterns, c, hb * self.p, wb * self.p, self.p)
+
+    def _by_time_saved(self, layer: str, options: list[_Option]) -> list[_Option]:
+        """The layer's options with ``saved`` in measured milliseconds, those that save no time
+        dropped (below the crossover), most time saved first."""
+        if self.time_saved is None:
+            raise InputError("cost 'measured' needs a layer timer")
+        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment))) for o in options]
+        kept = [o for o in timed if o.saved > 0]
+        kept.sort(key=lambda o: (-o.saved, -o.accuracy))
+        return kept
+
+    def _ranked(self, options: list[_Option]) -> list[_Option]:
+        """Options within epsilon, most MACs saved first (ties: higher accuracy), top M."""
+        kept = [o for o in options if self.within_budget(o.accuracy) and o.saved > 0]
+        kept.sort(key=lambda o: (-o.saved, -o.accuracy))
+        return kept[: self.config.top_m]
+
+    def _slots(self, layer: str) -> tuple[int, int, int]:
+        op = self.ev.layers[layer].op
+        return op.mask.shape[0], op.mask.shape[1] // self.p, op.mask.shape[2] // self.p
+
+    def _clusters(self, hb: int, wb: int) -> list[torch.Tensor]:
+        g = self.config.granularity
+        if g == 0:
+            return [torch.ones(1, hb, wb, dtype=torch.bool)]
+        regions = []
+        for top in range(0, hb, g):
+            for left in range(0, wb, g):
+                region = torch.zeros(1, hb, wb, dtype=torch.bool)
+                region[:, top : top + g, left : left + g] = True
+                regions.append(region)
+        return regions
+
+    @staticmethod
+    def _channel_region(channel: int, c: int, hb: int, wb: int) -> torch.Tensor:
+        region = torch.zeros(c, hb, wb, dtype=torch.bool)
+        region[channel] = True
+        return region
+
+    def _positions(self, region: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return region.repeat_interleave(self.p, 1).repeat_interleave(self.p, 2)[:, :h, :w]
+
+    @staticmethod
+    def _best(records: dict[str, list[_Option]]) -> float:
+        return max((o.saved for options in records.values() for o in options), default=0.0)
+
+
+def _padded(t: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
+    h, w = t.shape[-2:]
+    return torch.nn.functional.pad(t, (0, wb * p - w, 0, hb * p - h))
+
+
+def _per_slot(pred: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
+    n, c = pred.shape[:2]
+    return _padded(pred.to(torch.int32), p, hb, wb).view(n, c, hb, p, wb, p).sum(dim=(0, 3, 5))
+
+
+def _per_slot_any(flags: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
+    n, c = flags.shape[:2]
+    return _padded(flags.to(torch.uint8), p, hb, wb).view(n, c, hb, p, wb, p).amax(dim=(3, 5)).bool()

@@ -1,0 +1,71 @@
+import pytest
+import torch
+from torch import nn
+
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.op import diagonal, tile
+from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
+from sparsify_cnn.transform.capture import capture
+
+
+class Residual(nn.Module):
+    """A residual block: the suffix of conv 'a' must read the skip tensor from the cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.a = nn.Conv2d(8, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        skip = torch.relu(self.stem(x))
+        y = torch.relu(self.b(torch.relu(self.a(skip))) + skip)
+        return self.head(y.flatten(1))
+
+
+class Shuffle(Residual):
+    """ShuffleNet's channel shuffle reads the batch size off a tensor (an int in the graph) and
+    adds a value computed from weights alone: neither may be batched with the images."""
+
+    def forward(self, x):
+        skip = torch.relu(self.stem(x))
+        n, c, h, w = skip.size()
+        y = torch.relu(self.a(skip)).view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = torch.relu(self.b(y) + self.b.weight.sum())
+        return self.head(torch.cat([y[:, :4], skip[:, 4:]], 1).view(n, -1))
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+@pytest.mark.parametrize("model_class", [Residual, Shuffle])
+def test_suffix_evaluation_equals_the_whole_network(method, model_class):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    x = torch.randn(40, 1, 8, 8)
+    target = model(x).argmax(1).roll(3)  # a target the model gets partly wrong
+    gm = insert_spatial_ops(capture(model, (1, 1, 8, 8), method=method).graph_module).graph_module
+    ev = Evaluator(gm, x, target, batch_size=16)
+    assert ev.layer_names == ["stem", "a", "b"]
+    generator = torch.Generator().manual_seed(1)
+    for layer in ev.layer_names:
+        op = ev.ops[layer]
+        for mask in (tile(diagonal(2), 8, 8, 8, 2), torch.rand(op.mask.shape, generator=generator) > 0.6):
+            alone = ev.evaluate_mask(layer, mask)
+            whole = ev.evaluate_network({layer: mask})
+            assert alone.accuracy == pytest.approx(whole.accuracy, abs=1e-9)
+            assert alone.macs_saved == pytest.approx(whole.macs_saved)
+    assert ev.suffix_images > 0 and ev.full_passes == 1 + 6
+
+
+def test_unchanged_images_skip_the_suffix_and_bounds_hold(trained_lenet, digits28):
+    gm = insert_spatial_ops(capture(trained_lenet, (1, 1, 28, 28)).graph_module).graph_module
+    calib = digits28.calib
+    ev = Evaluator(gm, calib.x, calib.y)
+    nothing = ev.evaluate_mask("conv1", torch.ones_like(ev.ops["conv1"].mask))
+    assert nothing.accuracy == ev.dense_accuracy and nothing.macs_saved == 0 and ev.suffix_images == 0
+    one_channel = torch.ones_like(ev.ops["conv2"].mask)
+    one_channel[7] = tile(diagonal(2), 1, 8, 8, 2)[0]
+    candidate = ev.candidate("conv2", one_channel)
+    outcome = ev.evaluate("conv2", [candidate])[0]
+    assert 0 < ev.suffix_images == len(candidate.images) < len(calib)  # only images it mispredicts on
+    assert outcome.accuracy <= ev.best_case_accuracy(candidate.images) + 1e-12

@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from sparsify_cnn.errors import InputError
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.op import tile
+from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops
+from sparsify_cnn.techniques.spatial.search import MODES, SearchConfig, SpatialSearch
+from sparsify_cnn.transform.capture import capture
+
+
+def _evaluator(model, shape, split, images=None, spatial=SpatialConfig()):
+    gm = insert_spatial_ops(capture(model, (1, *shape)).graph_module, spatial).graph_module
+    x, y = (split.x, split.y) if images is None else (split.x[:images], split.y[:images])
+    return Evaluator(gm, x, y)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_meets_epsilon_on_lenet(mode, trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib)
+    config = SearchConfig(mode=mode, epsilon=0.01, granularity=4, top_m=3)
+    result = SpatialSearch(ev, config).run()
+    assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9
+    assert result.macs_saved > 0.15 * 1_888_000  # of the two convs' MACs: prediction pays off
+    assert set(result.masks) <= {"conv1", "conv2"}
+    final = ev.evaluate_network(result.masks)  # the verification is the whole network's
+    assert (final.accuracy, final.macs_saved) == (result.accuracy, result.macs_saved)
+    assert 0 < result.work_ratio < 1  # cheaper than the seed's options x full passes
+
+
+@pytest.mark.parametrize("mode, granularity", [(m, 8) for m in MODES])
+def test_every_mode_meets_a_relative_epsilon_on_cq(mode, granularity, trained_cq, digits32):
+    ev = _evaluator(trained_cq, (3, 32, 32), digits32.calib, images=150)
+    config = SearchConfig(mode=mode, epsilon=0.02, epsilon_kind="relative", granularity=granularity, top_m=2)
+    result = SpatialSearch(ev, config).run()
+    assert (result.dense_accuracy - result.accuracy) / result.dense_accuracy <= 0.02 + 1e-9
+    assert result.macs_saved > 0
+
+
+def test_lazy_first_level_keeps_what_a_full_evaluation_keeps(trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=120)
+    search = SpatialSearch(ev, SearchConfig(mode="uniform_patch", epsilon=0.01, top_m=3))
+    c, hb, wb = 50, 4, 4
+    targets = {f"c{ch}": search._channel_region(ch, c, hb, wb) for ch in range(0, 50, 7)}
+    lazy = search._first_level("conv2", targets)
+    for name, region in targets.items():  # brute force: every pattern on the channel
+        full = []
+        for j, pattern in enumerate(search.patterns):
+            mask = torch.where(region.repeat_interleave(2, 1).repeat_interleave(2, 2), tile(pattern, c, 8, 8, 2), True)
+            outcome = ev.evaluate_mask("conv2", mask)
+            full.append(search._option(c, hb, wb, region, j, outcome.accuracy, outcome.macs_saved))
+        expected = search._ranked(full)
+        assert len(lazy[name]) == len(expected)
+        for got, want in zip(lazy[name], expected):
+            assert (got.saved, got.accuracy) == pytest.approx((want.saved, want.accuracy))
+            assert torch.equal(got.assignment, want.assignment)
+
+
+def test_uniform_layer_exact_search_beats_or_ties_greedy(trained_lenet, digits28):
+    results = {}
+    for limit in (10_000, 0):  # 0 forces the greedy back-off
+        ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=200)
+        config = SearchConfig(mode="uniform_layer", epsilon=0.005, exact_limit=limit)
+        results[limit] = SpatialSearch(ev, config).run()
+        assert results[limit].dense_accuracy - results[limit].accuracy <= 0.005 + 1e-9
+    assert results[10_000].points[0].step.startswith("exact")
+    assert results[0].points[0].step.startswith("layer level")
+    assert results[10_000].macs_saved >= 0.9 * results[0].macs_saved
+
+
+def test_invalid_search_options(trained_lenet, digits28):
+    with pytest.raises(InputError, match="unknown mode 'uniform'"):
+        SearchConfig(mode="uniform")
+    with pytest.raises(InputError, match=r"epsilon must be in \[0, 1\)"):
+        SearchConfig(epsilon=1.5)
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=20)
+    with pytest.raises(InputError, match="leaves no 2x2 pattern"):
+        SpatialSearch(ev, SearchConfig(ones_range=(4, 4)))
+    grouped = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=20, spatial=SpatialConfig(channel_group=10))
+    with pytest.raises(InputError, match="needs channel group 1"):
+        SpatialSearch(grouped, SearchConfig(mode="uniform_patch"))
+    result = SpatialSearch(grouped, SearchConfig(mode="uniform_layer", epsilon=0.02)).run()
+    assert result.dense_accuracy - result.accuracy <= 0.02 + 1e-9  # grouped prediction searches too
+
+
+def test_patch_size_three_with_a_ones_range(trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=150, spatial=SpatialConfig(patch_size=3))
+    search = SpatialSearch(ev, SearchConfig(mode="uniform_layer", epsilon=0.01, ones_range=(1, 2)))
+    assert len(search.patterns) == 9 + 36
+    result = search.run()
+    assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9
+    for mask in result.masks.values():
+        assert mask.shape[1] % 3 == 0  # padded to a multiple of 3
+
+
+def test_measured_cost_keeps_only_options_that_save_time_and_prefers_the_most_saved(trained_lenet, digits28):
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=120)
+    timed = []
+
+    def time_saved(layer, mask):
+        timed.append(layer)
+        ones = float(mask.float().mean())
+        return -1.0 if layer == "conv1" else 1.0 - ones  # conv1 never faster; conv2 faster with fewer ones
+
+    config = SearchConfig(mode="uniform_layer", epsilon=0.05, top_m=3, cost="measured")
+    result = SpatialSearch(ev, config, time_saved=time_saved).run()
+    assert set(timed) == {"conv1", "conv2"}
+    assert "conv1" not in result.masks and "conv2" in result.masks  # conv1 saves no time: never chosen
+    macs_only = SpatialSearch(ev, SearchConfig(mode="uniform_layer", epsilon=0.05, top_m=3)).run()
+    assert "conv1" in macs_only.masks  # by MACs alone conv1 would have been predicted
+    with pytest.raises(InputError, match="needs a layer timer"):
+        SpatialSearch(ev, config).run()
+    with pytest.raises(InputError, match="cost must be"):
+        SearchConfig(cost="joules")

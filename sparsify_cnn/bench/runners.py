@@ -1,5 +1,6 @@
-"""One module on one input, ready to run on a backend: PyTorch eager, ``torch.compile``, or
-TVM (compiled through the same pipeline as the artifact, tuned with the same budget).
+"""One module on one input, ready to run on a backend: PyTorch eager, ``torch.compile``, ONNX
+Runtime (what users run on CPU; when installed), or TVM (compiled through the same pipeline as
+the artifact, tuned with the same budget).
 
     run = make_runner("tvm", conv, x, TVMSettings(tune_trials=64, records="records"))
     run()   # one inference, finished (CUDA synchronised)
@@ -10,7 +11,10 @@ a benchmark table shows "n/a (reason)" rather than failing as a whole.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,7 @@ from torch import nn
 from ..errors import SparsifyError
 from ..progress import Progress
 
-BACKENDS = ("eager", "compile", "tvm")
+BACKENDS = ("eager", "compile", "ort", "tvm")
 
 
 class BackendUnavailable(Exception):
@@ -50,6 +54,8 @@ def make_runner(backend: str, module: nn.Module, x: torch.Tensor, tvm: TVMSettin
         return _torch_runner(module, x, tvm.kind, compiled=False)
     if backend == "compile":
         return _torch_runner(module, x, tvm.kind, compiled=True)
+    if backend == "ort":
+        return _ort_runner(module, x, tvm.kind)
     if backend == "tvm":
         return _tvm_runner(module, x, tvm, progress)
     raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -76,6 +82,37 @@ def _torch_runner(module: nn.Module, x: torch.Tensor, kind: str, compiled: bool)
 
         run()  # compiles now, so that a failure is reported here and compile time is not timed
     except Exception as error:  # any failure of a backend is a row note, not a crash
+        raise BackendUnavailable(_one_line(error)) from error
+    return run
+
+
+def _ort_runner(module: nn.Module, x: torch.Tensor, kind: str) -> Callable[[], None]:
+    """ONNX Runtime on the module exported to ONNX (torch's exporter), with PyTorch's thread count,
+    every graph optimisation on."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime onnxscript)") from None
+    provider = "CUDAExecutionProvider" if kind == "cuda" else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        raise BackendUnavailable(f"this onnxruntime has no {provider}")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            path = Path(tmp) / "model.onnx"
+            torch.onnx.export(module, (x,), path, dynamo=True, external_data=False)
+            model = path.read_bytes()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model, options, providers=[provider])
+        feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+
+        def run() -> None:
+            session.run(None, feed)
+
+        run()
+    except Exception as error:  # an op ONNX cannot express (an inserted op) or a failed export
         raise BackendUnavailable(_one_line(error)) from error
     return run
 

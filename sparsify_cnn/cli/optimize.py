@@ -14,10 +14,6 @@ from ..technique import techniques
 from .options import OPTIMIZER_MAX, data_option, model_options, seed_option, target_or_none_callback
 
 OPTIMIZE = techniques("optimize")
-# Options every technique takes; the others in the body below are taken by the techniques that
-# list them in their record's shared_options, and each technique's own come from its record.
-UNIVERSAL = {"model", "arch", "trust_pickle", "input_shape", "leaf_modules", "capture_method", "data", "normalize",
-             "seed", "technique", "metric", "layers", "batch_size", "target", "crossover", "out", "checkpoint", "resume"}  # fmt: skip
 
 
 def technique_options(command):
@@ -135,8 +131,7 @@ def _check_options(technique, options: dict) -> None:
     ctx = click.get_current_context()
     given = {name for name in options if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     flag = {p.name: p.opts[0] for p in ctx.command.params}
-    shared = [flag[n] for n in sorted(given) if n not in UNIVERSAL and n not in technique.shared_options
-              and not any(n == o.name for o in _own_params(technique)) and n in _shared_names()]  # fmt: skip
+    shared = [flag[n] for n in sorted(given) if n in _shared_names() and n not in technique.shared_options]
     if shared:
         verb = "does" if len(shared) == 1 else "do"
         raise click.UsageError(f"{' and '.join(shared)} {verb} not apply to --technique {technique.name}")
@@ -159,6 +154,7 @@ def _own_params(technique) -> list[click.Parameter]:
 
 
 def _shared_names() -> set[str]:
+    """The main job's options that only the techniques listing them take (the rest all take)."""
     return {name for t in OPTIMIZE for name in t.shared_options}
 
 

@@ -66,6 +66,11 @@ def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
                 mod = dlight.ApplyDefaultSchedule(
                     gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
                 )(mod)
+        else:  # CPU: our rules schedule what tuning did not (without tuning: everything they know)
+            from .cpu_schedules import default_cpu_schedule
+
+            with target:
+                mod = default_cpu_schedule()(mod)
         return tvm.compile(mod, target=target)
 
     return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,

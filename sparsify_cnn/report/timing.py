@@ -25,6 +25,14 @@ def interleaved_ms(
     """Median milliseconds of each ``fn()``: ``warmup`` untimed runs of each, then ``rounds``
     rounds in which each runs once untimed and ``number`` times in a row (one timing: their
     mean)."""
+    return [statistics.median(samples) for samples in interleaved_samples(fns, rounds, number, warmup)]
+
+
+def interleaved_samples(
+    fns: Sequence[Callable[[], object]], rounds: int = 10, number: int = 3, warmup: int = 2
+) -> list[list[float]]:
+    """Every timing (milliseconds) of each ``fn()``, taken as ``interleaved_ms`` takes them: for
+    the spread beside the median."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -36,5 +44,5 @@ def interleaved_ms(
             start = time.perf_counter()
             for _ in range(number):
                 fn()
-            samples.append((time.perf_counter() - start) / number)
-    return [1e3 * statistics.median(samples) for samples in times]
+            samples.append(1e3 * (time.perf_counter() - start) / number)
+    return times

@@ -92,6 +92,12 @@ def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_
         (["--technique", "ssc", "--target-params", "0.3", "--epsilon", "0.01"], "not apply to --technique ssc"),
         (["--target-params", "0.3"], "only with --technique ssc"),
         (["--technique", "ssc", "--preset", "no-such"], "Invalid value for '--preset'"),
+        # every technique's options, checked alike through the registry
+        (["--technique", "perforation", "--mode", "uniform_layer"], "--mode applies only with --technique spatial"),
+        (["--mask", "grid", "--interpolation", "zero"], "--mask, --interpolation apply only with --technique perforation"),
+        (["--finetune-epochs", "2"], "--finetune-epochs does not apply to --technique spatial"),
+        (["--technique", "ssc", "--preset", "vgg19-cifar10-10", "--cost", "measured", "--epsilon", "0.1"],
+         "--cost and --epsilon do not apply to --technique ssc"),
     ],
 )
 def test_bad_ssc_option_combinations_exit_2_with_one_error_line(tmp_path, model_files, args, message):

@@ -1,0 +1,196 @@
+"""Default CPU schedules, in the spirit of TVM's ``dlight`` (which has GPU rules, and on CPU only
+GEMV and reductions): without them every convolution compiles to naive loops. Each rule takes
+one fused PrimFunc and returns a schedule, or None when the function is not its kind; a rule that
+fails leaves the function as it was (correct, slow), never a broken one.
+
+- ``Conv2D``: a convolution (dense, grouped, depthwise, strided, dilated) with its padding stage
+  and elementwise epilogue (bias, batch norm folded, ReLU, residual add): the output is computed
+  in register tiles of a few output channels by a row of columns (``conv_tile``), accumulated in
+  a local buffer over the whole reduction, rows and channel blocks in parallel.
+- ``Elementwise``: any function of spatial blocks only (padding, pooling windows aside): outer
+  loops in parallel, the innermost vectorised.
+- ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
+  vectorised, accumulated in a local buffer over the reduction, rows and column blocks parallel.
+- dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums) for what remains.
+
+Used when a module is compiled without tuning; MetaSchedule (``--tune-trials``) schedules the
+rest itself."""
+
+from __future__ import annotations
+
+from .lowering.dots import SIMD
+
+REGISTERS = 12  # SIMD registers a conv's accumulators may take (AVX2 has 16)
+
+
+def default_cpu_schedule():
+    """The module pass that schedules every unscheduled PrimFunc it has a rule for."""
+    from tvm.s_tir import dlight
+
+    return dlight.ApplyDefaultSchedule(Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Elementwise())
+
+
+class _Rule:
+    """A dlight schedule rule that never raises: a failed schedule means "not mine"."""
+
+    def apply(self, func, target, tunable):
+        from tvm import s_tir, tirx
+
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        try:
+            sch = s_tir.Schedule(func)
+            return sch if self.schedule(sch) else None
+        except Exception:  # noqa: BLE001 - tvm's ScheduleError and friends: leave the function as it is
+            return None
+
+    def schedule(self, sch) -> bool:
+        raise NotImplementedError
+
+
+def conv_tile(channels: int, columns: int) -> tuple[int, int]:
+    """(columns, output channels) of a conv's register tile. Columns: one SIMD vector when the row
+    is a multiple of it, else a whole row of at most 16, else the largest divisor of the row up
+    to 16 (28 -> 14): LLVM pads such vectors, whereas a tile that does not divide the row needs a
+    predicate, which makes the loop scalar. Output channels: as many as fit in ``REGISTERS``
+    vector accumulators (at most 8), a divisor of the channel count."""
+    if columns % SIMD == 0 or columns < SIMD:
+        lanes = min(columns, SIMD)
+    else:
+        lanes = max([d for d in range(SIMD + 1, 2 * SIMD + 1) if columns % d == 0] or [SIMD])
+    vectors = -(-lanes // SIMD)
+    most = max(1, min(8, REGISTERS // vectors))
+    block = max(d for d in range(1, most + 1) if channels % d == 0)
+    return lanes, block
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _blocks(sch):
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _iter_kinds(sch, block) -> str:
+    """"S" or "R" per iteration variable of ``block`` (others: "O")."""
+    from tvm.tirx import IterVar
+
+    kinds = {IterVar.DataPar: "S", IterVar.CommReduce: "R"}
+    return "".join(kinds.get(int(v.iter_type), "O") for v in sch.get(block).iter_vars)
+
+
+def _parallel_vectorize(sch, block) -> None:
+    """Outer loops fused and parallel, the innermost split by SIMD and vectorised."""
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+    inner = sch.get_loops(block)[-1]
+    _, lanes = sch.split(inner, [None, SIMD])
+    sch.vectorize(lanes)
+
+
+class Conv2D(_Rule):
+    def schedule(self, sch) -> bool:
+        blocks = _blocks(sch)
+        names = [sch.get(b).name_hint for b in blocks]
+        found = [i for i, name in enumerate(names) if "conv2d" in name.lower() and "R" in _iter_kinds(sch, blocks[i])]
+        if len(found) != 1:
+            return False
+        at = found[0]
+        conv, before, after = blocks[at], blocks[:at], blocks[at + 1 :]
+        if any("R" in _iter_kinds(sch, b) for b in before + after):
+            return False  # a reduction besides the conv: not a conv with an elementwise epilogue
+        kinds = _iter_kinds(sch, conv)
+        if kinds[:4] != "SSSS" or set(kinds[4:]) != {"R"} or len(sch.get_loops(conv)) != len(kinds):
+            return False
+        _epilogue(sch, after)
+        if len(before) == 1:
+            _destride_columns(sch, before[0], conv)
+        batch, channels, rows, columns, *reduce = sch.get_loops(conv)
+        lanes, block = conv_tile(_extent(sch, channels), _extent(sch, columns))
+        channel_blocks, channel = sch.split(channels, [None, block])
+        column_blocks, column = sch.split(columns, [None, lanes])
+        sch.reorder(batch, channel_blocks, rows, column_blocks, *reduce, channel, column)
+        tile = sch.cache_write(conv, 0, "local")
+        sch.reverse_compute_at(tile, column_blocks)
+        sch.parallel(sch.fuse(batch, channel_blocks, rows))
+        sch.unroll(channel)
+        sch.vectorize(column)
+        sch.vectorize(sch.get_loops(tile)[-1])
+        sch.decompose_reduction(conv, reduce[0])
+        for block in before + after[-1:]:  # padding, and the epilogue
+            _parallel_vectorize(sch, block)
+        return True
+
+
+def _one_reduction(sch):
+    """(blocks before, the one reduction block, blocks after), or None when there is not exactly one."""
+    blocks = _blocks(sch)
+    found = [i for i, b in enumerate(blocks) if "R" in _iter_kinds(sch, b)]
+    if len(found) != 1:
+        return None
+    at = found[0]
+    return blocks[:at], blocks[at], blocks[at + 1 :]
+
+
+def _epilogue(sch, after) -> None:
+    for block in after[:-1]:  # the epilogue as one block: bias, ReLU, residual add...
+        sch.compute_inline(block)
+
+
+def _destride_columns(sch, pad, conv) -> None:
+    """A strided conv reads every s-th column of its padded input; stored as (..., w % s, h, w // s)
+    instead, the columns of one output row are contiguous and load as one vector."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    written = sch.get(pad).writes[0].source
+    block = sch.get(conv)
+    column = block.iter_vars[3].var
+    reads = [r for r in block.reads if r.source.same_as(written)]
+    if len(reads) != 1 or len(written.shape) != 4:
+        return
+    coefficients = detect_linear_equation(reads[0].region[-1].min, [column])
+    stride = int(coefficients[0]) if len(coefficients) == 2 else 1
+    if stride > 1:
+        sch.transform_layout(pad, ("write", 0), lambda n, c, h, w: (n, c, w % stride, h, w // stride), pad_value=0.0)
+
+
+class Matmul(_Rule):
+    def schedule(self, sch) -> bool:
+        found = _one_reduction(sch)
+        if found is None:
+            return False
+        before, product, after = found
+        kinds = _iter_kinds(sch, product)
+        if not (2 <= len(kinds) <= 4 and kinds.endswith("SR") and set(kinds[:-1]) == {"S"}) or before:
+            return False
+        if len(sch.get_loops(product)) != len(kinds) or len(sch.get(product).reads) != 2:
+            return False
+        _epilogue(sch, after)
+        *rows, columns, reduce = sch.get_loops(product)
+        column_blocks, column = sch.split(columns, [None, SIMD])
+        sch.reorder(*rows, column_blocks, reduce, column)
+        tile = sch.cache_write(product, 0, "local")
+        sch.reverse_compute_at(tile, column_blocks)
+        sch.parallel(sch.fuse(*rows, column_blocks))
+        sch.vectorize(column)
+        sch.vectorize(sch.get_loops(tile)[-1])
+        sch.decompose_reduction(product, reduce)
+        for block in after[-1:]:
+            _parallel_vectorize(sch, block)
+        return True
+
+
+class Elementwise(_Rule):
+    def schedule(self, sch) -> bool:
+        blocks = _blocks(sch)
+        if not blocks or any(set(_iter_kinds(sch, b)) != {"S"} for b in blocks):
+            return False
+        for block in blocks[:-1]:
+            try:
+                sch.compute_inline(block)
+            except Exception:  # noqa: BLE001 - a block that cannot inline is scheduled on its own
+                _parallel_vectorize(sch, block)
+        _parallel_vectorize(sch, blocks[-1])
+        return True

@@ -11,7 +11,9 @@ fails leaves the function as it was (correct, slow), never a broken one.
   loops in parallel, the innermost vectorised.
 - ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
   vectorised, accumulated in a local buffer over the reduction, rows and column blocks parallel.
-- dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums) for what remains.
+- dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums);
+- ``Window``: any other single reduction after its spatial loops (max and average pooling): the
+  reduction inside, the innermost output loop vectorised, the outer ones parallel.
 
 Used when a module is compiled without tuning; MetaSchedule (``--tune-trials``) schedules the
 rest itself."""
@@ -27,7 +29,7 @@ def default_cpu_schedule():
     """The module pass that schedules every unscheduled PrimFunc it has a rule for."""
     from tvm.s_tir import dlight
 
-    return dlight.ApplyDefaultSchedule(Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Elementwise())
+    return dlight.ApplyDefaultSchedule(Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
 
 
 class _Rule:
@@ -169,7 +171,9 @@ class Matmul(_Rule):
             return False
         _epilogue(sch, after)
         *rows, columns, reduce = sch.get_loops(product)
-        column_blocks, column = sch.split(columns, [None, SIMD])
+        width = _extent(sch, columns)  # whole cache lines of each weight row: 4, 2 or 1 vectors
+        lanes = next((v * SIMD for v in (4, 2) if width % (v * SIMD) == 0), SIMD)
+        column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(*rows, column_blocks, reduce, column)
         tile = sch.cache_write(product, 0, "local")
         sch.reverse_compute_at(tile, column_blocks)
@@ -178,6 +182,31 @@ class Matmul(_Rule):
         sch.vectorize(sch.get_loops(tile)[-1])
         sch.decompose_reduction(product, reduce)
         for block in after[-1:]:
+            _parallel_vectorize(sch, block)
+        return True
+
+
+class Window(_Rule):
+    def schedule(self, sch) -> bool:
+        found = _one_reduction(sch)
+        if found is None:
+            return False
+        before, window, after = found
+        kinds = _iter_kinds(sch, window)
+        spatial = len(kinds.rstrip("R"))
+        if spatial < 2 or set(kinds[:spatial]) != {"S"} or len(sch.get_loops(window)) != len(kinds):
+            return False
+        _epilogue(sch, after)
+        loops = sch.get_loops(window)
+        *outer, inner = loops[:spatial]
+        reduce = loops[spatial:]
+        sch.reorder(*outer, *reduce, inner)
+        sch.parallel(sch.fuse(*outer))
+        inner_blocks, lanes = sch.split(inner, [None, SIMD])
+        sch.reorder(inner_blocks, *reduce)
+        sch.vectorize(lanes)
+        sch.decompose_reduction(window, reduce[0])
+        for block in before + after[-1:]:
             _parallel_vectorize(sch, block)
         return True
 

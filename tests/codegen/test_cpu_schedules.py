@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify_cnn.codegen.cpu_schedules import Conv2D, Elementwise, default_cpu_schedule
+from sparsify_cnn.codegen.cpu_schedules import Conv2D, Elementwise, Window, default_cpu_schedule
 
 pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
@@ -110,8 +110,28 @@ def test_the_conv_rule_declines_what_is_not_a_conv_and_elementwise_takes_it():
     assert isinstance(scheduled.mod["main"], tvm.tirx.PrimFunc)
 
 
-def test_a_function_no_rule_knows_is_left_as_it_was():
-    mod, target = _lowered(nn.Sequential(nn.MaxPool2d(3, stride=2)).eval(), (1, 4, 9, 9))
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, stride=2, padding=1), nn.AvgPool2d(2), nn.MaxPool2d(2, stride=1)])
+def test_pooling_is_scheduled_by_the_window_rule_and_matches_torch(pool):
+    import tvm
+    from tvm import relax
+
+    model = nn.Sequential(pool).eval()
+    shape = (2, 5, 13, 13)
+    mod, target = _lowered(model, shape)
     (func,) = _prim_funcs(mod).values()
-    assert Conv2D().apply(func, target, False) is None
-    assert Elementwise().apply(func, target, False) is None  # a window reduction, not elementwise
+    assert Conv2D().apply(func, target, False) is None and Elementwise().apply(func, target, False) is None
+    with target:
+        scheduled = default_cpu_schedule()(mod)
+    (func,) = _prim_funcs(scheduled).values()
+    assert "T.parallel" in func.script()
+    vm = relax.VirtualMachine(tvm.compile(scheduled, target=target), tvm.cpu())
+    x = torch.randn(*shape)
+    out = vm["main"](tvm.runtime.tensor(x.numpy()))
+    out = out[0] if not hasattr(out, "numpy") else out
+    torch.testing.assert_close(torch.from_numpy(out.numpy()), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_function_with_several_reductions_is_not_the_window_rule_s():
+    mod, target = _lowered(nn.Sequential(nn.Softmax(dim=1)).eval(), (2, 10))
+    for func in _prim_funcs(mod).values():
+        assert Window().apply(func, target, False) is None and Conv2D().apply(func, target, False) is None

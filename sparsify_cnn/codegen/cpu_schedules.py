@@ -1,22 +1,22 @@
 """Default CPU schedules, in the spirit of TVM's ``dlight`` (which has GPU rules, and on CPU only
 GEMV and reductions): without them every convolution compiles to naive loops. Each rule takes
 one fused PrimFunc and returns a schedule, or None when the function is not its kind; a rule that
-fails leaves the function as it was (correct, slow), never a broken one.
+fails leaves the function as it was (correct, slow), never a broken one. In the order tried:
 
 - ``Conv2D``: a convolution (dense, grouped, depthwise, strided, dilated) with its padding stage
   and elementwise epilogue (bias, batch norm folded, ReLU, residual add): the output is computed
   in register tiles of a few output channels by a row of columns (``conv_tile``), accumulated in
-  a local buffer over the whole reduction, rows and channel blocks in parallel.
-- ``Elementwise``: any function of spatial blocks only (padding, pooling windows aside): outer
-  loops in parallel, the innermost vectorised.
+  a local buffer over the whole reduction, rows and channel blocks in parallel; a strided conv's
+  padded input is stored de-strided so that its columns load as vectors;
 - ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
-  vectorised, accumulated in a local buffer over the reduction, rows and column blocks parallel.
+  vectorised by whole cache lines, accumulated in a local buffer, rows and column blocks parallel;
 - dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums);
 - ``Window``: any other single reduction after its spatial loops (max and average pooling): the
-  reduction inside, the innermost output loop vectorised, the outer ones parallel.
+  reduction inside, the innermost output loop vectorised, the outer ones parallel;
+- ``Elementwise``: functions of spatial blocks only: outer loops parallel, the innermost
+  vectorised.
 
-Used when a module is compiled without tuning; MetaSchedule (``--tune-trials``) schedules the
-rest itself."""
+The build applies them to every CPU kernel not hand-written (the Spatial op's) or tuned."""
 
 from __future__ import annotations
 

@@ -76,11 +76,16 @@ def test_measured_cost_times_compiled_layers_once_each(tmp_path, model_files):
                  "--speedup", "1.2", "--target", "none", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     timings = json.loads((out / "layer-timings.json").read_text())["timings"]
-    kept = [entry["signature"]["kept"] for entry in timings.values()]
-    assert len(kept) == len(set(kept)) >= 3  # dense and at least one rate per layer, each measured once
+    signatures = [json.dumps(entry["signature"], sort_keys=True) for entry in timings.values()]
+    kinds = [entry["signature"]["kind"] for entry in timings.values()]
+    # each layer's dense conv (as the dense network compiles it) and at least one rate, each measured once
+    assert len(signatures) == len(set(signatures)) and kinds.count("conv2d") == 2 and kinds.count("perforation") >= 2
     report = json.loads((out / "report.json").read_text())
-    assert report["search"]["cost_unit"] == "ms" and report["search"]["speedup_by_cost"] >= 1.2
-    assert "speedup (ms)" in (out / "report.md").read_text()
+    search = report["search"]
+    assert search["cost_unit"] == "ms" and "speedup (ms)" in (out / "report.md").read_text()
+    # Against the scheduled dense conv, LeNet's small perforated layers may save no time at all:
+    # the search then takes nothing slower and says why it stopped short of the target.
+    assert search["speedup_by_cost"] >= 1.2 or (search["speedup_by_cost"] >= 1.0 and "not faster" in search["stop_reason"])
 
 
 @pytest.mark.parametrize(

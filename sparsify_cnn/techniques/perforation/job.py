@@ -161,8 +161,11 @@ def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: L
                    for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), PerforatedConv)}  # fmt: skip
 
     def layer_ms(op: PerforatedConv, kept) -> float:
-        alone = PerforatedConv(op.conv, op.out_hw, op.interpolation, op.layer_name, op.seed)
-        alone.set_kept(kept)
+        if bool(kept.all()):  # every position kept: the layer is its dense conv, compiled as the dense network's
+            alone = op.dense_layer()
+        else:
+            alone = PerforatedConv(op.conv, op.out_hw, op.interpolation, op.layer_name, op.seed)
+            alone.set_kept(kept)
         return cache.get_or_measure(alone, layer_input[op.layer_name], measured.target, measured.tune_trials, measured.records)
 
     batch = (1, *input_shape[1:])

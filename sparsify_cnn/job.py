@@ -5,6 +5,7 @@ can give it meaning) and how the rewritten model is saved."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,15 @@ class JobStart:
     def dense_gm(self) -> fx.GraphModule:
         return self.prepared.captured.graph_module
 
+    @functools.cached_property
+    def identity(self) -> dict:
+        """The dense model (graph and weights) and the data: what a checkpoint of this job must have
+        been written for, and what its plan records. The weights are hashed once per job."""
+        from .plan import graph_fingerprint, weights_digest
+
+        return {"graph": graph_fingerprint(self.dense_gm), "weights": weights_digest(self.dense_gm),
+                "data": self.data.fingerprint()}  # fmt: skip
+
     @property
     def crossover_images(self) -> torch.Tensor:
         """Calibration images, one batch of the model's size: what the crossover rule times on."""
@@ -141,14 +151,14 @@ class JobStart:
 
     def plan(self, technique: str, config: dict, masks: dict, search: dict, results: dict):
         """The plan of this job: what was chosen, how, on which data, for which model."""
-        from .plan import Plan, graph_fingerprint, weights_digest
+        from .plan import Plan
         from .versions import versions
 
-        dense_gm, data = self.dense_gm, self.data
-        model = {"source": self.prepared.loaded.source, "graph": graph_fingerprint(dense_gm),
-                 "weights": weights_digest(dense_gm), "input_shape": list(self.prepared.captured.input_shape)}  # fmt: skip
+        known = self.identity
+        model = {"source": self.prepared.loaded.source, "graph": known["graph"], "weights": known["weights"],
+                 "input_shape": list(self.prepared.captured.input_shape)}  # fmt: skip
         return Plan(technique=technique, config=config, masks=masks, search=search, model=model, results=results,
-                    data={"name": data.name, "fingerprint": data.fingerprint()}, versions=versions())  # fmt: skip
+                    data={"name": self.data.name, "fingerprint": known["data"]}, versions=versions())  # fmt: skip
 
 
 def start_job(prepared, metric: str, what: str, finetune=None) -> JobStart:

@@ -15,7 +15,7 @@ from ...errors import InputError
 from ...evaluate import Score
 from ...job import start_job
 from ...pipeline import Prepared
-from ...plan import Plan, graph_fingerprint, weights_digest
+from ...plan import Plan
 from ...progress import Progress
 from ...search.checkpoint import STEP_RECORD, Checkpoint
 from ...training import TrainConfig
@@ -84,9 +84,7 @@ def optimize_perforation(
     masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search, job.dense_predictions)
     cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
     identity = {
-        "graph": graph_fingerprint(dense_gm),
-        "weights": weights_digest(dense_gm),  # a retrained model must not resume these records
-        "data": data.fingerprint(),
+        **job.identity,  # graph, weights, data: a retrained model must not resume these records
         "perforation": perforation.to_dict(),
         "search": search.to_dict(),
         "metric": metric,

@@ -16,7 +16,7 @@ from ...errors import InputError
 from ...evaluate import Score
 from ...job import start_job
 from ...pipeline import Prepared
-from ...plan import Plan, graph_fingerprint, weights_digest
+from ...plan import Plan
 from ...search.checkpoint import SPATIAL_RECORD, Checkpoint
 from ...transform.accounting import Accounting, account
 from ...transform.suffix import record_op_inputs
@@ -72,9 +72,7 @@ def optimize_spatial(
     gm = result.graph_module
     target = data.calib.y if metric == "top1" else job.dense_predictions
     identity = {
-        "graph": graph_fingerprint(dense_gm),
-        "weights": weights_digest(dense_gm),  # a retrained model must not resume these records
-        "data": data.fingerprint(),
+        **job.identity,  # graph, weights, data: a retrained model must not resume these records
         "spatial": spatial.to_dict(),
         "search": search.to_dict(),
         "metric": metric,

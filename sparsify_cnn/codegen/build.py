@@ -1,9 +1,11 @@
 """The compile pipeline: a short, named, linear list of steps from a Relax module to an
 executable. ``dump_ir`` writes the module before and after every step.
 
-On CPU, ``pack_weights`` lifts the work that depends on the weights alone into a function
+On CPU, ``legalize_and_fuse`` first gives the convs channel-blocked layouts (``blocked_layout``),
+and ``build`` schedules every kernel not tuned or hand-written by rule (``cpu_schedules``).
+``pack_weights`` lifts the work that depends on the weights alone into a function
 ``main_transform_params`` that runs once, at compile time (``transform_params``): the
-perforation's window starts and index tables, reshaped biases, and on CPU with tuning the
+perforation's window starts and index tables, reshaped biases, blocked weights, and with tuning the
 packed weight layouts MetaSchedule may choose for each kernel (weights are declared
 layout-free before tuning). The artifact stores the weights so transformed, and its interface
 does not change."""
@@ -33,6 +35,10 @@ def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
 
     def legalize_and_fuse(mod):
         with target:
+            if target.kind.name == "llvm":  # convs in channel-blocked layouts (NCHW[x]c)
+                from .blocked_layout import to_blocked_layout
+
+                mod = to_blocked_layout(mod)
             mod = relax.get_pipeline("zero")(mod)
             # Hand-written kernels (the Spatial op's) have no root block, which the layout
             # rewrite passes require: a module with one keeps its weights as they are.

@@ -3,8 +3,12 @@ GEMV and reductions): without them every convolution compiles to naive loops. Ea
 one fused PrimFunc and returns a schedule, or None when the function is not its kind; a rule that
 fails leaves the function as it was (correct, slow), never a broken one. In the order tried:
 
-- ``Conv2D``: a convolution (dense, grouped, depthwise, strided, dilated) with its padding stage
-  and elementwise epilogue (bias, batch norm folded, ReLU, residual add): the output is computed
+- ``BlockedConv2D``: a conv in a channel-blocked layout (``blocked_layout``; dense, depthwise,
+  first layer) with its padding and epilogue: register tiles of one or two channel blocks (a SIMD
+  vector each) by a few output columns (``blocked_tile``), the weights of a block loaded as one
+  vector, the input broadcast; rows and channel blocks in parallel;
+- ``Conv2D``: a conv left in NCHW (grouped, odd channel counts; dense, depthwise, strided,
+  dilated) with its padding stage and elementwise epilogue (bias, batch norm folded, ReLU, residual add): the output is computed
   in register tiles of a few output channels by a row of columns (``conv_tile``), accumulated in
   a local buffer over the whole reduction, rows and channel blocks in parallel; a strided conv's
   padded input is stored de-strided so that its columns load as vectors;
@@ -23,13 +27,14 @@ from __future__ import annotations
 from .lowering.dots import SIMD
 
 REGISTERS = 12  # SIMD registers a conv's accumulators may take (AVX2 has 16)
+REGISTERS_AVX512 = 24  # AVX-512 has 32
 
 
 def default_cpu_schedule():
     """The module pass that schedules every unscheduled PrimFunc it has a rule for."""
     from tvm.s_tir import dlight
 
-    return dlight.ApplyDefaultSchedule(Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
+    return dlight.ApplyDefaultSchedule(BlockedConv2D(), Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
 
 
 class _Rule:
@@ -42,11 +47,11 @@ class _Rule:
             return None
         try:
             sch = s_tir.Schedule(func)
-            return sch if self.schedule(sch) else None
+            return sch if self.schedule(sch, target) else None
         except Exception:  # noqa: BLE001 - tvm's ScheduleError and friends: leave the function as it is
             return None
 
-    def schedule(self, sch) -> bool:
+    def schedule(self, sch, target) -> bool:
         raise NotImplementedError
 
 
@@ -93,7 +98,7 @@ def _parallel_vectorize(sch, block) -> None:
 
 
 class Conv2D(_Rule):
-    def schedule(self, sch) -> bool:
+    def schedule(self, sch, target) -> bool:
         blocks = _blocks(sch)
         names = [sch.get(b).name_hint for b in blocks]
         found = [i for i, name in enumerate(names) if "conv2d" in name.lower() and "R" in _iter_kinds(sch, blocks[i])]
@@ -124,6 +129,85 @@ class Conv2D(_Rule):
         for block in before + after[-1:]:  # padding, and the epilogue
             _parallel_vectorize(sch, block)
         return True
+
+
+def accumulator_registers(target) -> int:
+    """Vector registers a register tile's accumulators may take on ``target``."""
+    from tvm.target import codegen
+
+    return REGISTERS_AVX512 if codegen.target_has_features("avx512f", target) else REGISTERS
+
+
+def blocked_tile(chunks: int, columns: int, registers: int = REGISTERS) -> tuple[int, int]:
+    """(channel blocks, output columns) of a blocked conv's register tile, one accumulator vector
+    per pair, at most ``registers`` of them, each a divisor (a tile that does not divide the row
+    needs a predicate in the innermost loop). Each reduction step loads one weight vector per
+    channel block and broadcasts one input value per column: the tile chosen does the most
+    multiply-adds per load, the larger on a tie. At most two channel blocks: their weights lie a
+    whole filter apart."""
+    options = [(c, w) for c in (1, 2) if chunks % c == 0 for w in range(1, registers // c + 1) if columns % w == 0]
+    return max(options, key=lambda tile: (tile[0] * tile[1] / (tile[0] + tile[1]), tile[0] * tile[1]))
+
+
+class BlockedConv2D(_Rule):
+    """A conv in channel-blocked layout (``blocked_layout``): output ``[N, C/b, H, W, b]``,
+    reduction (input channels, kh, kw) or, depthwise, (kh, kw). A tile is ``blocked_tile``
+    columns by the channel block (one vector each), accumulated over the whole reduction with the
+    input channels' block innermost: each step broadcasts one input value per column and loads
+    one contiguous vector of weights."""
+
+    def schedule(self, sch, target) -> bool:
+        found = _conv_block(sch)
+        if found is None:
+            return False
+        before, conv, after = found
+        kinds = _iter_kinds(sch, conv)
+        if kinds[:5] != "SSSSS" or set(kinds[5:]) != {"R"} or len(kinds) not in (7, 8):
+            return False
+        if len(sch.get_loops(conv)) != len(kinds):
+            return False
+        _epilogue(sch, after)
+        batch, chunks, rows, columns, lanes, *reduce = sch.get_loops(conv)
+        if len(reduce) == 3:  # input channels: blocks outside the window, the block inside it
+            channels, kh, kw = reduce
+            inner = _input_block(sch, conv)
+            if _extent(sch, channels) % inner:
+                return False
+            channel_blocks, channel = sch.split(channels, [None, inner])
+            reduce_outer, reduce_inner = [channel_blocks, kh, kw], [channel]
+        else:
+            reduce_outer, reduce_inner = reduce, []
+        registers = accumulator_registers(target)
+        chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
+        chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
+        column_blocks, column = sch.split(columns, [None, column_tile])
+        sch.reorder(batch, chunk_blocks, rows, column_blocks, *reduce_outer, *reduce_inner, column, chunk, lanes)
+        tile = sch.cache_write(conv, 0, "local")
+        sch.reverse_compute_at(tile, column_blocks)
+        sch.parallel(sch.fuse(batch, chunk_blocks, rows))
+        sch.unroll(column)
+        sch.unroll(chunk)
+        sch.vectorize(lanes)
+        sch.vectorize(sch.get_loops(tile)[-1])
+        sch.decompose_reduction(conv, reduce_outer[0])
+        for block in before + after[-1:]:  # padding, and the epilogue
+            _parallel_vectorize(sch, block)
+        return True
+
+
+def _conv_block(sch):
+    """(blocks before, the conv block, blocks after) when the function is one conv with
+    elementwise stages around it, else None."""
+    found = _one_reduction(sch)
+    if found is None or "conv2d" not in sch.get(found[1]).name_hint.lower():
+        return None
+    return found
+
+
+def _input_block(sch, conv) -> int:
+    """The input's channel block: the last dimension of the (padded) input the conv reads."""
+    data = sch.get(conv).reads[0].source
+    return int(data.shape[-1])
 
 
 def _one_reduction(sch):
@@ -158,8 +242,14 @@ def _destride_columns(sch, pad, conv) -> None:
         sch.transform_layout(pad, ("write", 0), lambda n, c, h, w: (n, c, w % stride, h, w // stride), pad_value=0.0)
 
 
+def matmul_lanes(width: int) -> int:
+    """Output columns a matrix product computes together: whole cache lines of a weight row
+    (4, 2 or 1 vectors), the most that divide ``width``."""
+    return next((v * SIMD for v in (4, 2) if width % (v * SIMD) == 0), SIMD)
+
+
 class Matmul(_Rule):
-    def schedule(self, sch) -> bool:
+    def schedule(self, sch, target) -> bool:
         found = _one_reduction(sch)
         if found is None:
             return False
@@ -171,9 +261,7 @@ class Matmul(_Rule):
             return False
         _epilogue(sch, after)
         *rows, columns, reduce = sch.get_loops(product)
-        width = _extent(sch, columns)  # whole cache lines of each weight row: 4, 2 or 1 vectors
-        lanes = next((v * SIMD for v in (4, 2) if width % (v * SIMD) == 0), SIMD)
-        column_blocks, column = sch.split(columns, [None, lanes])
+        column_blocks, column = sch.split(columns, [None, matmul_lanes(_extent(sch, columns))])
         sch.reorder(*rows, column_blocks, reduce, column)
         tile = sch.cache_write(product, 0, "local")
         sch.reverse_compute_at(tile, column_blocks)
@@ -187,7 +275,7 @@ class Matmul(_Rule):
 
 
 class Window(_Rule):
-    def schedule(self, sch) -> bool:
+    def schedule(self, sch, target) -> bool:
         found = _one_reduction(sch)
         if found is None:
             return False
@@ -212,7 +300,7 @@ class Window(_Rule):
 
 
 class Elementwise(_Rule):
-    def schedule(self, sch) -> bool:
+    def schedule(self, sch, target) -> bool:
         blocks = _blocks(sch)
         if not blocks or any(set(_iter_kinds(sch, b)) != {"S"} for b in blocks):
             return False

@@ -59,7 +59,7 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
     tasks = [
         task
         for task in ms.relax_integration.extract_tasks(mod, target)
-        if not _scheduled(task) and not _tuned(database, task)
+        if not _scheduled(task) and not _copy(task) and not _tuned(database, task)
     ]
     gpu = target.kind.name == "cuda"
     if tasks and trials > 0:
@@ -171,6 +171,12 @@ def _scheduled(task) -> bool:
     from .lowering import hand_scheduled
 
     return any(hand_scheduled(func) for func in task.mod.functions.values())
+
+
+def _copy(task) -> bool:
+    """A layout transform (into or out of the channel-blocked layout, or of weights, which runs
+    once at compile time): a copy the default schedule does well, not worth trials."""
+    return "layout_transform" in task.task_name
 
 
 def _tuned(database, task) -> bool:

@@ -1,7 +1,14 @@
 """The dense model compiled by sparsify (default CPU schedules, no tuning) against what users run
 instead: PyTorch eager, ONNX Runtime (if installed) and optionally torch.compile, on torchvision
-models with random weights, timed in interleaved rounds in one process. Prints the median and the
-spread (min-max) of each, the ratios the issue's targets are stated in, and compile times.
+models with random weights. Prints the median and the spread (min-max) of each, the ratios the
+issue's targets are stated in, and compile times.
+
+Each backend is timed in a process of its own, the processes taking turns (``--processes``
+rounds of one process per backend): runtimes in one process disturb each other (each one's
+worker threads spin after a run, on the cores the next one needs; measured here, ONNX Runtime
+took 4 ms on MobileNetV2 alone and 15 ms between TVM runs), and one process's timings vary less
+than the same command's across processes (memory placement). The spread shown is over every
+timing of every process.
 
     python benchmarks/cpu_baselines.py --threads 2 --batches 1 16
     python benchmarks/cpu_baselines.py --models resnet18 --batches 1 --compile
@@ -10,25 +17,47 @@ spread (min-max) of each, the ratios the issue's targets are stated in, and comp
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
-
-import torch
-
-from sparsify_cnn.bench.runners import BackendUnavailable, TVMSettings, make_runner
-from sparsify_cnn.report.timing import interleaved_samples
-from sparsify_cnn.transform.capture import capture
 
 MODELS = ("resnet18", "mobilenet_v2", "vgg11", "densenet121")
 
 
-def timed(backend: str, module, x, settings: TVMSettings):
-    """(runner or None, seconds to make it, why not)."""
+def solo(backend: str, name: str, batch: int, threads: int, rounds: int) -> dict:
+    """Time ``backend`` on ``name`` in this process: its timings (ms), or why it is unavailable,
+    and the seconds it took to make the runner (export, compile)."""
+    import torch
+    import torchvision
+
+    from sparsify_cnn.bench.runners import BackendUnavailable, TVMSettings, make_runner
+    from sparsify_cnn.report.timing import interleaved_samples
+    from sparsify_cnn.transform.capture import capture
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(batch, 3, 224, 224)
+    module = capture(model, tuple(x.shape)).graph_module if backend == "tvm" else model
     start = time.perf_counter()
     try:
-        return make_runner(backend, module, x, settings), time.perf_counter() - start, ""
+        runner = make_runner(backend, module, x, TVMSettings())
     except BackendUnavailable as error:
-        return None, time.perf_counter() - start, str(error)
+        return {"unavailable": str(error)[:60]}
+    made = time.perf_counter() - start
+    return {"samples": interleaved_samples([runner], rounds=rounds, number=1)[0], "made_s": made}
+
+
+def in_process(backend: str, name: str, batch: int, args) -> dict:
+    """``solo`` in a fresh process."""
+    command = [sys.executable, __file__, "--solo", backend, name, str(batch), "--threads", str(args.threads),
+               "--rounds", str(args.rounds)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"unavailable": (done.stderr.strip().splitlines() or ["failed"])[-1][:60]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -36,36 +65,48 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--batches", nargs="*", type=int, default=[1])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=10, help="Timings per process.")
+    parser.add_argument("--processes", type=int, default=3, help="Processes per backend, taking turns.")
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (minutes per model here).")
+    parser.add_argument("--solo", nargs=3, metavar=("BACKEND", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torchvision
+    if args.solo:
+        backend, name, batch = args.solo
+        print(json.dumps(solo(backend, name, int(batch), args.threads, args.rounds)))
+        return
+    import torch
 
-    torch.set_num_threads(args.threads)
     backends = ["eager", *(["compile"] if args.compile else []), "ort", "tvm"]
-    print(f"torch {torch.__version__}, {args.threads} threads, random weights, median of {args.rounds} interleaved "
-          f"rounds [min-max]; tvm = the sparsify dense artifact, default schedules, no tuning")  # fmt: skip
+    print(f"torch {torch.__version__}, {args.threads} threads, random weights, each backend in its own process, "
+          f"{args.processes} processes x {args.rounds} timings, median [min-max]; "
+          f"tvm = the sparsify dense artifact, default schedules, no tuning")  # fmt: skip
     print(f"| model | batch | {' | '.join(f'{b} ms' for b in backends)} | ORT / tvm (target >= 0.8) "
           f"| eager / tvm (target >= 1.5) | tvm compile s |")  # fmt: skip
     print("|---|---|" + "---|" * (len(backends) + 3))
     for name in args.models:
-        torch.manual_seed(0)
-        model = getattr(torchvision.models, name)().eval()
         for batch in args.batches:
-            x = torch.randn(batch, 3, 224, 224)
-            graph = capture(model, tuple(x.shape)).graph_module
-            made = {b: timed(b, model if b != "tvm" else graph, x, TVMSettings()) for b in backends}
-            ready = [b for b in backends if made[b][0] is not None]
-            samples = dict(zip(ready, interleaved_samples([made[b][0] for b in ready], rounds=args.rounds, number=1)))
-            median = {b: statistics.median(s) for b, s in samples.items()}
+            samples: dict[str, list[float]] = {b: [] for b in backends}
+            why, made = {}, {}
+            for _ in range(args.processes):
+                for backend in backends:
+                    if backend in why:
+                        continue
+                    result = in_process(backend, name, batch, args)
+                    if "unavailable" in result:
+                        why[backend] = result["unavailable"]
+                        continue
+                    samples[backend] += result["samples"]
+                    made.setdefault(backend, result["made_s"])
+            median = {b: statistics.median(s) for b, s in samples.items() if s}
             cells = [f"{median[b]:.1f} [{min(samples[b]):.1f}-{max(samples[b]):.1f}]" if b in median
-                     else f"n/a ({made[b][2][:60]})" for b in backends]  # fmt: skip
+                     else f"n/a ({why.get(b, '')})" for b in backends]  # fmt: skip
 
             def ratio(a: str) -> str:
                 return f"{median[a] / median['tvm']:.2f}" if a in median and "tvm" in median else "n/a"
 
-            print(f"| {name} | {batch} | {' | '.join(cells)} | {ratio('ort')} | {ratio('eager')} "
-                  f"| {made['tvm'][1]:.0f} |", flush=True)  # fmt: skip
+            compile_s = f"{made['tvm']:.0f}" if "tvm" in made else "n/a"
+            print(f"| {name} | {batch} | {' | '.join(cells)} | {ratio('ort')} | {ratio('eager')} | {compile_s} |",
+                  flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -243,9 +243,21 @@ def _destride_columns(sch, pad, conv) -> None:
 
 
 def matmul_lanes(width: int) -> int:
-    """Output columns a matrix product computes together: whole cache lines of a weight row
-    (4, 2 or 1 vectors), the most that divide ``width``."""
+    """Output columns a matrix product computes together at most: whole cache lines of a weight
+    row (4, 2 or 1 vectors), the most that divide ``width``."""
     return next((v * SIMD for v in (4, 2) if width % (v * SIMD) == 0), SIMD)
+
+
+def matmul_tile(rows: int, width: int, registers: int = REGISTERS) -> tuple[int, int]:
+    """(rows, columns) of a matrix product's register tile, one accumulator vector per row and
+    SIMD columns, at most ``registers`` of them, each a divisor. Each reduction step loads one
+    weight vector per SIMD columns and broadcasts one input value per row: the tile chosen does
+    the most multiply-adds per load, the larger on a tie. Rows in a tile share each weight load,
+    which matters when the weights do not fit in cache (VGG's classifier at batch 16)."""
+    widest = matmul_lanes(width) // SIMD
+    options = [(r, v) for v in (4, 2, 1) if v <= widest for r in range(1, registers // v + 1) if rows % r == 0]
+    r, v = max(options, key=lambda tile: (tile[0] * tile[1] / (tile[0] + tile[1]), tile[0] * tile[1]))
+    return r, v * SIMD
 
 
 class Matmul(_Rule):
@@ -260,12 +272,15 @@ class Matmul(_Rule):
         if len(sch.get_loops(product)) != len(kinds) or len(sch.get(product).reads) != 2:
             return False
         _epilogue(sch, after)
-        *rows, columns, reduce = sch.get_loops(product)
-        column_blocks, column = sch.split(columns, [None, matmul_lanes(_extent(sch, columns))])
-        sch.reorder(*rows, column_blocks, reduce, column)
+        *outer, rows, columns, reduce = sch.get_loops(product)
+        row_tile, lanes = matmul_tile(_extent(sch, rows), _extent(sch, columns), accumulator_registers(target))
+        row_blocks, row = sch.split(rows, [None, row_tile])
+        column_blocks, column = sch.split(columns, [None, lanes])
+        sch.reorder(*outer, row_blocks, column_blocks, reduce, row, column)
         tile = sch.cache_write(product, 0, "local")
         sch.reverse_compute_at(tile, column_blocks)
-        sch.parallel(sch.fuse(*rows, column_blocks))
+        sch.parallel(sch.fuse(*outer, row_blocks, column_blocks))
+        sch.unroll(row)
         sch.vectorize(column)
         sch.vectorize(sch.get_loops(tile)[-1])
         sch.decompose_reduction(product, reduce)

@@ -18,10 +18,11 @@ from sparsify_cnn.transform.capture import capture
 
 pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
-SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 32, 32), "resnet34": (3, 32, 32), "resnet50": (3, 32, 32)}
+SMALL = {"alexnet": (3, 64, 64), "resnet18": (3, 32, 32), "resnet50": (3, 32, 32)}
+COMPILED_ZOO = [name for name in models.zoo_names() if name != "resnet34"]  # resnet18's layers, more of them
 
 
-@pytest.mark.parametrize("name", models.zoo_names())
+@pytest.mark.parametrize("name", COMPILED_ZOO)
 def test_every_zoo_model_compiles_and_matches_torch(name, tmp_path):
     torch.manual_seed(0)
     entry = models.get_entry(name)

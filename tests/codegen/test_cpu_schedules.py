@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify_cnn.codegen.cpu_schedules import Conv2D, Elementwise, Window, default_cpu_schedule
+from sparsify_cnn.codegen.cpu_schedules import (
+    REGISTERS,
+    REGISTERS_AVX512,
+    Conv2D,
+    Elementwise,
+    Window,
+    default_cpu_schedule,
+    matmul_tile,
+)
 
 pytestmark = pytest.mark.tvm  # compiles with TVM: `pytest -m 'not tvm'` leaves it out
 
@@ -135,3 +143,12 @@ def test_a_function_with_several_reductions_is_not_the_window_rule_s():
     mod, target = _lowered(nn.Sequential(nn.Softmax(dim=1)).eval(), (2, 10))
     for func in _prim_funcs(mod).values():
         assert Window().apply(func, target, False) is None and Conv2D().apply(func, target, False) is None
+
+
+def test_matrix_product_tiles_share_each_weight_load_across_rows():
+    assert matmul_tile(1, 4096, REGISTERS_AVX512) == (1, 32)  # one row: whole cache lines of columns
+    assert matmul_tile(16, 4096, REGISTERS_AVX512) == (4, 32)  # batch 16: weights read 4 times, not 16
+    for rows, width in [(16, 1000), (5, 13), (3, 7), (64, 4096)]:
+        for registers in (REGISTERS, REGISTERS_AVX512):
+            row_tile, lanes = matmul_tile(rows, width, registers)
+            assert rows % row_tile == 0 and row_tile * lanes // 8 <= registers

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,9 @@ def _ort_runner(module: nn.Module, x: torch.Tensor, kind: str) -> Callable[[], N
     if provider not in ort.get_available_providers():
         raise BackendUnavailable(f"this onnxruntime has no {provider}")
     try:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            # an exported program's graph cannot leave training mode, and needs not: its ops are inference ops
+            warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
             path = Path(tmp) / "model.onnx"
             torch.onnx.export(module, (x,), path, dynamo=True, external_data=False)
             model = path.read_bytes()

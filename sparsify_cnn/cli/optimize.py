@@ -49,6 +49,9 @@ def technique_options(command):
 @click.option("--crossover/--no-crossover", default=True,
               help="Time each transformed layer against its dense layer, compiled for --target at the model's batch "
               "size (cached in OUT/layer-timings.json), and leave dense those that are not faster.")  # fmt: skip
+@click.option("--latency/--no-latency", default=True,
+              help="After compiling, time the artifact end to end against the dense model on eager PyTorch and ONNX "
+              "Runtime (where installed) on this machine: the last lines, and OUT/latency.json.")  # fmt: skip
 @technique_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Search checkpoint (default: OUT/search-checkpoint.json, perforation fine-tuning beside it in finetune-checkpoint.pt; for ssc the training checkpoint, OUT/train-checkpoint.pt).")
@@ -122,8 +125,34 @@ def optimize_command(**options):
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check}); manifest sha256 "
                    f"{compiled.manifest_sha256} (pin it with sparsify run --expect-sha256)")  # fmt: skip
+        if options["latency"] and compiled.max_abs_diff is not None:  # the artifact runs here
+            _report_latency(prepared, out_dir)
     for warning in report["warnings"]:  # last, where they are read: a budget not kept on test, a one-class model
         click.echo(f"warning: {warning}", err=True)
+
+
+def _report_latency(prepared, out_dir: Path) -> None:
+    """Time the artifact against the dense model on what users run instead; print and save it."""
+    import json
+
+    import torch
+
+    from ..bench.latency import end_to_end, summary_lines
+
+    batch = prepared.captured.input_shape[0]
+    images = prepared.data.calib.x
+    x = images[:batch] if len(images) >= batch else images.repeat(-(-batch // len(images)), *[1] * (images.dim() - 1))[:batch]
+    dense = prepared.captured.graph_module
+    try:
+        dense.eval()  # as deployed: batch norm with its running statistics
+    except NotImplementedError:  # an exported program's graph: its ops are inference ops already
+        pass
+    timed = end_to_end(out_dir / "artifact", dense, x)
+    threads = torch.get_num_threads()
+    for line in summary_lines(timed, batch, threads):
+        click.echo(line)
+    record = {"batch": batch, "threads": threads, "candidates": [entry.to_dict() for entry in timed]}
+    (out_dir / "latency.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _check_options(technique, options: dict) -> None:

@@ -1,4 +1,5 @@
-"""Channel-blocked activations (NCHW[x]c) for CPU convolutions, planned across the graph.
+"""Channel-blocked activations (NCHW[x]c) for CPU convolutions, planned across the graph, and
+packed weights for linear layers.
 
 A conv whose output channels split into blocks of one SIMD register computes each output
 position's block as one vector: the input value is broadcast, the weights of the block are one
@@ -15,7 +16,10 @@ Which layout a conv gets:
   layer with fewer input channels than a block, all of them as one block: ``NCHW3c``), weights
   ``OIHW{i}i{b}o``, output ``NCHW{b}c``;
 - depthwise, channels a multiple of the block: ``NCHW{b}c``, weights ``OIHW1i{b}o``;
-- anything else (other grouped convs, odd channel counts): NCHW as imported."""
+- anything else (other grouped convs, odd channel counts): NCHW as imported.
+
+ReLU6 is rewritten first so that the layout flows through it (``clip_as_min_max``); linear
+layers take their weights in column blocks (``pack_dense_weights``)."""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def conv_layouts(in_channels: int, out_channels: int, groups: int, block: int = 
 
 
 def _desired(call) -> dict:
+    """``ConvertLayout``'s callback: the layouts ``conv_layouts`` gives a conv, NCHW otherwise."""
     if call.op.name != CONV2D:
         return {}
     attrs = call.attrs
@@ -57,10 +62,9 @@ def _desired(call) -> dict:
 
 
 def to_blocked_layout(mod):
-    """``mod`` with its convs in channel-blocked layouts where they take one (``block_channels``)
-    and those convs legalized (``legalize_blocked_conv``), its linear layers' weights packed
-    (``pack_dense_weights``); the rest is legalized later, by the ``zero`` pipeline. Call within
-    the target's scope."""
+    """``mod`` with its convs in channel-blocked layouts where they take one (``block_channels``),
+    its linear layers' weights packed (``pack_dense_weights``), and legalized: the blocked convs
+    by ``legalize_blocked_conv``, every other op as TVM does it. Call within the target's scope."""
     from tvm import relax
 
     mod = pack_dense_weights()(block_channels()(mod))
@@ -99,7 +103,9 @@ def clip_as_min_max():
     def rewrite(mod, _context):
         for var, func in list(mod.functions.items()):
             if isinstance(func, relax.Function):
-                mod[var] = ClipAsMinMax(mod).visit_expr(func)
+                rewriter = ClipAsMinMax(mod)
+                rewriter.builder_.update_func(var, rewriter.visit_expr(func))
+                mod = rewriter.builder_.get()
         return mod
 
     return rewrite
@@ -186,9 +192,9 @@ def pack_dense_weights():
             if not call.op.same_as(matmul) or call.args[1] not in self.weights:
                 return call
             x, w = call.args
-            if len(x.ty.shape) != 2 or len(w.ty.shape) != 2 or x.ty.dtype != w.ty.dtype:
+            if len(x.ty.shape) != 2 or len(w.ty.shape) != 2 or not x.ty.dtype == w.ty.dtype == call.ty.dtype:
                 return call
-            depth, width = (int(d) for d in w.ty.shape)
+            width = int(w.ty.shape[1])
             lanes = matmul_lanes(width)
             if width % lanes:
                 return call

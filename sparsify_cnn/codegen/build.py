@@ -64,23 +64,39 @@ def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
             return relax.transform.FoldConstant()(mod)
 
     def build(mod):
-        if target.kind.name == "cuda":  # GPU kernels need thread bindings: dlight's rules schedule
-            from tvm.s_tir import dlight  # what tuning left unscheduled (after it, not before)
-
-            gpu = dlight.gpu
-            with target:
-                mod = dlight.ApplyDefaultSchedule(
-                    gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
-                )(mod)
-        else:  # CPU: our rules schedule what tuning did not (without tuning: everything they know)
-            from .cpu_schedules import default_cpu_schedule
-
-            with target:
-                mod = default_cpu_schedule()(mod)
-        return tvm.compile(mod, target=target)
+        return tvm.compile(schedule_rest(mod, target), target=target)
 
     return {"decompose_for_inference": decompose, "legalize_and_fuse": legalize_and_fuse, "tune": tune,
             "pack_weights": pack_weights, "build": build}  # fmt: skip
+
+
+def schedule_rest(mod, target):
+    """``mod`` with every kernel that tuning did not schedule scheduled by rule: on CUDA by
+    dlight's (after tuning, not before), on CPU by ours (without tuning: every kernel they know)."""
+    if target.kind.name == "cuda":  # GPU kernels need thread bindings
+        from tvm.s_tir import dlight
+
+        gpu = dlight.gpu
+        with target:
+            return dlight.ApplyDefaultSchedule(
+                gpu.Matmul(), gpu.GEMV(), gpu.Reduction(), gpu.GeneralReduction(), gpu.Fallback()
+            )(mod)
+    from .cpu_schedules import default_cpu_schedule
+
+    with target:
+        return default_cpu_schedule()(mod)
+
+
+def scheduled_kernels(mod, target_spec: dict):
+    """``mod`` as ``build`` hands it to ``tvm.compile``, without tuning: every step before it run,
+    every kernel scheduled (for timing kernels one by one)."""
+    import tvm
+
+    target = tvm.target.Target(target_spec)
+    steps = _steps(target, 0, None, None)
+    for name in STEPS[:-1]:
+        mod = steps[name](mod)
+    return schedule_rest(mod, target)
 
 
 def compile_module(

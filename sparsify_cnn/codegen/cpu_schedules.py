@@ -8,10 +8,11 @@ fails leaves the function as it was (correct, slow), never a broken one. In the 
   vector each) by a few output columns (``blocked_tile``), the weights of a block loaded as one
   vector, the input broadcast; rows and channel blocks in parallel;
 - ``Conv2D``: a conv left in NCHW (grouped, odd channel counts; dense, depthwise, strided,
-  dilated) with its padding stage and elementwise epilogue (bias, batch norm folded, ReLU, residual add): the output is computed
-  in register tiles of a few output channels by a row of columns (``conv_tile``), accumulated in
-  a local buffer over the whole reduction, rows and channel blocks in parallel; a strided conv's
-  padded input is stored de-strided so that its columns load as vectors;
+  dilated) with its padding stage and elementwise epilogue (bias, batch norm folded, ReLU,
+  residual add): the output is computed in register tiles of a few output channels by a row of
+  columns (``conv_tile``), accumulated in a local buffer over the whole reduction, rows and
+  channel blocks in parallel; a strided conv's padded input is stored de-strided so that its
+  columns load as vectors;
 - ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
   vectorised by whole cache lines, accumulated in a local buffer, rows and column blocks parallel;
 - dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums);
@@ -34,7 +35,8 @@ def default_cpu_schedule():
     """The module pass that schedules every unscheduled PrimFunc it has a rule for."""
     from tvm.s_tir import dlight
 
-    return dlight.ApplyDefaultSchedule(BlockedConv2D(), Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
+    rules = (BlockedConv2D(), Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
+    return dlight.ApplyDefaultSchedule(*rules)
 
 
 class _Rule:
@@ -151,10 +153,10 @@ def blocked_tile(chunks: int, columns: int, registers: int = REGISTERS) -> tuple
 
 class BlockedConv2D(_Rule):
     """A conv in channel-blocked layout (``blocked_layout``): output ``[N, C/b, H, W, b]``,
-    reduction (input channels, kh, kw) or, depthwise, (kh, kw). A tile is ``blocked_tile``
-    columns by the channel block (one vector each), accumulated over the whole reduction with the
-    input channels' block innermost: each step broadcasts one input value per column and loads
-    one contiguous vector of weights."""
+    reduction (input channels, kh, kw) or, depthwise, (kh, kw). A tile is one or two channel
+    blocks by a few columns (``blocked_tile``), one accumulator vector each, accumulated over the
+    whole reduction with the input channels' block innermost: each step broadcasts one input
+    value per column and loads one contiguous vector of weights per channel block."""
 
     def schedule(self, sch, target) -> bool:
         found = _conv_block(sch)

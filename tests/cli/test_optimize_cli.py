@@ -20,8 +20,16 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     assert "of MACs saved on the test split" in result.output
     assert "compiled for llvm into" in result.output
     for name in ("plan.json", "model.pt2", "report.md", "report.json", "operating_points.png", "masks/conv1.png",
-                 "artifact/model.so", "artifact/manifest.json", "artifact/report.md"):  # fmt: skip
+                 "artifact/model.so", "artifact/manifest.json", "artifact/report.md", "latency.json"):  # fmt: skip
         assert (out / name).exists(), name
+    # The last lines (before warnings): the artifact end to end against the dense model on eager
+    # PyTorch and ONNX Runtime
+    stdout = result.stdout.strip().splitlines()
+    assert stdout[-4].startswith("latency here, batch 1,") and "artifact" in stdout[-3], result.output
+    assert "eager PyTorch" in stdout[-2] and "x its speed" in stdout[-2] and "ONNX Runtime" in stdout[-1]
+    latency = json.loads((out / "latency.json").read_text())
+    assert [c["name"] for c in latency["candidates"]] == ["artifact", "eager", "ort"]
+    assert latency["candidates"][0]["median_ms"] > 0 and latency["candidates"][1]["samples"] == 20
     report = json.loads((out / "report.json").read_text())
     assert report["metric"] == "top1"
     assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9

@@ -1,0 +1,85 @@
+"""Where a dense artifact's time goes: every kernel of a torchvision model (random weights) as the
+default CPU schedules build it, compiled and timed one by one on random inputs (the best of
+``--repeat`` timings of ``--number`` runs), times the calls the model makes to it; with each
+conv's and linear layer's GFLOP/s. The sum leaves out the VM's own work between kernels.
+
+    python benchmarks/cpu_kernels.py resnet18
+    python benchmarks/cpu_kernels.py vgg11 --batch 16 --top 10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def flops(func) -> float | None:
+    """2 x the multiply-adds of a kernel's reduction block (a conv's, a matrix product's): the
+    product of its iteration extents; None when it has no reduction or several."""
+    from tvm import s_tir
+    from tvm.tirx import IterVar
+
+    sch = s_tir.Schedule(func)
+    found = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        iters = sch.get(block).iter_vars
+        if any(int(v.iter_type) == IterVar.CommReduce for v in iters):
+            found.append(2.0 * float(np.prod([int(v.dom.extent) for v in iters])))
+    return found[0] if len(found) == 1 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--number", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    import torch
+    import torchvision
+    import tvm
+
+    from sparsify_cnn.codegen.build import scheduled_kernels
+    from sparsify_cnn.codegen.exporting import export_static
+    from sparsify_cnn.codegen.importer import import_program
+    from sparsify_cnn.codegen.target import target_spec
+    from sparsify_cnn.ops.registry import custom_convert_map
+    from sparsify_cnn.transform.capture import capture
+
+    torch.manual_seed(0)
+    shape = (args.batch, 3, args.size, args.size)
+    graph = capture(getattr(torchvision.models, args.model)().eval(), shape).graph_module
+    spec = target_spec("llvm")
+    target = tvm.target.Target(spec)
+    with target:
+        mod, _ = import_program(export_static(graph, shape), custom_convert_map())
+    mod = scheduled_kernels(mod, spec)
+    main_text = mod["main"].script()
+    rng = np.random.default_rng(0)
+    rows = []
+    for var, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        calls = main_text.count(f"call_tir({var.name_hint},")
+        if calls == 0:
+            continue  # a kernel of main_transform_params: runs once, at compile time
+        kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target).jit()
+        inputs = [tvm.runtime.tensor(rng.random([int(d) for d in p.shape]).astype(str(p.dtype))) for p in func.params]
+        timer = kernel.time_evaluator("main", tvm.cpu(), number=args.number, repeat=args.repeat)
+        ms = 1e3 * min(timer(*inputs).results)
+        work = flops(func)
+        rows.append((ms * calls, calls, ms, var.name_hint, [int(d) for d in func.params[-1].shape], work))
+    rows.sort(key=lambda row: -row[0])
+    print(f"{args.model}, batch {args.batch}: {sum(r[0] for r in rows):.1f} ms in {len(rows)} kernels")
+    print("| ms (all calls) | calls | ms each | GFLOP/s | kernel | output |")
+    print("|---|---|---|---|---|---|")
+    for total, calls, ms, name, out, work in rows[: args.top]:
+        rate = f"{work / ms / 1e6:.0f}" if work else ""
+        print(f"| {total:.2f} | {calls} | {ms:.3f} | {rate} | {name[:50]} | {out} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -177,8 +177,11 @@ class BlockedConv2D(_Rule):
                 return False
             channel_blocks, channel = sch.split(channels, [None, inner])
             reduce_outer, reduce_inner = [channel_blocks, kh, kw], [channel]
-        else:
+        else:  # depthwise: memory-bound, so the padding is read in place, not copied first
             reduce_outer, reduce_inner = reduce, []
+            for block in before:
+                sch.compute_inline(block)
+            before = []
         registers = accumulator_registers(target)
         chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
         chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])

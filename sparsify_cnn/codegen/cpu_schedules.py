@@ -101,15 +101,10 @@ def _parallel_vectorize(sch, block) -> None:
 
 class Conv2D(_Rule):
     def schedule(self, sch, target) -> bool:
-        blocks = _blocks(sch)
-        names = [sch.get(b).name_hint for b in blocks]
-        found = [i for i, name in enumerate(names) if "conv2d" in name.lower() and "R" in _iter_kinds(sch, blocks[i])]
-        if len(found) != 1:
+        found = _conv_block(sch)
+        if found is None:
             return False
-        at = found[0]
-        conv, before, after = blocks[at], blocks[:at], blocks[at + 1 :]
-        if any("R" in _iter_kinds(sch, b) for b in before + after):
-            return False  # a reduction besides the conv: not a conv with an elementwise epilogue
+        before, conv, after = found
         kinds = _iter_kinds(sch, conv)
         if kinds[:4] != "SSSS" or set(kinds[4:]) != {"R"} or len(sch.get_loops(conv)) != len(kinds):
             return False
@@ -121,15 +116,8 @@ class Conv2D(_Rule):
         channel_blocks, channel = sch.split(channels, [None, block])
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(batch, channel_blocks, rows, column_blocks, *reduce, channel, column)
-        tile = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(tile, column_blocks)
-        sch.parallel(sch.fuse(batch, channel_blocks, rows))
-        sch.unroll(channel)
-        sch.vectorize(column)
-        sch.vectorize(sch.get_loops(tile)[-1])
-        sch.decompose_reduction(conv, reduce[0])
-        for block in before + after[-1:]:  # padding, and the epilogue
-            _parallel_vectorize(sch, block)
+        _register_tile(sch, conv, at=column_blocks, parallel=[batch, channel_blocks, rows], unrolled=[channel],
+                       lanes=column, reduce=reduce[0], others=before + after[-1:])  # fmt: skip
         return True
 
 
@@ -187,17 +175,27 @@ class BlockedConv2D(_Rule):
         chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
         column_blocks, column = sch.split(columns, [None, column_tile])
         sch.reorder(batch, chunk_blocks, rows, column_blocks, *reduce_outer, *reduce_inner, column, chunk, lanes)
-        tile = sch.cache_write(conv, 0, "local")
-        sch.reverse_compute_at(tile, column_blocks)
-        sch.parallel(sch.fuse(batch, chunk_blocks, rows))
-        sch.unroll(column)
-        sch.unroll(chunk)
-        sch.vectorize(lanes)
-        sch.vectorize(sch.get_loops(tile)[-1])
-        sch.decompose_reduction(conv, reduce_outer[0])
-        for block in before + after[-1:]:  # padding, and the epilogue
-            _parallel_vectorize(sch, block)
+        _register_tile(sch, conv, at=column_blocks, parallel=[batch, chunk_blocks, rows], unrolled=[column, chunk],
+                       lanes=lanes, reduce=reduce_outer[0], others=before + after[-1:])  # fmt: skip
         return True
+
+
+def _register_tile(sch, block, at, parallel, unrolled, lanes, reduce, others) -> None:
+    """What every register-tiled rule does once its loops are in order: accumulate ``block`` in a
+    local tile written back after the reduction under loop ``at``; fuse the ``parallel`` loops,
+    unroll the ``unrolled`` ones, vectorise ``lanes`` and the write-back; split off the
+    initialisation at loop ``reduce``; and schedule the ``others`` blocks (padding, the epilogue)
+    parallel and vectorised on their own."""
+    tile = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(tile, at)
+    sch.parallel(sch.fuse(*parallel))
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.vectorize(lanes)
+    sch.vectorize(sch.get_loops(tile)[-1])
+    sch.decompose_reduction(block, reduce)
+    for other in others:
+        _parallel_vectorize(sch, other)
 
 
 def _conv_block(sch):
@@ -282,15 +280,8 @@ class Matmul(_Rule):
         row_blocks, row = sch.split(rows, [None, row_tile])
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(*outer, row_blocks, column_blocks, reduce, row, column)
-        tile = sch.cache_write(product, 0, "local")
-        sch.reverse_compute_at(tile, column_blocks)
-        sch.parallel(sch.fuse(*outer, row_blocks, column_blocks))
-        sch.unroll(row)
-        sch.vectorize(column)
-        sch.vectorize(sch.get_loops(tile)[-1])
-        sch.decompose_reduction(product, reduce)
-        for block in after[-1:]:
-            _parallel_vectorize(sch, block)
+        _register_tile(sch, product, at=column_blocks, parallel=[*outer, row_blocks, column_blocks], unrolled=[row],
+                       lanes=column, reduce=reduce, others=after[-1:])  # fmt: skip
         return True
 
 

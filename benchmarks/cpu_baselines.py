@@ -5,9 +5,9 @@ issue's targets are stated in, and compile times.
 
 Each backend is timed in a process of its own, the processes taking turns (``--processes``
 rounds of one process per backend): runtimes in one process disturb each other (each one's
-worker threads spin after a run, on the cores the next one needs; measured here, ONNX Runtime
-took 4 ms on MobileNetV2 alone and 15 ms between TVM runs), and one process's timings vary less
-than the same command's across processes (memory placement). The spread shown is over every
+worker threads spin after a run, on the cores the next one needs; ``--together`` times them
+interleaved in one process, as ``sparsify bench`` does, to show how much), and one process's
+timings vary less than the same command's across processes. The spread shown is over every
 timing of every process.
 
     python benchmarks/cpu_baselines.py --threads 2 --batches 1 16
@@ -26,9 +26,10 @@ import time
 MODELS = ("resnet18", "mobilenet_v2", "vgg11", "densenet121")
 
 
-def solo(backend: str, name: str, batch: int, threads: int, rounds: int) -> dict:
-    """Time ``backend`` on ``name`` in this process: its timings (ms), or why it is unavailable,
-    and the seconds it took to make the runner (export, compile)."""
+def solo(backends: list[str], name: str, batch: int, threads: int, rounds: int) -> dict:
+    """Time ``backends`` on ``name`` in this process, in interleaved rounds when there are
+    several: per backend its timings (ms) and the seconds it took to make the runner (export,
+    compile), or why it is unavailable."""
     import torch
     import torchvision
 
@@ -40,23 +41,30 @@ def solo(backend: str, name: str, batch: int, threads: int, rounds: int) -> dict
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(batch, 3, 224, 224)
-    module = capture(model, tuple(x.shape)).graph_module if backend == "tvm" else model
-    start = time.perf_counter()
-    try:
-        runner = make_runner(backend, module, x, TVMSettings())
-    except BackendUnavailable as error:
-        return {"unavailable": str(error)[:60]}
-    made = time.perf_counter() - start
-    return {"samples": interleaved_samples([runner], rounds=rounds, number=1)[0], "made_s": made}
+    results, runners = {}, {}
+    for backend in backends:
+        module = capture(model, tuple(x.shape)).graph_module if backend == "tvm" else model
+        start = time.perf_counter()
+        try:
+            runners[backend] = make_runner(backend, module, x, TVMSettings())
+        except BackendUnavailable as error:
+            results[backend] = {"unavailable": str(error)[:60]}
+            continue
+        results[backend] = {"made_s": time.perf_counter() - start}
+    samples = interleaved_samples(list(runners.values()), rounds=rounds, number=1)
+    for backend, timings in zip(runners, samples):
+        results[backend]["samples"] = timings
+    return results
 
 
-def in_process(backend: str, name: str, batch: int, args) -> dict:
+def in_process(backends: list[str], name: str, batch: int, args) -> dict:
     """``solo`` in a fresh process."""
-    command = [sys.executable, __file__, "--solo", backend, name, str(batch), "--threads", str(args.threads),
+    command = [sys.executable, __file__, "--solo", ",".join(backends), name, str(batch), "--threads", str(args.threads),
                "--rounds", str(args.rounds)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {"unavailable": (done.stderr.strip().splitlines() or ["failed"])[-1][:60]}
+        why = (done.stderr.strip().splitlines() or ["failed"])[-1][:60]
+        return {backend: {"unavailable": why} for backend in backends}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -68,16 +76,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="Timings per process.")
     parser.add_argument("--processes", type=int, default=3, help="Processes per backend, taking turns.")
     parser.add_argument("--compile", action="store_true", help="Also time torch.compile (minutes per model here).")
+    parser.add_argument("--together", action="store_true",
+                        help="All backends in one process, interleaved, as `sparsify bench` times them (to see how "
+                        "much they disturb each other).")  # fmt: skip
     parser.add_argument("--solo", nargs=3, metavar=("BACKEND", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.solo:
         backend, name, batch = args.solo
-        print(json.dumps(solo(backend, name, int(batch), args.threads, args.rounds)))
+        print(json.dumps(solo(backend.split(","), name, int(batch), args.threads, args.rounds)))
         return
     import torch
 
     backends = ["eager", *(["compile"] if args.compile else []), "ort", "tvm"]
-    print(f"torch {torch.__version__}, {args.threads} threads, random weights, each backend in its own process, "
+    where = "all backends in one process, interleaved" if args.together else "each backend in its own process"
+    print(f"torch {torch.__version__}, {args.threads} threads, random weights, {where}, "
           f"{args.processes} processes x {args.rounds} timings, median [min-max]; "
           f"tvm = the sparsify dense artifact, default schedules, no tuning")  # fmt: skip
     print(f"| model | batch | {' | '.join(f'{b} ms' for b in backends)} | ORT / tvm (target >= 0.8) "
@@ -87,16 +99,15 @@ def main() -> None:
         for batch in args.batches:
             samples: dict[str, list[float]] = {b: [] for b in backends}
             why, made = {}, {}
+            groups = [backends] if args.together else [[backend] for backend in backends]
             for _ in range(args.processes):
-                for backend in backends:
-                    if backend in why:
-                        continue
-                    result = in_process(backend, name, batch, args)
-                    if "unavailable" in result:
-                        why[backend] = result["unavailable"]
-                        continue
-                    samples[backend] += result["samples"]
-                    made.setdefault(backend, result["made_s"])
+                for group in groups:
+                    for backend, result in in_process([b for b in group if b not in why], name, batch, args).items():
+                        if "unavailable" in result:
+                            why[backend] = result["unavailable"]
+                            continue
+                        samples[backend] += result["samples"]
+                        made.setdefault(backend, result["made_s"])
             median = {b: statistics.median(s) for b, s in samples.items() if s}
             cells = [f"{median[b]:.1f} [{min(samples[b]):.1f}-{max(samples[b]):.1f}]" if b in median
                      else f"n/a ({why.get(b, '')})" for b in backends]  # fmt: skip

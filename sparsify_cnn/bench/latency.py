@@ -4,8 +4,8 @@ job's last lines.
 
 Each candidate is timed in a block of its own (warm-up runs, then ``rounds`` timings), the blocks
 taking turns ``passes`` times. Single runs interleaved across runtimes let one runtime's spinning
-worker threads slow the next (measured on MobileNetV2, 2 cores: ONNX Runtime took 4.4 ms alone
-and 8.5 ms interleaved with TVM); a block's warm-up runs absorb that, and the turns show drift."""
+worker threads slow the next (``benchmarks/cpu_baselines.py --together`` shows by how much); a
+block's warm-up runs absorb that, and the turns show drift."""
 
 from __future__ import annotations
 

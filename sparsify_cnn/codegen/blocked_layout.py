@@ -161,7 +161,7 @@ def pack_dense_weights():
     """A linear layer ``x @ w`` (``w`` of shape [K, N], from the weights alone) with ``w`` packed
     as [N / b, K, b], ``b`` the columns its kernel computes together (``matmul_lanes``): each
     block of columns then reads its weights as one contiguous run, not one row segment per page
-    (VGG's 25088 x 4096 classifier ran 2.7x slower than eager for that). The packing depends on
+    (what made VGG's 25088 x 4096 classifier slower than eager's). The packing depends on
     the weights alone: it runs once, at compile time."""
     import tvm
     from tvm import relax, te

@@ -10,7 +10,6 @@ block's warm-up runs absorb that, and the turns show drift."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..report.timing import interleaved_samples
 from .runners import BackendUnavailable, TVMSettings, make_runner
 
 LABELS = {"artifact": "artifact", "eager": "dense, eager PyTorch", "ort": "dense, ONNX Runtime"}
@@ -61,13 +61,8 @@ def end_to_end(
         except BackendUnavailable as error:
             timed[backend].unavailable = str(error)
     for _ in range(passes):
-        for name, run in runners.items():
-            for _ in range(warmup):
-                run()
-            for _ in range(rounds):
-                start = time.perf_counter()
-                run()
-                timed[name].samples.append(1e3 * (time.perf_counter() - start))
+        for name, run in runners.items():  # a block: warm-up runs, then this candidate alone
+            timed[name].samples += interleaved_samples([run], rounds=rounds, number=1, warmup=warmup)[0]
     return list(timed.values())
 
 

@@ -138,15 +138,12 @@ def _report_latency(prepared, out_dir: Path) -> None:
     import torch
 
     from ..bench.latency import end_to_end, summary_lines
+    from ..transform.capture import set_eval
 
     batch = prepared.captured.input_shape[0]
     images = prepared.data.calib.x
     x = images[:batch] if len(images) >= batch else images.repeat(-(-batch // len(images)), *[1] * (images.dim() - 1))[:batch]
-    dense = prepared.captured.graph_module
-    try:
-        dense.eval()  # as deployed: batch norm with its running statistics
-    except NotImplementedError:  # an exported program's graph: its ops are inference ops already
-        pass
+    dense = set_eval(prepared.captured.graph_module)  # as deployed: batch norm with its running statistics
     timed = end_to_end(out_dir / "artifact", dense, x)
     threads = torch.get_num_threads()
     for line in summary_lines(timed, batch, threads):

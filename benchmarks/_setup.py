@@ -27,3 +27,22 @@ def trained_zoo_model(name: str, epochs: int, batch: int = 1, threads: int = 2) 
     seconds = time.perf_counter() - start
     loaded = LoadedModel(model.eval(), f"zoo:{name}", "zoo", entry.input_shape)
     return Prepared(loaded, capture(model, (batch, *entry.input_shape)), data), seconds
+
+
+def untrained_technique(technique: str, dense: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``dense`` rewritten by a technique that times the same work whatever the weights:
+    ``perforation-R`` (grid masks keeping 1-R of the positions of every non-1x1 conv) or ``ssc``
+    (g = 16, p = 2 wherever they divide)."""
+    from sparsify_cnn.techniques.perforation.masks import kept_mask
+    from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
+    from sparsify_cnn.techniques.ssc.rewrite import SSCConfig, insert_ssc
+
+    if technique.startswith("perforation-"):
+        rate = float(technique.split("-", 1)[1])
+        gm = insert_perforated_convs(dense, PerforationConfig()).graph_module
+        for op in perforated_ops(gm).values():
+            op.set_kept(kept_mask("grid", op.out_hw, 1 - rate, seed=0))
+        return gm
+    if technique == "ssc":
+        return insert_ssc(dense, SSCConfig(per_layer=(("*", 16, 2),))).graph_module
+    raise ValueError(f"unknown technique {technique}")

@@ -5,6 +5,7 @@ conv's and linear layer's GFLOP/s. The sum leaves out the VM's own work between 
 
     python benchmarks/cpu_kernels.py resnet18
     python benchmarks/cpu_kernels.py vgg11 --batch 16 --top 10
+    python benchmarks/cpu_kernels.py resnet18 --technique perforation-0.5
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--technique", default=None, help="perforation-R or ssc (see _setup.untrained_technique)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--number", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=7)
@@ -52,6 +54,10 @@ def main() -> None:
     torch.manual_seed(0)
     shape = (args.batch, 3, args.size, args.size)
     graph = capture(getattr(torchvision.models, args.model)().eval(), shape).graph_module
+    if args.technique:
+        from _setup import untrained_technique
+
+        graph = untrained_technique(args.technique, graph)
     spec = target_spec("llvm")
     target = tvm.target.Target(spec)
     with target:

@@ -23,6 +23,7 @@ import statistics
 import time
 
 import torch
+from _setup import untrained_technique
 
 MODELS = {  # name -> (zoo entry, input shape)
     "cq": ("cq", (3, 32, 32)),
@@ -31,24 +32,6 @@ MODELS = {  # name -> (zoo entry, input shape)
     "resnet18-cifar": ("resnet18", (3, 32, 32)),
     "resnet18": ("resnet18", (3, 224, 224)),
 }
-
-
-def transformed(technique: str, dense, shape, epochs: int):
-    """(dense graph, transformed graph, images) for one technique."""
-    from sparsify_cnn.techniques.perforation.masks import kept_mask
-    from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
-    from sparsify_cnn.techniques.ssc.rewrite import SSCConfig, insert_ssc
-
-    images = torch.randn(32, *shape, generator=torch.Generator().manual_seed(0))
-    if technique.startswith("perforation-"):
-        rate = float(technique.split("-", 1)[1])
-        gm = insert_perforated_convs(dense, PerforationConfig()).graph_module
-        for op in perforated_ops(gm).values():
-            op.set_kept(kept_mask("grid", op.out_hw, 1 - rate, seed=0))
-        return dense, gm, images
-    if technique == "ssc":
-        return dense, insert_ssc(dense, SSCConfig(per_layer=(("*", 16, 2),))).graph_module, images
-    raise ValueError(f"unknown technique {technique}")
 
 
 def spatial_cq(epochs: int):
@@ -121,7 +104,8 @@ def main() -> None:
                 torch.manual_seed(0)
                 sized = {"input_size": shape[1:]} if models.get_entry(name).sized else {}
                 dense = capture(models.build(name, num_classes=10, **sized).eval(), (1, *shape)).graph_module
-                dense, rewritten, images = transformed(technique, dense, shape, args.epochs)
+                rewritten = untrained_technique(technique, dense)
+                images = torch.randn(32, *shape, generator=torch.Generator().manual_seed(0))
             result = bench(dense, images, config, transformed=rewritten, label=model)
             print(render_markdown(result), flush=True)
             summary += summary_rows(model, technique, result)

@@ -15,6 +15,8 @@ fails leaves the function as it was (correct, slow), never a broken one. In the 
   columns load as vectors;
 - ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
   vectorised by whole cache lines, accumulated in a local buffer, rows and column blocks parallel;
+- ``BlockedMatmul``: a matrix product with channel-blocked output and packed weights (the
+  perforated conv's GEMM): the blocked conv's register tile;
 - dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums);
 - ``Window``: any other single reduction after its spatial loops (max and average pooling): the
   reduction inside, the innermost output loop vectorised, the outer ones parallel;
@@ -35,8 +37,9 @@ def default_cpu_schedule():
     """The module pass that schedules every unscheduled PrimFunc it has a rule for."""
     from tvm.s_tir import dlight
 
-    rules = (BlockedConv2D(), Conv2D(), Matmul(), dlight.cpu.GEMV(), dlight.cpu.Reduction(), Window(), Elementwise())
-    return dlight.ApplyDefaultSchedule(*rules)
+    convs = (BlockedConv2D(), Conv2D())
+    products = (Matmul(), BlockedMatmul(), dlight.cpu.GEMV())
+    return dlight.ApplyDefaultSchedule(*convs, *products, dlight.cpu.Reduction(), Window(), Elementwise())
 
 
 class _Rule:
@@ -137,6 +140,14 @@ def blocked_tile(chunks: int, columns: int, registers: int = REGISTERS) -> tuple
     whole filter apart."""
     options = [(c, w) for c in (1, 2) if chunks % c == 0 for w in range(1, registers // c + 1) if columns % w == 0]
     return max(options, key=lambda tile: (tile[0] * tile[1] / (tile[0] + tile[1]), tile[0] * tile[1]))
+
+
+def blocked_columns(count: int, registers: int = REGISTERS) -> int:
+    """``count`` columns of a blocked matrix product (``BlockedMatmul``) padded to a whole number
+    of register tiles two channel blocks tall: the tile width from a quarter to half of the
+    ``registers`` that wastes the fewest columns, the wider on a tie."""
+    widths = range(max(1, registers // 4), registers // 2 + 1)
+    return min((-(-count // w) * w, -w) for w in widths)[0]
 
 
 class BlockedConv2D(_Rule):
@@ -282,6 +293,34 @@ class Matmul(_Rule):
         sch.reorder(*outer, row_blocks, column_blocks, reduce, row, column)
         _register_tile(sch, product, at=column_blocks, parallel=[*outer, row_blocks, column_blocks], unrolled=[row],
                        lanes=column, reduce=reduce, others=after[-1:])  # fmt: skip
+        return True
+
+
+class BlockedMatmul(_Rule):
+    """A matrix product whose output is channel-blocked, ``[..., C/b, columns, b]``, from weights
+    packed ``[..., C/b, K, b]`` (the perforated conv's GEMM): the blocked conv's register tile,
+    one or two channel blocks by a few columns (``blocked_tile``), a vector of weights times a
+    broadcast value of the column per step."""
+
+    def schedule(self, sch, target) -> bool:
+        found = _one_reduction(sch)
+        if found is None:
+            return False
+        before, product, after = found
+        kinds = _iter_kinds(sch, product)
+        if not (4 <= len(kinds) <= 5 and kinds.endswith("SSSR") and set(kinds[:-1]) == {"S"}) or before:
+            return False
+        loops = sch.get_loops(product)
+        if len(loops) != len(kinds) or len(sch.get(product).reads) != 2 or _extent(sch, loops[-2]) != SIMD:
+            return False
+        _epilogue(sch, after)
+        *outer, chunks, columns, lanes, reduce = loops
+        chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), accumulator_registers(target))
+        chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
+        column_blocks, column = sch.split(columns, [None, column_tile])
+        sch.reorder(*outer, chunk_blocks, column_blocks, reduce, column, chunk, lanes)
+        _register_tile(sch, product, at=column_blocks, parallel=[*outer, chunk_blocks, column_blocks],
+                       unrolled=[column, chunk], lanes=lanes, reduce=reduce, others=after[-1:])  # fmt: skip
         return True
 
 

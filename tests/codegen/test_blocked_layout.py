@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sparsify_cnn.codegen.blocked_layout import conv_layouts
-from sparsify_cnn.codegen.cpu_schedules import REGISTERS, REGISTERS_AVX512, blocked_tile
+from sparsify_cnn.codegen.cpu_schedules import REGISTERS, REGISTERS_AVX512, blocked_columns, blocked_tile
 
 
 def test_convs_take_the_blocked_layout_their_channels_allow():
@@ -35,6 +35,20 @@ def test_register_tiles_favour_loads_shared_by_many_multiply_adds():
     assert blocked_tile(8, 56, REGISTERS_AVX512) == (2, 8)  # 16 accumulators, 10 loads per step
     assert blocked_tile(64, 7, REGISTERS) == (1, 7)  # two blocks would leave one column
     assert blocked_tile(1, 112, REGISTERS) == (1, 8)
+
+
+@given(st.integers(1, 7000), st.sampled_from([REGISTERS, REGISTERS_AVX512]))
+def test_padded_columns_give_two_block_tiles_of_at_least_a_quarter_of_the_registers(count, registers):
+    padded = blocked_columns(count, registers)
+    chunk_tile, column_tile = blocked_tile(2, padded, registers)
+    assert chunk_tile == 2 and column_tile >= registers // 4
+    assert count <= padded < count + registers // 4  # fewer wasted columns than the narrowest tile
+
+
+def test_padded_columns_waste_nothing_when_a_tile_divides_them():
+    assert blocked_columns(1521, REGISTERS_AVX512) == 1521  # 39 x 39 kept positions: tiles of 9
+    assert blocked_columns(16, REGISTERS_AVX512) == 16
+    assert blocked_columns(361, REGISTERS_AVX512) == 363  # 19 x 19: a prime's square, tiles of 11
 
 
 class Net(nn.Module):

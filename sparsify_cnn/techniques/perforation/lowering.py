@@ -1,16 +1,21 @@
 """The perforated conv as Relax: the conv is computed at the kept output positions only.
 
-Each step is a kernel that TVM schedules (dlight on CUDA, MetaSchedule when tuning):
+Each step is a kernel that TVM schedules (our CPU rules, dlight on CUDA, MetaSchedule when
+tuning):
 
 1. The input is padded once, densely (in a network this fuses with the ops before it), so the
    gather that follows needs no bounds checks.
 2. ``im2col`` of the kept positions: a (groups, C_in/groups*kh*kw, N*K) matrix gathered from
    the flat padded map at each kept window's start. Images are stacked along the columns, so
    one GEMM serves the whole batch.
-3. One GEMM per group with the weights read in place (no transpose: they are inputs of the
-   compiled function, and on CPU a tuned kernel may take them packed, packed once at compile
-   time), ``(C_out/groups, C_in/groups*kh*kw) x cols``, the bias fused in: the compact output
-   (groups, C_out/groups, N*K). On CUDA it is a plain matmul for dlight's GPU rule.
+3. One GEMM per group, the bias fused in: the compact output. On CPU, where a group's output
+   channels come in whole SIMD blocks, the filters are packed once, at compile time, as
+   (groups, C_out/groups/b, C_in/groups*kh*kw, b) and the output is blocked the same way,
+   (groups, C_out/groups/b, columns, b): the register-tiled microkernel of a blocked conv
+   (``cpu_schedules.BlockedMatmul``), a vector of weights times a broadcast column value. Its
+   columns are padded to a whole number of register tiles (``blocked_columns``). Otherwise, the
+   weights read in place (``gemm``), (groups, C_out/groups, N*K); on CUDA a plain matmul for
+   dlight's GPU rule.
 4. Interpolation: output position p is ``sum_j weight[p, j] * compact[index[p, j]]`` (J = 1
    or 3), written straight into the NCHW map; the elementwise ops after the conv fuse into it.
 
@@ -28,6 +33,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax, te, tirx
 
+from ...codegen.cpu_schedules import accumulator_registers, blocked_columns
+from ...codegen.lowering.dots import SIMD
 from ...codegen.lowering.geometry import ConvGeometry
 from ...ops.base import conv_output_hw
 
@@ -74,15 +81,22 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     flat = bb.emit(relax.op.memory.view(x, (g.batch, g.in_channels, hp * wp)))
     # Where each kept window starts in the flat padded map; constant-folded when the table is.
     starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
-    cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, starts: im2col(x, starts, g), [flat, starts])
     target = tvm.target.Target.current(allow_none=True)
-    if target is not None and target.kind.name == "cuda" and g.batch * g.kept >= MATMUL_COLUMNS:
+    kind = target.kind.name if target is not None else None
+    block = SIMD if kind == "llvm" and (g.out_channels // g.groups) % SIMD == 0 else None
+    columns = blocked_columns(g.batch * g.kept, accumulator_registers(target)) if block else g.batch * g.kept
+    cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, s: im2col(x, s, g, columns), [flat, starts])
+    if kind == "cuda" and g.batch * g.kept >= MATMUL_COLUMNS:
         # dlight's GPU matmul rule schedules a plain matmul; with fewer columns its tiles stage
         # more than a block's shared memory, and the reduction rules serve the TE form instead.
         filters = bb.emit(relax.op.memory.view(weight, (g.groups, g.out_channels // g.groups, g.reduction)))
         # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
         per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))
         compact = bb.emit(relax.op.add(relax.op.matmul(filters, cols), per_channel))  # (groups, C_out/groups, N*K)
+    elif block:  # packed from the weights alone: moved to compile time (build.pack_weights)
+        packed = bb.emit_te(lambda w: pack_filters(w, g, block), weight, primfunc_name_hint="perforated_pack_filters")
+        compact = bb.emit_te(lambda w, c, b: blocked_gemm(w, c, b, g), packed, cols, bias,
+                             primfunc_name_hint="perforated_gemm")  # fmt: skip
     else:  # the weights read in place, so a tuned CPU kernel may take them packed (build.pack_weights)
         compact = bb.emit_te(lambda w, c, b: gemm(w, c, b, g), weight, cols, bias, primfunc_name_hint="perforated_gemm")
     # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
@@ -132,21 +146,23 @@ def window_starts(kept_index: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
     return te.compute((g.kept,), value, name="window_starts")
 
 
-def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
-    """(groups, C_in/groups*kh*kw, N*K) from the flat padded input (N, C_in, Hp*Wp): column
-    ``n*K + k`` holds image n's window under the k-th kept output position; rows run over
-    (channel, ky, kx) as the weights do."""
+def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry, columns: int) -> te.Tensor:
+    """(groups, C_in/groups*kh*kw, columns) from the flat padded input (N, C_in, Hp*Wp): column
+    ``n*K + k`` holds image n's window under the k-th kept output position, columns past N*K
+    repeat the last one; rows run over (channel, ky, kx) as the weights do."""
     (kh, kw), (hp, wp) = g.kernel, g.padded_hw
     per_group = g.in_channels // g.groups
     last = hp * wp - 1
 
     def value(group, row, column):
+        if columns > g.batch * g.kept:
+            column = tirx.min(column, g.batch * g.kept - 1)
         tap = row // kw % kh * g.dilation[0] * wp + row % kw * g.dilation[1]
         # Real tables are in bounds; the clamp keeps random ones (MetaSchedule's runner) there too.
         offset = tirx.min(tirx.max(starts[column % g.kept] + tap, 0), last)
         return flat[column // g.kept, group * per_group + row // (kh * kw), offset]
 
-    return te.compute((g.groups, g.reduction, g.batch * g.kept), value, name="im2col")
+    return te.compute((g.groups, g.reduction, columns), value, name="im2col")
 
 
 def gemm(weight: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
@@ -164,19 +180,49 @@ def gemm(weight: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeome
     return te.compute(acc.shape, lambda grp, o, col: acc[grp, o, col] + bias[grp * per_out + o], name="gemm_bias")
 
 
+def pack_filters(weight: te.Tensor, g: PerforatedGeometry, block: int) -> te.Tensor:
+    """(groups, C_out/groups/b, C_in/groups*kh*kw, b): each group's filters as the rows of its
+    GEMM, ``b`` output channels interleaved so that one reduction step loads them as one vector."""
+    (kh, kw), per_out = g.kernel, g.out_channels // g.groups
+    return te.compute(
+        (g.groups, per_out // block, g.reduction, block),
+        lambda grp, chunk, row, lane: weight[grp * per_out + chunk * block + lane, row // (kh * kw), row // kw % kh,
+                                             row % kw],
+        name="packed_filters",
+    )  # fmt: skip
+
+
+def blocked_gemm(packed: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(groups, C_out/groups/b, columns, b): the packed filters times the columns, plus the bias."""
+    groups, chunks, reduction, block = (int(d) for d in packed.shape)
+    per_out = chunks * block
+    row = te.reduce_axis((0, reduction), "row")
+    acc = te.compute(
+        (groups, chunks, int(cols.shape[2]), block),
+        lambda grp, chunk, col, lane: te.sum(packed[grp, chunk, row, lane] * cols[grp, row, col], axis=row),
+        name="gemm",
+    )  # fmt: skip
+    return te.compute(
+        acc.shape, lambda grp, chunk, col, lane: acc[grp, chunk, col, lane] + bias[grp * per_out + chunk * block + lane],
+        name="gemm_bias",
+    )  # fmt: skip
+
+
 def interpolate(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
-    """(N, C_out, H', W') from the compact (groups, C_out/groups, N*K) values through the (P, J)
-    table."""
+    """(N, C_out, H', W') from the compact values through the (P, J) table; compact is
+    (groups, C_out/groups, N*K), or blocked as ``blocked_gemm`` writes it."""
     out_w = g.out_hw[1]
     per_group = g.out_channels // g.groups
     columns = int(index.shape[1])
+    block = int(compact.shape[3]) if len(compact.shape) == 4 else None
+
+    def read(channel, column):
+        group, c = channel // per_group, channel % per_group
+        return compact[group, c // block, column, c % block] if block else compact[group, c, column]
 
     def value(n, c, y, xx):
         p = y * out_w + xx
-        terms = [
-            compact[c // per_group, c % per_group, n * g.kept + _clamp_index(index[p, j], g.kept)] * weight[p, j]
-            for j in range(columns)
-        ]
+        terms = [read(c, n * g.kept + _clamp_index(index[p, j], g.kept)) * weight[p, j] for j in range(columns)]
         return sum(terms[1:], terms[0])
 
     return te.compute((g.batch, g.out_channels, *g.out_hw), value, name="interpolate")

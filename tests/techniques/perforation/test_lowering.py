@@ -74,6 +74,9 @@ CONVS = {
     "groups 2, no bias": (lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False), (4, 7, 7), "zero"),
     "1x3 kernel, no padding": (lambda: nn.Conv2d(3, 5, (1, 3)), (3, 6, 8), "barycentric"),
     "depthwise, stride 2": (lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (4, 8, 8), "nearest"),
+    # whole SIMD blocks of output channels a group: the packed, blocked GEMM on CPU
+    "blocked, 16 channels": (lambda: nn.Conv2d(5, 16, 3, padding=1), (5, 9, 9), "barycentric"),
+    "blocked, groups 2, stride 2": (lambda: nn.Conv2d(4, 16, 3, stride=2, padding=1, groups=2), (4, 11, 11), "nearest"),
 }
 
 
@@ -147,11 +150,38 @@ def test_lowered_module_computes_only_the_kept_positions():
     assert _reduction_macs(mod) == batch * cost.performed_macs < batch * cost.dense_macs
 
 
-def test_kernels_stay_in_bounds_on_random_tables():
+def test_a_blocked_gemm_computes_the_kept_positions_and_a_few_padding_columns():
+    from sparsify_cnn.codegen.cpu_schedules import REGISTERS
+
+    batch, in_shape = 1, (8, 13, 13)
+    op = _perforated(lambda: nn.Conv2d(8, 16, 3, padding=1), in_shape, "uniform", "nearest")
+    mod = _lowered(op, (batch, *in_shape))
+    gemm = mod["perforated_gemm"]
+    groups, chunks, columns, block = (int(s) for s in gemm.params[-1].shape)
+    assert (groups, chunks, block) == (1, 2, 8) and batch * op.kept_count <= columns < batch * op.kept_count + REGISTERS
+    assert _reduction_macs(mod) == 16 * 8 * 9 * columns
+
+
+def test_the_blocked_gemm_is_register_tiled():
+    import tvm
+
+    from sparsify_cnn.codegen.cpu_schedules import BlockedMatmul
+
+    op = _perforated(lambda: nn.Conv2d(8, 32, 3, padding=1), (8, 10, 10), "grid", "nearest")
+    mod = _lowered(op, (2, 8, 10, 10))
+    with tvm.target.Target(target_spec("llvm")) as target:
+        scheduled = BlockedMatmul().apply(mod["perforated_gemm"], target, False)
+    assert scheduled is not None
+    text = scheduled.mod.script()
+    assert "T.parallel" in text and "T.vectorized" in text and "T.unroll" in text and '"local"' in text
+
+
+@pytest.mark.parametrize("out_channels", [4, 16])  # the plain and the blocked GEMM
+def test_kernels_stay_in_bounds_on_random_tables(out_channels):
     """MetaSchedule's runner calls every kernel with random inputs, index tables included."""
     import tvm
 
-    op = _perforated(lambda: nn.Conv2d(3, 4, 3, padding=1), (3, 6, 6), "uniform", "barycentric")
+    op = _perforated(lambda: nn.Conv2d(3, out_channels, 3, padding=1), (3, 6, 6), "uniform", "barycentric")
     mod = _lowered(op, (1, 3, 6, 6))
     rng = np.random.default_rng(0)
     for name in ("perforated_im2col", "perforated_interpolate"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 from .lowering.dots import SIMD
 
 CONV2D = "relax.nn.conv2d"
+OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: a conv, its epilogue fused in
 
 
 def conv_layouts(in_channels: int, out_channels: int, groups: int, block: int = SIMD) -> list[str] | None:
@@ -42,6 +43,8 @@ def conv_layouts(in_channels: int, out_channels: int, groups: int, block: int = 
         return [f"NCHW{inner}c", f"OIHW{inner}i{block}o", f"NCHW{block}c"]
     if groups == in_channels == out_channels:
         return [f"NCHW{block}c", f"OIHW1i{block}o", f"NCHW{block}c"]
+    if (in_channels // groups) % block == 0 and (out_channels // groups) % block == 0:
+        return [f"NCHW{block}c", f"OIHW{block}i{block}o", f"NCHW{block}c"]  # whole blocks a group
     return None
 
 
@@ -76,7 +79,197 @@ def block_channels():
     import tvm
     from tvm import relax
 
-    return tvm.transform.Sequential([clip_as_min_max(), relax.transform.ConvertLayout({}, _desired)])
+    return tvm.transform.Sequential([
+        clip_as_min_max(), merge_narrow_groups(), relax.transform.ConvertLayout({}, _desired), shuffle_in_blocks(),
+        relax.transform.DeadCodeElimination(),
+    ])  # fmt: skip
+
+
+def _function_pass(name: str, make_mutator, main_only: bool = False):
+    """A module pass running the PyExprMutator ``make_mutator(mod, func)`` makes over every Relax
+    function (with ``main_only``, those with weights, ``num_input``)."""
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def rewrite(mod, _context):
+        for var, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function) and (not main_only or (func.attrs and "num_input" in func.attrs)):
+                mutator = make_mutator(mod, func)
+                mutator.builder_.update_func(var, mutator.visit_expr(func))
+                mod = mutator.builder_.get()  # with the kernels the mutator added
+        return mod
+
+    return rewrite
+
+
+def merge_narrow_groups(block: int = SIMD):
+    """A grouped conv with fewer input channels a group than a block (SSC's k x k branch on 64
+    channels in 16 groups: 4 a group) as one with groups of a whole block, the weights widened
+    with zeros outside each original group (block diagonal), so that it takes the blocked layout
+    instead of leaving it twice. The multiply-adds grow ``block / (C_in / groups)`` times on a
+    kernel several times faster; the widening depends on the weights alone (compile time)."""
+    import tvm
+    from tvm import relax, te, tirx
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv2d = tvm.ir.Op.get(CONV2D)
+
+    @mutator
+    class MergeNarrowGroups(PyExprMutator):
+        def __init__(self, mod, weights):
+            super().__init__(mod)
+            self.weights = weights
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(conv2d) or call.args[1] not in self.weights:
+                return call
+            attrs, (data, weight) = call.attrs, call.args
+            if not (attrs.data_layout == "NCHW" and attrs.kernel_layout == "OIHW" and attrs.out_layout == "NCHW"):
+                return call
+            try:
+                in_channels, out_channels, groups = int(data.ty.shape[1]), int(weight.ty.shape[0]), int(attrs.groups)
+            except TypeError:  # symbolic
+                return call
+            per_in, per_out = in_channels // groups, out_channels // groups
+            if groups == 1 or groups == in_channels or per_in >= block or block % per_in:
+                return call
+            merged = block // per_in
+            if groups % merged or (merged * per_out) % block:
+                return call
+            wide = self.builder_.call_te(
+                lambda w: _widened(w, merged, per_in, per_out), weight, primfunc_name_hint="widened_weight"
+            )
+            return relax.op.nn.conv2d(
+                data, wide, attrs.strides, attrs.padding, attrs.dilation, groups // merged, "NCHW", "OIHW", "NCHW",
+                attrs.out_dtype,
+            )  # fmt: skip
+
+    def _widened(weight, merged: int, per_in: int, per_out: int):
+        out_channels, _, kh, kw = (int(d) for d in weight.shape)
+        return te.compute(
+            (out_channels, merged * per_in, kh, kw),
+            lambda o, i, y, x: tirx.if_then_else(
+                i // per_in == o // per_out % merged, weight[o, i % per_in, y, x], tirx.const(0, weight.dtype)
+            ),
+            name="widened_weight",
+        )
+
+    return _function_pass(
+        "MergeNarrowGroups", lambda mod, func: MergeNarrowGroups(mod, _weight_vars(func)), main_only=True
+    )
+
+
+def shuffle_in_blocks():
+    """SSC's channel shuffle (reshape, transpose, reshape: channel ``a*p + j`` moves to
+    ``j*(C/p) + a``) before a blocked conv, which ``ConvertLayout`` leaves in NCHW (two layout
+    changes and the shuffle: three copies), read by the conv from the blocked input instead: one
+    kernel, the conv's (``shuffled_conv2d_nchwc``), no copy. Each input value is a broadcast
+    scalar in the conv's microkernel, so reading it from a shuffled address costs nothing."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    layout_transform, conv2d = tvm.ir.Op.get("relax.layout_transform"), tvm.ir.Op.get(CONV2D)
+    reshape, permute = tvm.ir.Op.get("relax.reshape"), tvm.ir.Op.get("relax.permute_dims")
+
+    @mutator
+    class ShuffleInBlocks(PyExprMutator):
+        def producer(self, expr, op):
+            """The call binding ``expr`` when it is a call of ``op``, else None."""
+            if not isinstance(expr, relax.Var):
+                return None
+            value = self.lookup_binding(expr)
+            return value if isinstance(value, relax.Call) and value.op.same_as(op) else None
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(conv2d) or call.attrs.data_layout == "NCHW":
+                return call
+            found = self.channel_shuffle(call.args[0])
+            if found is None:
+                return call
+            source, groups = found
+            attrs = call.attrs
+            out = self.builder_.call_te(
+                shuffled_conv2d_nchwc, source, call.args[1], groups, list(attrs.strides), list(attrs.padding),
+                list(attrs.dilation), attrs.data_layout, attrs.out_layout, call.ty.dtype,
+                primfunc_name_hint="shuffled_conv2d_NCHWc",
+            )  # fmt: skip
+            gvar = out.args[0]  # a conv: the elementwise ops after it fuse in
+            self.builder_.update_func(gvar, self.builder_.get()[gvar].with_attr("op_pattern", OUT_ELEMWISE_FUSABLE))
+            return out
+
+        def channel_shuffle(self, data):
+            """(blocked source, groups p) when ``data`` blocks a channel shuffle of an unblocked
+            blocked tensor, the blocks the same."""
+            blocking = self.producer(data, layout_transform)
+            if blocking is None:
+                return None
+            chain, expr = [], blocking.args[0]
+            for op in (reshape, permute, reshape, layout_transform):
+                producer = self.producer(expr, op)
+                if producer is None:
+                    return None
+                chain.append(producer)
+                expr = producer.args[0]
+            flat, swapped, split, unblocked = chain
+            source = unblocked.args[0]
+            shapes = [tuple(int(d) for d in e.ty.shape) for e in (source, split.args[0], split, flat, blocking)]
+            (n, chunks, h, w, block), plain, grouped, restored, out = shapes
+            channels = chunks * block
+            if plain != (n, channels, h, w) or restored != plain or out != shapes[0] or len(grouped) != 5:
+                return None
+            per_group, groups = grouped[1], grouped[2]
+            if grouped != (n, per_group, groups, h, w) or [int(a) for a in swapped.attrs.axes] != [0, 2, 1, 3, 4]:
+                return None
+            if not (_is_unblocking(unblocked.attrs.index_map, block) and _is_blocking(blocking.attrs.index_map, block)):
+                return None
+            return source, groups
+
+    return _function_pass("ShuffleInBlocks", lambda mod, func: ShuffleInBlocks(mod))
+
+
+def shuffled_conv2d_nchwc(data, kernel, groups: int, strides, padding, dilation, layout, out_layout, out_dtype):
+    """TOPI's blocked conv on ``data`` [N, C/b, H, W, b] channel-shuffled (channel ``a*p + j``
+    read as ``j*(C/p) + a``, p = ``groups``)."""
+    from tvm import te, topi
+
+    batch, chunks, height, width, block = data.shape
+    per_group = int(chunks) * int(block) // groups
+
+    def value(n, chunk, h, w, lane):
+        s = chunk * int(block) + lane
+        c = s % per_group * groups + s // per_group
+        return data[n, c // int(block), h, w, c % int(block)]
+
+    shuffled = te.compute(data.shape, value, name="channel_shuffle")
+    return topi.nn.conv2d_NCHWc(shuffled, kernel, strides, padding, dilation, layout, out_layout, out_dtype)
+
+
+def _is_unblocking(index_map, block: int) -> bool:
+    """``index_map`` takes NCHW{block}c to NCHW (checked at a point)."""
+    return _at(index_map, (1, 2, 3, 4, 5)) == [1, 2 * block + 5, 3, 4]
+
+
+def _is_blocking(index_map, block: int) -> bool:
+    """``index_map`` takes NCHW to NCHW{block}c (checked at a point)."""
+    channel = 3 * block + block - 1
+    return _at(index_map, (1, channel, 3, 4)) == [1, 3, 3, 4, block - 1]
+
+
+def _at(index_map, point) -> list[int] | None:
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    if len(index_map.initial_indices) != len(point):
+        return None
+    analyzer = Analyzer()
+    try:
+        return [int(analyzer.simplify(e)) for e in index_map.map_indices([tirx.const(v, "int64") for v in point])]
+    except (TypeError, ValueError):
+        return None
 
 
 def clip_as_min_max():
@@ -99,16 +292,7 @@ def clip_as_min_max():
             dtype = call.ty.dtype
             return relax.op.minimum(relax.op.maximum(x, relax.const(low.value, dtype)), relax.const(high.value, dtype))
 
-    @tvm.transform.module_pass(opt_level=0, name="ClipAsMinMax")
-    def rewrite(mod, _context):
-        for var, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                rewriter = ClipAsMinMax(mod)
-                rewriter.builder_.update_func(var, rewriter.visit_expr(func))
-                mod = rewriter.builder_.get()
-        return mod
-
-    return rewrite
+    return _function_pass("ClipAsMinMax", lambda mod, func: ClipAsMinMax(mod))
 
 
 def legalize_blocked_conv(bb, call):
@@ -120,7 +304,7 @@ def legalize_blocked_conv(bb, call):
     if attrs.data_layout == "NCHW" or len(attrs.data_layout) == 4:
         return _nn_conv2d(bb, call)
     out_dtype = attrs.out_dtype if attrs.out_dtype != "" else call.ty.dtype
-    if int(attrs.groups) == 1:
+    if int(attrs.groups) == 1 or int(call.args[1].ty.shape[4]) > 1:  # TOPI's compute takes groups of whole blocks
         return bb.call_te(
             topi.nn.conv2d_NCHWc, call.args[0], call.args[1], list(attrs.strides), list(attrs.padding),
             list(attrs.dilation), attrs.data_layout, attrs.out_layout, out_dtype, primfunc_name_hint="conv2d_NCHWc",
@@ -201,16 +385,9 @@ def pack_dense_weights():
             packed = self.builder_.emit(relax.op.layout_transform(w, index_map=lambda k, n: (n // lanes, k, n % lanes)))
             return self.builder_.call_te(dense_packed, x, packed, primfunc_name_hint="dense_packed")
 
-    @tvm.transform.module_pass(opt_level=0, name="PackDenseWeights")
-    def rewrite(mod, _context):
-        for var, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function) and func.attrs and "num_input" in func.attrs:
-                packer = PackDenseWeights(mod, _weight_vars(func))
-                packer.builder_.update_func(var, packer.visit_expr(func))
-                mod = packer.builder_.get()  # with the kernels call_te added
-        return mod
-
-    return rewrite
+    return _function_pass(
+        "PackDenseWeights", lambda mod, func: PackDenseWeights(mod, _weight_vars(func)), main_only=True
+    )
 
 
 def _weight_vars(func) -> set:

@@ -171,6 +171,10 @@ class BlockedConv2D(_Rule):
         batch, chunks, rows, columns, lanes, *reduce = sch.get_loops(conv)
         if len(reduce) == 3:  # input channels: blocks outside the window, the block inside it
             channels, kh, kw = reduce
+            padding = [b for b in before if "pad" in sch.get(b).name_hint]
+            for block in [b for b in before if b not in padding]:
+                sch.compute_inline(block)  # how the input is read (a channel shuffle), not a copy
+            before = padding
             inner = _input_block(sch, conv)
             if _extent(sch, channels) % inner:
                 return False

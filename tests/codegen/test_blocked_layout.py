@@ -20,7 +20,8 @@ def test_convs_take_the_blocked_layout_their_channels_allow():
     assert conv_layouts(96, 96, groups=96) == ["NCHW8c", "OIHW1i8o", "NCHW8c"]  # depthwise
     assert conv_layouts(64, 100, groups=1) is None  # output channels not whole blocks
     assert conv_layouts(12, 64, groups=1) is None  # more input channels than a block, not whole blocks
-    assert conv_layouts(64, 64, groups=4) is None  # grouped, not depthwise: stays NCHW
+    assert conv_layouts(64, 64, groups=4) == ["NCHW8c", "OIHW8i8o", "NCHW8c"]  # grouped, 16 a group
+    assert conv_layouts(48, 48, groups=4) is None  # 12 a group: no whole blocks, stays NCHW
     assert conv_layouts(8, 16, groups=8) is None  # a depthwise multiplier of 2
 
 
@@ -107,3 +108,78 @@ def test_a_network_runs_blocked_end_to_end_and_matches_torch(tmp_path):
     # activations change layout where the network enters (NCHW3c) and leaves (before flatten);
     # the weights' transforms run once, at compile time, outside main
     assert _calls(tmp_path / "ir" / "04_build_before.py", "layout_transform") == 2
+
+
+class SSCNet(nn.Module):
+    """SSC layers as the technique writes them: a k x k branch of narrow groups (4 channels a
+    group, fewer than a block) and one of whole blocks, each with a pointwise branch reading the
+    input channel-shuffled."""
+
+    def __init__(self):
+        super().__init__()
+        from sparsify_cnn.techniques.ssc.op import SSCConv
+
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.narrow = SSCConv(64, 64, 3, padding=1, g=16, p=2)
+        self.wide = SSCConv(64, 64, 3, stride=2, padding=1, g=4, p=4)
+
+    def forward(self, x):
+        return torch.relu(self.wide(torch.relu(self.narrow(torch.relu(self.stem(x))))))
+
+
+@pytest.mark.tvm
+def test_ssc_layers_run_blocked_end_to_end_and_match_torch(tmp_path):
+    from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
+    from sparsify_cnn.runtime import load
+    from sparsify_cnn.transform.capture import capture
+
+    torch.manual_seed(0)
+    model = SSCNet().eval()
+    shape = (2, 3, 10, 10)
+    x = torch.randn(*shape)
+    result = compile_graph(capture(model, shape).graph_module, shape, tmp_path / "out", check_inputs=x,
+                           dump_ir=tmp_path / "ir")  # fmt: skip
+    assert result.relative_diff <= TOLERANCE
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(load(tmp_path / "out")(x.numpy())), model(x), rtol=1e-4, atol=1e-5)
+
+    fused = tmp_path / "ir" / "01_legalize_and_fuse_after.py"
+    assert _calls(fused, "shuffled_conv2d_NCHWc") == 2  # the pointwise branches read the shuffle in place
+    assert _calls(fused, "conv2d_NCHWc") == 5  # the narrow groups merged into whole blocks
+    built = tmp_path / "ir" / "04_build_before.py"  # the weights' kernels lifted out of main
+    assert _calls(built, "reshape") == _calls(built, "transpose") == 0  # no shuffle copies
+    assert _calls(built, "layout_transform") == 2  # in and out only
+
+
+def test_narrow_groups_merge_into_whole_blocks_only_where_the_channels_allow():
+    import tvm
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from sparsify_cnn.codegen.blocked_layout import merge_narrow_groups
+
+    def module(channels: int, groups: int):
+        @tvm.script.ir_module
+        class Module:
+            @R.function
+            def main(x: R.Tensor((1, channels, 6, 6), "float32"),
+                     w: R.Tensor((channels, channels // groups, 3, 3), "float32")):  # fmt: skip
+                R.func_attr({"num_input": 1})
+                with R.dataflow():
+                    y = R.nn.conv2d(x, w, padding=[1, 1, 1, 1], groups=groups)
+                    R.output(y)
+                return y
+
+        return Module
+
+    def groups_after(channels, groups):
+        mod = merge_narrow_groups()(module(channels, groups))
+        convs = [b.value for b in mod["main"].body.blocks[0].bindings if isinstance(b.value, relax.Call)
+                 and b.value.op.name == "relax.nn.conv2d"]  # fmt: skip
+        return int(convs[0].attrs.groups)
+
+    assert groups_after(64, 16) == 8  # 4 a group: two groups a block
+    assert groups_after(64, 32) == 8  # 2 a group: four
+    assert groups_after(64, 4) == 4  # 16 a group: whole blocks already
+    assert groups_after(64, 64) == 64  # depthwise has its own kernel
+    assert groups_after(24, 8) == 8  # 3 a group: no whole block

@@ -7,7 +7,7 @@ from __future__ import annotations
 from .runners import BACKENDS
 from .suite import BenchResult, Timings
 
-HEADERS = {"eager": "eager ms", "compile": "torch.compile ms", "tvm": "TVM ms"}
+HEADERS = {"eager": "eager ms", "compile": "torch.compile ms", "ort": "ONNX Runtime ms", "tvm": "TVM ms"}
 
 
 def render_markdown(result: BenchResult) -> str:
@@ -18,8 +18,9 @@ def render_markdown(result: BenchResult) -> str:
     title = (f"{result.label}: {result.technique or 'dense'}; target {tvm.target}, TVM {tuning}; threads torch "
              f"{result.threads['torch']}, TVM {result.threads['tvm']}; median of {config.rounds} rounds of "
              f"{config.number} after {config.warmup} warm-up runs")  # fmt: skip
+    against = "the fastest dense backend" if config.baseline == "fastest" else config.baseline
     header = (f"| scope | name | variant | batch | MACs/image | theoretical | {' | '.join(HEADERS[b] for b in backends)} "
-              f"| measured vs {config.baseline} |")  # fmt: skip
+              f"| measured vs {against} |")  # fmt: skip
     lines = [
         title,
         "",
@@ -34,6 +35,8 @@ def render_markdown(result: BenchResult) -> str:
         for variant, timings, macs, theoretical, speedup in rows:
             cells = [_ms(timings, b, notes) for b in backends]
             measured = "n/a" if speedup is None else f"{speedup:.2f}x"
+            if speedup is not None and config.baseline == "fastest" and variant == "dense":
+                measured += f" ({HEADERS[entry.fastest_dense()].removesuffix(' ms')} fastest)"
             if variant != "dense" and entry.below_crossover:
                 measured += " (below crossover)"
             lines.append(f"| {entry.scope} | {entry.name} | {variant} | {entry.batch} | {macs:,} | {theoretical:.2f}x | "

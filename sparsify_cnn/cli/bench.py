@@ -33,9 +33,9 @@ def _names(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--plan-for-other-model", is_flag=True, help="Apply the plan even though it was made for another model "
               "(another graph, or the same graph with other weights, e.g. retrained); its masks were chosen for that one.")  # fmt: skip
 @click.option("--batch", "batches", default="1,32", callback=_ints, help="Batch sizes, comma-separated.")
-@click.option("--backends", default="eager,compile,tvm", callback=_names, help="Backends timed: eager, compile (torch.compile), ort (ONNX Runtime, if installed), tvm.")
-@click.option("--baseline", type=click.Choice(["eager", "compile", "ort", "tvm-dense"]), default="tvm-dense",
-              help="The dense time that measured speedups divide.")  # fmt: skip
+@click.option("--backends", default="eager,compile,ort,tvm", callback=_names, help="Backends timed: eager, compile (torch.compile), ort (ONNX Runtime; a note where it is not installed), tvm.")
+@click.option("--baseline", type=click.Choice(["fastest", "eager", "compile", "ort", "tvm-dense"]), default="fastest",
+              help="The dense time that measured speedups divide (fastest: the fastest backend's, this tool's dense code included).")  # fmt: skip
 @click.option("--target", default="llvm", callback=target_callback, help="TVM target: llvm (this CPU), llvm:CPU or cuda:sm_XX (needs the GPU here).")
 @click.option("--tune-trials", type=Bounded(int, 0, 10**6), default=0, help="MetaSchedule trials per compiled module, dense and transformed alike (0: default schedules).")
 @click.option("--records", type=click.Path(file_okay=False), help="Tuning records directory, reused across runs.")

@@ -16,7 +16,7 @@ fails leaves the function as it was (correct, slow), never a broken one. In the 
 - ``Matmul``: a matrix product (a linear layer at any batch) with its epilogue: output columns
   vectorised by whole cache lines, accumulated in a local buffer, rows and column blocks parallel;
 - ``BlockedMatmul``: a matrix product with channel-blocked output and packed weights (the
-  perforated conv's GEMM): the blocked conv's register tile;
+  perforated conv's implicit GEMM): the blocked conv's register tile;
 - dlight's ``GEMV`` and ``Reduction`` (global pooling, softmax sums);
 - ``Window``: any other single reduction after its spatial loops (max and average pooling): the
   reduction inside, the innermost output loop vectorised, the outer ones parallel;
@@ -120,7 +120,7 @@ class Conv2D(_Rule):
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(batch, channel_blocks, rows, column_blocks, *reduce, channel, column)
         _register_tile(sch, conv, at=column_blocks, parallel=[batch, channel_blocks, rows], unrolled=[channel],
-                       lanes=column, reduce=reduce[0], others=before + after[-1:])  # fmt: skip
+                       lanes=column, reduce=reduce[0], others=before, epilogue=_last(after))  # fmt: skip
         return True
 
 
@@ -191,26 +191,37 @@ class BlockedConv2D(_Rule):
         column_blocks, column = sch.split(columns, [None, column_tile])
         sch.reorder(batch, chunk_blocks, rows, column_blocks, *reduce_outer, *reduce_inner, column, chunk, lanes)
         _register_tile(sch, conv, at=column_blocks, parallel=[batch, chunk_blocks, rows], unrolled=[column, chunk],
-                       lanes=lanes, reduce=reduce_outer[0], others=before + after[-1:])  # fmt: skip
+                       lanes=lanes, reduce=reduce_outer[0], others=before, epilogue=_last(after))  # fmt: skip
         return True
 
 
-def _register_tile(sch, block, at, parallel, unrolled, lanes, reduce, others) -> None:
+def _register_tile(sch, block, at, parallel, unrolled, lanes, reduce, others, epilogue=None) -> None:
     """What every register-tiled rule does once its loops are in order: accumulate ``block`` in a
-    local tile written back after the reduction under loop ``at``; fuse the ``parallel`` loops,
-    unroll the ``unrolled`` ones, vectorise ``lanes`` and the write-back; split off the
-    initialisation at loop ``reduce``; and schedule the ``others`` blocks (padding, the epilogue)
-    parallel and vectorised on their own."""
+    local tile written back after the reduction under loop ``at``, through the ``epilogue`` block
+    (bias, batch norm, ReLU, residual add: inlined, so the output is written once); fuse the
+    ``parallel`` loops, unroll the ``unrolled`` ones, vectorise ``lanes`` and the write-back;
+    split off the initialisation at loop ``reduce``; and schedule the ``others`` blocks (padding;
+    an epilogue that cannot be inlined) parallel and vectorised on their own."""
     tile = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(tile, at)
+    write_back = sch.get_loops(tile)[-1]
+    if epilogue is not None:
+        try:
+            sch.reverse_compute_inline(epilogue)
+        except Exception:  # noqa: BLE001 - tvm's ScheduleError: the epilogue runs as a pass of its own
+            others = [*others, epilogue]
     sch.parallel(sch.fuse(*parallel))
     for loop in unrolled:
         sch.unroll(loop)
     sch.vectorize(lanes)
-    sch.vectorize(sch.get_loops(tile)[-1])
+    sch.vectorize(write_back)
     sch.decompose_reduction(block, reduce)
     for other in others:
         _parallel_vectorize(sch, other)
+
+
+def _last(blocks):
+    return blocks[-1] if blocks else None
 
 
 def _conv_block(sch):
@@ -296,15 +307,16 @@ class Matmul(_Rule):
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(*outer, row_blocks, column_blocks, reduce, row, column)
         _register_tile(sch, product, at=column_blocks, parallel=[*outer, row_blocks, column_blocks], unrolled=[row],
-                       lanes=column, reduce=reduce, others=after[-1:])  # fmt: skip
+                       lanes=column, reduce=reduce, others=[], epilogue=_last(after))  # fmt: skip
         return True
 
 
 class BlockedMatmul(_Rule):
     """A matrix product whose output is channel-blocked, ``[..., C/b, columns, b]``, from weights
-    packed ``[..., C/b, K, b]`` (the perforated conv's GEMM): the blocked conv's register tile,
-    one or two channel blocks by a few columns (``blocked_tile``), a vector of weights times a
-    broadcast value of the column per step."""
+    packed ``[..., C/b, K, b]``, its reduction one loop or several (the perforated conv's implicit
+    GEMM: input channels and the window): the blocked conv's register tile, one or two channel
+    blocks by a few columns (``blocked_tile``), a vector of weights times a broadcast value of the
+    column per step."""
 
     def schedule(self, sch, target) -> bool:
         found = _one_reduction(sch)
@@ -312,19 +324,22 @@ class BlockedMatmul(_Rule):
             return False
         before, product, after = found
         kinds = _iter_kinds(sch, product)
-        if not (4 <= len(kinds) <= 5 and kinds.endswith("SSSR") and set(kinds[:-1]) == {"S"}) or before:
+        spatial = len(kinds.rstrip("R"))
+        if spatial not in (3, 4) or set(kinds[:spatial]) != {"S"} or set(kinds[spatial:]) != {"R"} or before:
             return False
         loops = sch.get_loops(product)
-        if len(loops) != len(kinds) or len(sch.get(product).reads) != 2 or _extent(sch, loops[-2]) != SIMD:
+        if len(loops) != len(kinds) or _extent(sch, loops[spatial - 1]) != SIMD:
             return False
         _epilogue(sch, after)
-        *outer, chunks, columns, lanes, reduce = loops
-        chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), accumulator_registers(target))
+        *outer, chunks, columns, lanes = loops[:spatial]
+        reduce = loops[spatial:]
+        registers = accumulator_registers(target)
+        chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
         chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
         column_blocks, column = sch.split(columns, [None, column_tile])
-        sch.reorder(*outer, chunk_blocks, column_blocks, reduce, column, chunk, lanes)
+        sch.reorder(*outer, chunk_blocks, column_blocks, *reduce, column, chunk, lanes)
         _register_tile(sch, product, at=column_blocks, parallel=[*outer, chunk_blocks, column_blocks],
-                       unrolled=[column, chunk], lanes=lanes, reduce=reduce, others=after[-1:])  # fmt: skip
+                       unrolled=[column, chunk], lanes=lanes, reduce=reduce[0], others=[], epilogue=_last(after))  # fmt: skip
         return True
 
 

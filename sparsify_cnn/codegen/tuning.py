@@ -1,4 +1,5 @@
-"""MetaSchedule tuning with a records directory that later compiles reuse.
+"""MetaSchedule tuning with a records directory that later compiles reuse. A record is used only
+where it runs faster than the default CPU schedule (``keep_faster``).
 
 Two traps of TVM 0.27 on small machines are handled here: the default builder imports
 ``tvm.s_tir.tensor_intrin`` (about 26 s) inside its 30 s job timeout, so most builds time out
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
@@ -25,6 +28,7 @@ from ..errors import MissingExtraError
 from ..progress import Progress, silent
 
 BUILD_FUNC = "sparsify.meta_schedule.build"
+CHECKS = "default_schedule_checks.json"  # in the records directory: each record against the default schedule
 LOGGER = "tvm.s_tir.meta_schedule"
 # What MetaSchedule's search imports only once it runs (its cost model, its process pool): the
 # sparsify-cnn[tune] extra, left out of plain installs for xgboost's size.
@@ -99,7 +103,75 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         )
         counter.finish()
     with target, database:
-        return tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        tuned = tvm.relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    if target.kind.name != "llvm":
+        return tuned
+    checks = records / CHECKS
+    verdicts = json.loads(checks.read_text()) if checks.exists() else {}
+    slower = keep_faster(mod, tuned, target, verdicts=verdicts)
+    checks.write_text(json.dumps(verdicts, indent=1, sort_keys=True))
+    if slower:
+        (progress or silent)("tuning check", f"{len(slower)} kernels faster with the default schedule: "
+                             f"{', '.join(sorted(slower))}", 1, 1, eta=False)  # fmt: skip
+    return _with_originals(tuned, mod, slower)
+
+
+def keep_faster(original, tuned, target, seconds=None, verdicts: dict | None = None) -> set[str]:
+    """The kernels of ``tuned`` (tuning records applied to ``original``) that the default CPU
+    schedule runs faster than their record: a small budget's best record can be a random
+    schedule slower than the rule's. Each kernel compiled alone both ways and timed on the same
+    random inputs by ``seconds(prim_func, target)`` (default ``kernel_seconds``). ``verdicts``
+    keeps each comparison (by the structural hashes of both kernels): a later compile with the
+    same records decides the same, at no cost."""
+    from .cpu_schedules import default_cpu_schedule
+    from .lowering import hand_scheduled
+
+    seconds = seconds or kernel_seconds
+    verdicts = {} if verdicts is None else verdicts
+    slower = set()
+    for gvar, func in tuned.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or not hand_scheduled(func) or gvar not in original:
+            continue
+        before = original[gvar]
+        if hand_scheduled(before):
+            continue  # written with its schedule (the Spatial op's), not tuned
+        key = f"{tvm_ffi.structural_hash(before)}:{tvm_ffi.structural_hash(func)}"
+        if key not in verdicts:
+            with target:
+                default = default_cpu_schedule()(tvm.IRModule({"main": before}))["main"]
+            verdicts[key] = "default" if seconds(default, target) < seconds(func, target) else "record"
+        if verdicts[key] == "default":
+            slower.add(gvar.name_hint)
+    return slower
+
+
+def kernel_seconds(func, target, repeat: int = 5) -> float:
+    """Best of ``repeat`` timings of one PrimFunc compiled alone on random inputs (integer
+    inputs zero: index tables stay in range); weights in the layout its schedule asked for."""
+    import numpy as np
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    entry = func.with_attr("global_symbol", "main")
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(tvm.IRModule({"main": entry}))
+    kernel = tvm.compile(mod, target=target).jit()
+    rng = np.random.default_rng(0)
+    args = []
+    for param in mod["main"].params:
+        shape, dtype = [int(d) for d in param.shape], str(param.dtype)
+        values = np.zeros(shape, dtype) if "int" in dtype else rng.standard_normal(shape).astype(dtype)
+        args.append(tvm.runtime.tensor(values))
+    timer = kernel.time_evaluator("main", tvm.cpu(), number=3, repeat=repeat)
+    return min(timer(*args).results)
+
+
+def _with_originals(tuned, original, names: set[str]):
+    """A copy of ``tuned`` with the kernels ``names`` as they were before tuning (scheduled by
+    rule at build)."""
+    result = tuned.clone()
+    for gvar in list(result.functions):
+        if gvar.name_hint in names:
+            result.update_func(gvar, original[gvar])
+    return result
 
 
 class TrialCounter:

@@ -42,8 +42,8 @@ def test_dense_bench_times_every_backend_per_batch_and_compares_compiled_dense_t
 
 
 def test_transformed_bench_has_model_and_layer_rows_with_exact_theoretical_speedups(lenet, perforated):
-    result = bench(lenet, torch.randn(1, 1, 28, 28), BenchConfig(batches=(1,), backends=("eager", "tvm"), **FAST),
-                   transformed=perforated, label="lenet")  # fmt: skip
+    config = BenchConfig(batches=(1,), backends=("eager", "tvm"), baseline="tvm-dense", **FAST)
+    result = bench(lenet, torch.randn(1, 1, 28, 28), config, transformed=perforated, label="lenet")
     model, *layers = result.entries
     assert result.technique == "perforation"
     assert (model.scope, model.kind) == ("model", "perforation") and model.macs < model.dense_macs
@@ -97,11 +97,25 @@ def test_a_slower_transformed_kernel_is_flagged_below_crossover():
     assert "0.80x (below crossover)" in render_markdown(result)
 
 
+def test_the_default_baseline_is_the_fastest_dense_backend_this_tool_s_code_included():
+    dense = Timings({"eager": 4.0, "compile": None, "ort": 2.0, "tvm": 3.0}, {"compile": "no C++ compiler"})
+    entry = Entry("model", "m", "perforation", 1, 400, 100, dense, Timings({"tvm": 1.0}))
+    assert BenchConfig().baseline == "fastest" and entry.fastest_dense() == "ort"
+    assert entry.speedup("fastest") == 2.0 and entry.dense_speedup("fastest") == pytest.approx(2 / 3)
+    assert entry.speedup("eager") == 4.0
+    config = BenchConfig(backends=("eager", "compile", "ort", "tvm"))
+    table = render_markdown(BenchResult("m", "perforation", config, {"torch": 1, "tvm": "1"}, [entry]))
+    assert "| ONNX Runtime ms |" in table and "measured vs the fastest dense backend" in table
+    assert "| 0.67x (ONNX Runtime fastest) |" in table and "| 2.00x |" in table
+    faster_here = Entry("model", "m", "dense", 1, 400, 400, Timings({"eager": 4.0, "tvm": 3.0}))
+    assert faster_here.fastest_dense() == "tvm" and faster_here.speedup("fastest") == 1.0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(backends=("eager", "turbo", "tvm")), "unknown backend turbo"),
-        (dict(baseline="fastest"), "unknown baseline"),
+        (dict(baseline="quickest"), "unknown baseline"),
         (dict(backends=("tvm",), baseline="eager"), "needs the eager backend"),
         (dict(backends=("eager",), baseline="eager"), "cannot be left out"),
         (dict(batches=(0,)), "positive"),

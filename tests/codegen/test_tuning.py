@@ -108,3 +108,50 @@ def test_unnamed_log_handlers_are_set_aside_while_metaschedule_configures_loggin
     finally:
         logger.removeHandler(unnamed)
         logger.removeHandler(named)
+
+
+@pytest.mark.parametrize("record_faster", [False, True])
+def test_a_record_slower_than_the_default_schedule_is_left_out(record_faster):
+    import tvm
+
+    from sparsify_cnn.codegen.build import STEPS, _steps
+    from sparsify_cnn.codegen.cpu_schedules import default_cpu_schedule
+    from sparsify_cnn.codegen.exporting import export_static
+    from sparsify_cnn.codegen.importer import import_program
+    from sparsify_cnn.codegen.target import target_spec
+    from sparsify_cnn.codegen.tuning import _with_originals, keep_faster
+    from sparsify_cnn.ops.registry import custom_convert_map
+
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()).eval()
+    shape = (1, 8, 6, 6)
+    target = tvm.target.Target(target_spec("llvm"))
+    with target:
+        original, _ = import_program(export_static(capture(model, shape).graph_module, shape), custom_convert_map())
+    steps = _steps(target, 0, None, None)
+    for name in STEPS[: STEPS.index("tune")]:
+        original = steps[name](original)
+    with target:  # stands in for tuning records: every kernel scheduled
+        tuned = default_cpu_schedule()(original.clone())  # the pass updates the module it is given
+    records = [f for f in tuned.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and f.attrs
+               and f.attrs.get("tirx.is_scheduled")]  # fmt: skip
+    assert records
+
+    def seconds(func, _target):
+        is_record = any(func.same_as(r) for r in records)
+        return (1.0 if record_faster else 2.0) if is_record else 1.5
+
+    verdicts = {}
+    slower = keep_faster(original, tuned, target, seconds, verdicts)
+
+    def untimed(func, _target):
+        raise AssertionError("a kernel with a verdict is timed again")
+
+    assert keep_faster(original, tuned, target, untimed, verdicts) == slower  # the next compile decides the same
+    names = {gv.name_hint for gv, f in tuned.functions.items() if any(f.same_as(r) for r in records)}
+    assert slower == (set() if record_faster else names)
+    restored = _with_originals(tuned, original, slower)
+    for gvar in restored.functions:
+        expected = original[gvar] if gvar.name_hint in slower else tuned[gvar]
+        assert restored[gvar].same_as(expected)  # the rest as tuning left it
+    assert all(any(f.same_as(r) for r in records) for f in tuned.functions.values() if f.attrs
+               and f.attrs.get("tirx.is_scheduled"))  # fmt: skip - tuned itself unchanged

@@ -4,17 +4,18 @@ Each step is a kernel that TVM schedules (our CPU rules, dlight on CUDA, MetaSch
 tuning):
 
 1. The input is padded once, densely (in a network this fuses with the ops before it), so the
-   gather that follows needs no bounds checks.
-2. ``im2col`` of the kept positions: a (groups, C_in/groups*kh*kw, N*K) matrix gathered from
-   the flat padded map at each kept window's start. Images are stacked along the columns, so
-   one GEMM serves the whole batch.
-3. One GEMM per group, the bias fused in: the compact output. On CPU, where a group's output
-   channels come in whole SIMD blocks, the filters are packed once, at compile time, as
-   (groups, C_out/groups/b, C_in/groups*kh*kw, b) and the output is blocked the same way,
-   (groups, C_out/groups/b, columns, b): the register-tiled microkernel of a blocked conv
-   (``cpu_schedules.BlockedMatmul``), a vector of weights times a broadcast column value. Its
-   columns are padded to a whole number of register tiles (``blocked_columns``). Otherwise, the
-   weights read in place (``gemm``), (groups, C_out/groups, N*K); on CUDA a plain matmul for
+   windows read after it need no bounds checks.
+2. On CPU, where a group's output channels come in whole SIMD blocks: an implicit GEMM. The
+   filters are packed once, at compile time, as (groups, C_out/groups/b, C_in/groups*kh*kw, b);
+   each kept position's window is read in place from the flat padded map at its start; the
+   compact output is blocked, (groups, C_out/groups/b, columns, b): the register-tiled
+   microkernel of a blocked conv (``cpu_schedules.BlockedMatmul``), a vector of weights times a
+   broadcast input value. Its columns (N*K, images stacked) are padded to a whole number of
+   register tiles (``blocked_columns``).
+3. Otherwise (CUDA, odd channel counts): ``im2col`` of the kept positions, a
+   (groups, C_in/groups*kh*kw, N*K) matrix gathered from the flat padded map, then one GEMM per
+   group, the bias fused in: (groups, C_out/groups, N*K). On CPU the weights are read in place,
+   so a tuned kernel may take them packed (``build.pack_weights``); on CUDA a plain matmul for
    dlight's GPU rule.
 4. Interpolation: output position p is ``sum_j weight[p, j] * compact[index[p, j]]`` (J = 1
    or 3), written straight into the NCHW map; the elementwise ops after the conv fuse into it.
@@ -84,8 +85,13 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     target = tvm.target.Target.current(allow_none=True)
     kind = target.kind.name if target is not None else None
     block = SIMD if kind == "llvm" and (g.out_channels // g.groups) % SIMD == 0 else None
-    columns = blocked_columns(g.batch * g.kept, accumulator_registers(target)) if block else g.batch * g.kept
-    cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, s: im2col(x, s, g, columns), [flat, starts])
+    if block:  # packed from the weights alone: moved to compile time (build.pack_weights)
+        packed = bb.emit_te(lambda w: pack_filters(w, g, block), weight, primfunc_name_hint="perforated_pack_filters")
+        columns = blocked_columns(g.batch * g.kept, accumulator_registers(target))
+        compact = bb.emit_te(lambda w, x, s, b: implicit_gemm(w, x, s, b, g, columns), packed, flat, starts, bias,
+                             primfunc_name_hint="perforated_gemm")  # fmt: skip
+        return _emit_interpolation(bb, g, compact, interp_index, interp_weight)
+    cols = _emit_int32_kernel(bb, "perforated_im2col", lambda x, s: im2col(x, s, g), [flat, starts])
     if kind == "cuda" and g.batch * g.kept >= MATMUL_COLUMNS:
         # dlight's GPU matmul rule schedules a plain matmul; with fewer columns its tiles stage
         # more than a block's shared memory, and the reduction rules serve the TE form instead.
@@ -93,12 +99,13 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
         # Bias shaped like the GEMM's output, so that FuseOps makes it the GEMM's epilogue.
         per_channel = bb.emit(relax.op.memory.view(bias, (g.groups, g.out_channels // g.groups, 1)))
         compact = bb.emit(relax.op.add(relax.op.matmul(filters, cols), per_channel))  # (groups, C_out/groups, N*K)
-    elif block:  # packed from the weights alone: moved to compile time (build.pack_weights)
-        packed = bb.emit_te(lambda w: pack_filters(w, g, block), weight, primfunc_name_hint="perforated_pack_filters")
-        compact = bb.emit_te(lambda w, c, b: blocked_gemm(w, c, b, g), packed, cols, bias,
-                             primfunc_name_hint="perforated_gemm")  # fmt: skip
     else:  # the weights read in place, so a tuned CPU kernel may take them packed (build.pack_weights)
         compact = bb.emit_te(lambda w, c, b: gemm(w, c, b, g), weight, cols, bias, primfunc_name_hint="perforated_gemm")
+    return _emit_interpolation(bb, g, compact, interp_index, interp_weight)
+
+
+def _emit_interpolation(bb, g: PerforatedGeometry, compact, interp_index, interp_weight):
+    """Emit step 4; return the (N, C_out, H', W') output."""
     # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
     index = bb.emit_te(
         lambda index: te.compute(index.shape, lambda p, j: _clamp_index(index[p, j], g.kept), name="index32"),
@@ -146,23 +153,21 @@ def window_starts(kept_index: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
     return te.compute((g.kept,), value, name="window_starts")
 
 
-def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry, columns: int) -> te.Tensor:
-    """(groups, C_in/groups*kh*kw, columns) from the flat padded input (N, C_in, Hp*Wp): column
-    ``n*K + k`` holds image n's window under the k-th kept output position, columns past N*K
-    repeat the last one; rows run over (channel, ky, kx) as the weights do."""
+def im2col(flat: te.Tensor, starts: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(groups, C_in/groups*kh*kw, N*K) from the flat padded input (N, C_in, Hp*Wp): column
+    ``n*K + k`` holds image n's window under the k-th kept output position; rows run over
+    (channel, ky, kx) as the weights do."""
     (kh, kw), (hp, wp) = g.kernel, g.padded_hw
     per_group = g.in_channels // g.groups
     last = hp * wp - 1
 
     def value(group, row, column):
-        if columns > g.batch * g.kept:
-            column = tirx.min(column, g.batch * g.kept - 1)
         tap = row // kw % kh * g.dilation[0] * wp + row % kw * g.dilation[1]
         # Real tables are in bounds; the clamp keeps random ones (MetaSchedule's runner) there too.
         offset = tirx.min(tirx.max(starts[column % g.kept] + tap, 0), last)
         return flat[column // g.kept, group * per_group + row // (kh * kw), offset]
 
-    return te.compute((g.groups, g.reduction, columns), value, name="im2col")
+    return te.compute((g.groups, g.reduction, g.batch * g.kept), value, name="im2col")
 
 
 def gemm(weight: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
@@ -192,16 +197,25 @@ def pack_filters(weight: te.Tensor, g: PerforatedGeometry, block: int) -> te.Ten
     )  # fmt: skip
 
 
-def blocked_gemm(packed: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
-    """(groups, C_out/groups/b, columns, b): the packed filters times the columns, plus the bias."""
-    groups, chunks, reduction, block = (int(d) for d in packed.shape)
-    per_out = chunks * block
-    row = te.reduce_axis((0, reduction), "row")
-    acc = te.compute(
-        (groups, chunks, int(cols.shape[2]), block),
-        lambda grp, chunk, col, lane: te.sum(packed[grp, chunk, row, lane] * cols[grp, row, col], axis=row),
-        name="gemm",
-    )  # fmt: skip
+def implicit_gemm(packed: te.Tensor, flat: te.Tensor, starts: te.Tensor, bias: te.Tensor, g: PerforatedGeometry,
+                  columns: int) -> te.Tensor:  # fmt: skip
+    """(groups, C_out/groups/b, columns, b): the packed filters times each kept position's window,
+    read in place from the flat padded input (N, C_in, Hp*Wp) at its start (no im2col copy), plus
+    the bias. Columns past N*K repeat the last one. Each start is clamped so that its whole
+    window lies in the map: random tables (MetaSchedule's runner) read in bounds too."""
+    groups, chunks, _, block = (int(d) for d in packed.shape)
+    (kh, kw), (hp, wp), (dh, dw) = g.kernel, g.padded_hw, g.dilation
+    per_in, per_out, count = g.in_channels // g.groups, chunks * block, g.batch * g.kept
+    last_start = hp * wp - 1 - (kh - 1) * dh * wp - (kw - 1) * dw
+    c, ky, kx = te.reduce_axis((0, per_in), "c"), te.reduce_axis((0, kh), "ky"), te.reduce_axis((0, kw), "kx")
+
+    def value(grp, chunk, col, lane):
+        column = tirx.min(col, count - 1) if columns > count else col
+        start = tirx.min(tirx.max(starts[column % g.kept], 0), last_start).astype("int64")
+        window = flat[column // g.kept, grp * per_in + c, start + ky * dh * wp + kx * dw]
+        return te.sum(packed[grp, chunk, (c * kh + ky) * kw + kx, lane] * window, axis=[c, ky, kx])
+
+    acc = te.compute((groups, chunks, columns, block), value, name="gemm")
     return te.compute(
         acc.shape, lambda grp, chunk, col, lane: acc[grp, chunk, col, lane] + bias[grp * per_out + chunk * block + lane],
         name="gemm_bias",
@@ -210,7 +224,7 @@ def blocked_gemm(packed: te.Tensor, cols: te.Tensor, bias: te.Tensor, g: Perfora
 
 def interpolate(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
     """(N, C_out, H', W') from the compact values through the (P, J) table; compact is
-    (groups, C_out/groups, N*K), or blocked as ``blocked_gemm`` writes it."""
+    (groups, C_out/groups, N*K), or blocked as ``implicit_gemm`` writes it."""
     out_w = g.out_hw[1]
     per_group = g.out_channels // g.groups
     columns = int(index.shape[1])

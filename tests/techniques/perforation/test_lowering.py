@@ -176,7 +176,7 @@ def test_the_blocked_gemm_is_register_tiled():
     assert "T.parallel" in text and "T.vectorized" in text and "T.unroll" in text and '"local"' in text
 
 
-@pytest.mark.parametrize("out_channels", [4, 16])  # the plain and the blocked GEMM
+@pytest.mark.parametrize("out_channels", [4, 16])  # im2col and a plain GEMM; the blocked implicit GEMM
 def test_kernels_stay_in_bounds_on_random_tables(out_channels):
     """MetaSchedule's runner calls every kernel with random inputs, index tables included."""
     import tvm
@@ -184,7 +184,11 @@ def test_kernels_stay_in_bounds_on_random_tables(out_channels):
     op = _perforated(lambda: nn.Conv2d(3, out_channels, 3, padding=1), (3, 6, 6), "uniform", "barycentric")
     mod = _lowered(op, (1, 3, 6, 6))
     rng = np.random.default_rng(0)
-    for name in ("perforated_im2col", "perforated_interpolate"):
+    names = [gv.name_hint for gv in mod.functions]
+    table_readers = [n for n in ("perforated_im2col", "perforated_gemm", "perforated_interpolate") if n in names]
+    blocked = ["perforated_gemm", "perforated_interpolate"]  # the implicit GEMM reads the window starts
+    assert len(table_readers) == 3 if out_channels == 4 else table_readers == blocked
+    for name in table_readers:
         func = mod[name]
         built = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target="llvm")
         args = []

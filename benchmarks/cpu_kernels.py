@@ -3,9 +3,14 @@ default CPU schedules build it, compiled and timed one by one on random inputs (
 ``--repeat`` timings of ``--number`` runs), times the calls the model makes to it; with each
 conv's and linear layer's GFLOP/s. The sum leaves out the VM's own work between kernels.
 
+Random inputs make index tables all zeros: kernels that gather through them (perforation's
+GEMM and interpolation) then read one cached window over and over, and run faster alone than in
+the model. ``--in-situ`` times each kernel as the compiled model calls it instead (every call
+of ``--repeat`` runs of the whole model, after warm-up, summed by kernel name).
+
     python benchmarks/cpu_kernels.py resnet18
     python benchmarks/cpu_kernels.py vgg11 --batch 16 --top 10
-    python benchmarks/cpu_kernels.py resnet18 --technique perforation-0.5
+    python benchmarks/cpu_kernels.py resnet18 --technique perforation-0.5 --in-situ
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--technique", default=None, help="perforation-R or ssc (see _setup.untrained_technique)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--in-situ", action="store_true", help="Time the kernels as the compiled model calls them.")
     parser.add_argument("--number", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
@@ -61,7 +67,10 @@ def main() -> None:
     spec = target_spec("llvm")
     target = tvm.target.Target(spec)
     with target:
-        mod, _ = import_program(export_static(graph, shape), custom_convert_map())
+        mod, params = import_program(export_static(graph, shape), custom_convert_map())
+    if args.in_situ:
+        in_situ(mod, params, spec, shape, args)
+        return
     mod = scheduled_kernels(mod, spec)
     main_text = mod["main"].script()
     rng = np.random.default_rng(0)
@@ -85,6 +94,48 @@ def main() -> None:
     for total, calls, ms, name, out, work in rows[: args.top]:
         rate = f"{work / ms / 1e6:.0f}" if work else ""
         print(f"| {total:.2f} | {calls} | {ms:.3f} | {rate} | {name[:50]} | {out} |")
+
+
+def in_situ(mod, params, spec, shape, args) -> None:
+    """Print each kernel's time as the compiled model calls it (the VM's instrument hook)."""
+    import time
+
+    import tvm
+    from tvm import relax
+
+    from sparsify_cnn.codegen.build import compile_module, transform_params
+
+    executable = compile_module(mod, spec)
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(executable, device)
+    inputs = [
+        np.random.default_rng(0).standard_normal(shape).astype("float32"),
+        *transform_params(executable, params, device),
+    ]
+    inputs = [tvm.runtime.tensor(a, device) for a in inputs]
+    for _ in range(3):
+        vm["main"](*inputs)
+    spent, calls, started = {}, {}, {}
+
+    def instrument(func, symbol, before, result, *arguments):
+        name = str(symbol)
+        if before:
+            started[name] = time.perf_counter()
+        else:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
+            calls[name] = calls.get(name, 0) + 1
+        return 0
+
+    vm.set_instrument(instrument)
+    for _ in range(args.repeat):
+        vm["main"](*inputs)
+    rows = sorted(((1e3 * spent[n] / args.repeat, calls[n] // args.repeat, n) for n in spent), reverse=True)
+    print(f"{args.model}, batch {args.batch}, in situ: {sum(r[0] for r in rows):.1f} ms a run in {len(rows)} kernels "
+          f"and VM builtins (mean of {args.repeat} runs)")  # fmt: skip
+    print("| ms (all calls) | calls | kernel |")
+    print("|---|---|---|")
+    for ms, count, name in rows[: args.top]:
+        print(f"| {ms:.2f} | {count} | {name[:60]} |")
 
 
 if __name__ == "__main__":

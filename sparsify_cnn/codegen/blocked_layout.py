@@ -16,10 +16,14 @@ Which layout a conv gets:
   layer with fewer input channels than a block, all of them as one block: ``NCHW3c``), weights
   ``OIHW{i}i{b}o``, output ``NCHW{b}c``;
 - depthwise, channels a multiple of the block: ``NCHW{b}c``, weights ``OIHW1i{b}o``;
-- anything else (other grouped convs, odd channel counts): NCHW as imported.
+- grouped, each group's input and output channels whole blocks: ``NCHW{b}c``, weights
+  ``OIHW{b}i{b}o`` (TOPI's blocked conv computes groups); groups narrower than a block are
+  first merged into whole blocks (``merge_narrow_groups``: SSC's k x k branch);
+- anything else (odd channel counts): NCHW as imported.
 
-ReLU6 is rewritten first so that the layout flows through it (``clip_as_min_max``); linear
-layers take their weights in column blocks (``pack_dense_weights``)."""
+ReLU6 is rewritten first so that the layout flows through it (``clip_as_min_max``); SSC's
+channel shuffle before a blocked conv is read by the conv in place (``shuffle_in_blocks``);
+linear layers take their weights in column blocks (``pack_dense_weights``)."""
 
 from __future__ import annotations
 
@@ -202,8 +206,8 @@ def shuffle_in_blocks():
             return out
 
         def channel_shuffle(self, data):
-            """(blocked source, groups p) when ``data`` blocks a channel shuffle of an unblocked
-            blocked tensor, the blocks the same."""
+            """(blocked source, groups p) when ``data`` is a blocked tensor unblocked, shuffled
+            and blocked again with the same block, else None."""
             blocking = self.producer(data, layout_transform)
             if blocking is None:
                 return None

@@ -338,8 +338,9 @@ class BlockedMatmul(_Rule):
         chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
         column_blocks, column = sch.split(columns, [None, column_tile])
         sch.reorder(*outer, chunk_blocks, column_blocks, *reduce, column, chunk, lanes)
-        _register_tile(sch, product, at=column_blocks, parallel=[*outer, chunk_blocks, column_blocks],
-                       unrolled=[column, chunk], lanes=lanes, reduce=reduce[0], others=[], epilogue=_last(after))  # fmt: skip
+        parallel = [*outer, chunk_blocks, column_blocks]
+        _register_tile(sch, product, at=column_blocks, parallel=parallel, unrolled=[column, chunk], lanes=lanes,
+                       reduce=reduce[0], others=[], epilogue=_last(after))  # fmt: skip
         return True
 
 

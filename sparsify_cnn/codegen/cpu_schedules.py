@@ -249,6 +249,22 @@ def _one_reduction(sch):
     return blocks[:at], blocks[at], blocks[at + 1 :]
 
 
+def _loop_nest(sch):
+    """(blocks before, the one reduction block, blocks after, its spatial loops, its reduction
+    loops) when its iteration variables are all spatial, then all reductions, one loop each;
+    else None."""
+    found = _one_reduction(sch)
+    if found is None:
+        return None
+    before, block, after = found
+    kinds = _iter_kinds(sch, block)
+    spatial = len(kinds.rstrip("R"))
+    loops = sch.get_loops(block)
+    if spatial == len(kinds) or set(kinds[:spatial]) != {"S"} or len(loops) != len(kinds):
+        return None
+    return before, block, after, loops[:spatial], loops[spatial:]
+
+
 def _epilogue(sch, after) -> None:
     for block in after[:-1]:  # the epilogue as one block: bias, ReLU, residual add...
         sch.compute_inline(block)
@@ -319,20 +335,14 @@ class BlockedMatmul(_Rule):
     column per step."""
 
     def schedule(self, sch, target) -> bool:
-        found = _one_reduction(sch)
+        found = _loop_nest(sch)
         if found is None:
             return False
-        before, product, after = found
-        kinds = _iter_kinds(sch, product)
-        spatial = len(kinds.rstrip("R"))
-        if spatial not in (3, 4) or set(kinds[:spatial]) != {"S"} or set(kinds[spatial:]) != {"R"} or before:
-            return False
-        loops = sch.get_loops(product)
-        if len(loops) != len(kinds) or _extent(sch, loops[spatial - 1]) != SIMD:
+        before, product, after, spatial, reduce = found
+        if len(spatial) not in (3, 4) or before or _extent(sch, spatial[-1]) != SIMD:
             return False
         _epilogue(sch, after)
-        *outer, chunks, columns, lanes = loops[:spatial]
-        reduce = loops[spatial:]
+        *outer, chunks, columns, lanes = spatial
         registers = accumulator_registers(target)
         chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
         chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
@@ -346,18 +356,14 @@ class BlockedMatmul(_Rule):
 
 class Window(_Rule):
     def schedule(self, sch, target) -> bool:
-        found = _one_reduction(sch)
+        found = _loop_nest(sch)
         if found is None:
             return False
-        before, window, after = found
-        kinds = _iter_kinds(sch, window)
-        spatial = len(kinds.rstrip("R"))
-        if spatial < 2 or set(kinds[:spatial]) != {"S"} or len(sch.get_loops(window)) != len(kinds):
+        before, window, after, spatial, reduce = found
+        if len(spatial) < 2:
             return False
         _epilogue(sch, after)
-        loops = sch.get_loops(window)
-        *outer, inner = loops[:spatial]
-        reduce = loops[spatial:]
+        *outer, inner = spatial
         sch.reorder(*outer, *reduce, inner)
         sch.parallel(sch.fuse(*outer))
         inner_blocks, lanes = sch.split(inner, [None, SIMD])

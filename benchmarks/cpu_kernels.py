@@ -1,12 +1,13 @@
 """Where a dense artifact's time goes: every kernel of a torchvision model (random weights) as the
 default CPU schedules build it, compiled and timed one by one on random inputs (the best of
-``--repeat`` timings of ``--number`` runs), times the calls the model makes to it; with each
-conv's and linear layer's GFLOP/s. The sum leaves out the VM's own work between kernels.
+``--repeat`` timings of ``--number`` runs, by ``codegen.tuning.kernel_seconds``), times the
+calls the model makes to it; with each conv's and linear layer's GFLOP/s. The sum leaves out
+the VM's own work between kernels.
 
-Random inputs make index tables all zeros: kernels that gather through them (perforation's
-GEMM and interpolation) then read one cached window over and over, and run faster alone than in
-the model. ``--in-situ`` times each kernel as the compiled model calls it instead (every call
-of ``--repeat`` runs of the whole model, after warm-up, summed by kernel name).
+Integer inputs are zeros, so index tables point at one place: kernels that gather through them
+(perforation's GEMM and interpolation) then read one cached window over and over, and run faster
+alone than in the model. ``--in-situ`` times each kernel as the compiled model calls it instead
+(every call of ``--repeat`` runs of the whole model, after warm-up, summed by kernel name).
 
     python benchmarks/cpu_kernels.py resnet18
     python benchmarks/cpu_kernels.py vgg11 --batch 16 --top 10
@@ -54,6 +55,7 @@ def main() -> None:
     from sparsify_cnn.codegen.exporting import export_static
     from sparsify_cnn.codegen.importer import import_program
     from sparsify_cnn.codegen.target import target_spec
+    from sparsify_cnn.codegen.tuning import kernel_seconds
     from sparsify_cnn.ops.registry import custom_convert_map
     from sparsify_cnn.transform.capture import capture
 
@@ -73,7 +75,6 @@ def main() -> None:
         return
     mod = scheduled_kernels(mod, spec)
     main_text = mod["main"].script()
-    rng = np.random.default_rng(0)
     rows = []
     for var, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -81,10 +82,7 @@ def main() -> None:
         calls = main_text.count(f"call_tir({var.name_hint},")
         if calls == 0:
             continue  # a kernel of main_transform_params: runs once, at compile time
-        kernel = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target).jit()
-        inputs = [tvm.runtime.tensor(rng.random([int(d) for d in p.shape]).astype(str(p.dtype))) for p in func.params]
-        timer = kernel.time_evaluator("main", tvm.cpu(), number=args.number, repeat=args.repeat)
-        ms = 1e3 * min(timer(*inputs).results)
+        ms = 1e3 * kernel_seconds(func, target, number=args.number, repeat=args.repeat)
         work = flops(func)
         rows.append((ms * calls, calls, ms, var.name_hint, [int(d) for d in func.params[-1].shape], work))
     rows.sort(key=lambda row: -row[0])

@@ -148,9 +148,10 @@ def keep_faster(original, tuned, target, seconds=None, verdicts: dict | None = N
     return slower
 
 
-def kernel_seconds(func, target, repeat: int = 5) -> float:
-    """Best of ``repeat`` timings of one PrimFunc compiled alone on random inputs (integer
-    inputs zero: index tables stay in range); weights in the layout its schedule asked for."""
+def kernel_seconds(func, target, number: int = 3, repeat: int = 5) -> float:
+    """Best of ``repeat`` timings (each the mean of ``number`` runs) of one PrimFunc compiled
+    alone on random inputs (integer inputs zero: index tables stay in range); weights in the
+    layout its schedule asked for."""
     import numpy as np
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
@@ -163,7 +164,7 @@ def kernel_seconds(func, target, repeat: int = 5) -> float:
         shape, dtype = [int(d) for d in param.shape], str(param.dtype)
         values = np.zeros(shape, dtype) if "int" in dtype else rng.standard_normal(shape).astype(dtype)
         args.append(tvm.runtime.tensor(values))
-    timer = kernel.time_evaluator("main", tvm.cpu(), number=3, repeat=repeat)
+    timer = kernel.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
     return min(timer(*args).results)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .distributed import SINGLE, World
 from .errors import DataError, InputError
 from .evaluate import Score, evaluate, predict
 from .model_io import save_program
@@ -68,6 +69,7 @@ class JobContext:
     resume: bool = True
     crossover: Any = None  # a bench.crossover.LayerTimer, or None: the crossover rule is not applied
     progress: Any = None  # a progress.Progress
+    world: World = SINGLE  # this process's rank, when torchrun started several
 
     def measured_timer(self, target: str):
         """The layer timer a ``--cost measured`` search times its choices with (llvm when no

@@ -38,6 +38,7 @@ class Technique:
     check_options: str | None = None  # (options, given) -> None, raising click.UsageError
     checkpoint_name: str = "search-checkpoint.json"  # the main job's default --checkpoint in OUT
     checkpoint_kind: str = "search"  # what an interrupted run kept: "search" or "training"
+    distributed: bool = False  # its main job runs data-parallel under torchrun (``distributed.World``)
 
     def function(self, field: str) -> Callable:
         """The function a ``"module:function"`` field names, imported now."""

@@ -73,7 +73,8 @@ class _Root(click.Group):
         try:
             return super().invoke(ctx)
         except SparsifyError as error:
-            click.echo(f"error: {_printable(str(error))}", err=True)
+            if not getattr(error, "told_by_main", False):  # under torchrun, a failure all ranks share is told once
+                click.echo(f"error: {_printable(str(error))}", err=True)
             ctx.exit(error.exit_code)
         except click.ClickException as error:
             raise _one_line(error, ctx) from None

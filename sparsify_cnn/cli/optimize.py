@@ -76,11 +76,13 @@ def optimize_command(**options):
     _check_options(technique, options)
     from ..storage import check_writable_dir, claim_output
 
+    world = _join_ranks(technique)
     out_dir = Path(options["out"])  # writable and this run's alone before any work; released (and removed if empty) at exit
-    click.get_current_context().with_resource(claim_output(options["out"]))  # the string: "" is refused
     checkpoint = options["checkpoint"]
-    if checkpoint:
-        check_writable_dir(Path(checkpoint).absolute().parent, "checkpoint folder")
+    if world.is_main:  # the other ranks write nothing
+        click.get_current_context().with_resource(claim_output(options["out"]))  # the string: "" is refused
+        if checkpoint:
+            check_writable_dir(Path(checkpoint).absolute().parent, "checkpoint folder")
     prepared = prepare(
         options["model"], normalize=options.get("normalize"), arch=options["arch"], trust_pickle=options["trust_pickle"],
         input_shape=options["input_shape"], data=options["data"], leaf_modules=options["leaf_modules"],
@@ -88,9 +90,10 @@ def optimize_command(**options):
     )  # fmt: skip
     checkpoint = Path(checkpoint) if checkpoint else out_dir / technique.checkpoint_name
     target = options["target"]
-    timer = _crossover_timer(target, out_dir) if options["crossover"] else None
-    progress = ProgressDisplay()
-    context = JobContext(out_dir=out_dir, checkpoint=checkpoint, resume=options["resume"], crossover=timer, progress=progress)
+    timer = _crossover_timer(target, out_dir) if options["crossover"] and world.is_main else None
+    progress = ProgressDisplay() if world.is_main else None
+    context = JobContext(out_dir=out_dir, checkpoint=checkpoint, resume=options["resume"], crossover=timer,
+                         progress=progress, world=world)  # fmt: skip
     try:
         result, write_report = run(technique.name, prepared, options, context)
     except KeyboardInterrupt:
@@ -99,7 +102,10 @@ def optimize_command(**options):
             raise click.ClickException(f"interrupted before the {kind} recorded anything") from None
         raise click.ClickException(f"interrupted: the {kind} checkpoint is saved; run the same command to resume") from None
     finally:
-        progress.close()  # the lines of phases an error stopped, before the error
+        if progress is not None:
+            progress.close()  # the lines of phases an error stopped, before the error
+    if not world.is_main:  # its share of the search is done; the main rank writes the results
+        return
     from ..job import save_rewritten
 
     result.plan.save(out_dir / "plan.json")
@@ -129,6 +135,21 @@ def optimize_command(**options):
             _report_latency(prepared, out_dir)
     for warning in report["warnings"]:  # last, where they are read: a budget not kept on test, a one-class model
         click.echo(f"warning: {warning}", err=True)
+
+
+def _join_ranks(technique):
+    """This process's rank when torchrun started several (joined now), else one process."""
+    from ..distributed import environment_world, join, leave
+
+    if not environment_world().distributed:
+        return join()
+    if not technique.distributed:
+        runs = ", ".join(t.name for t in OPTIMIZE if t.distributed)
+        raise click.UsageError(f"--technique {technique.name} runs in one process, not under torchrun "
+                               f"(data-parallel: {runs})")  # fmt: skip
+    world = join()
+    click.get_current_context().call_on_close(leave)
+    return world
 
 
 def _report_latency(prepared, out_dir: Path) -> None:

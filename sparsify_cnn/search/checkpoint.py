@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .. import storage
+from ..distributed import SINGLE, World
 from ..errors import InputError, OutputError
 from ..schema import read_json
 
@@ -46,29 +47,35 @@ class Checkpoint:
     ``flush``). ``identity`` says which search wrote it: a checkpoint of another search (other
     model, data or options) is refused rather than mixed in; a file whose records do not match
     ``record`` (a JSON Schema: ``SPATIAL_RECORD``, ``STEP_RECORD``) is refused as corrupt.
-    ``path=None`` keeps it in memory."""
+    ``path=None`` keeps it in memory. With a ``world`` of several ranks, the main rank alone
+    reads and writes the file; the others get its records (a resumed search stays in step)."""
 
     def __init__(self, path: str | Path | None, identity: dict | None = None, interval: float = 2.0,
-                 record: dict | None = None):  # fmt: skip
+                 record: dict | None = None, world: World = SINGLE):  # fmt: skip
         self.path = Path(path) if path is not None else None
         self.identity = identity or {}
         self.interval = interval
-        self.records: dict[str, list] = {}
         self._last_flush = time.monotonic()
         self._dirty = False
-        if self.path is not None and self.path.exists():
-            try:
-                schema = checkpoint_schema(record or {"anyOf": [SPATIAL_RECORD, STEP_RECORD]})
-                data = read_json(self.path, schema, "checkpoint")
-            except InputError as error:
-                raise InputError(f"{error}; remove it or pass --no-resume to start over") from None
-            if data["identity"] != self.identity:
-                raise InputError(
-                    f"checkpoint '{self.path}' was written by another search (other model, data or "
-                    "options); remove it or pass --no-resume"
-                )
-            self.records = data["records"]
+        self.records: dict[str, list] = world.from_main(lambda: self._read(record))
+        if not world.is_main:
+            self.path = None
         self.resumed = len(self.records)
+
+    def _read(self, record: dict | None) -> dict[str, list]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            schema = checkpoint_schema(record or {"anyOf": [SPATIAL_RECORD, STEP_RECORD]})
+            data = read_json(self.path, schema, "checkpoint")
+        except InputError as error:
+            raise InputError(f"{error}; remove it or pass --no-resume to start over") from None
+        if data["identity"] != self.identity:
+            raise InputError(
+                f"checkpoint '{self.path}' was written by another search (other model, data or "
+                "options); remove it or pass --no-resume"
+            )
+        return data["records"]
 
     def get(self, key: str):
         return self.records.get(key)

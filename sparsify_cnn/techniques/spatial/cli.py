@@ -51,7 +51,7 @@ def run(prepared, options: dict, context):
     measured = context.measured_timer(options["target"]) if options["cost"] == "measured" else None
     result = optimize_spatial(prepared, spatial, search, metric=options["metric"], checkpoint=context.checkpoint,
                               resume=context.resume, progress=context.progress, crossover=context.crossover,
-                              measured=measured)  # fmt: skip
+                              measured=measured, world=context.world)  # fmt: skip
     return result, write_report
 
 

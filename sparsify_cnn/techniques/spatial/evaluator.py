@@ -11,6 +11,9 @@ without changing any result:
 NaN or infinite outputs: the dense model's are an input error (there is nothing to keep within
 a budget of); a candidate's score 0, since a mask that breaks the arithmetic is not a slightly
 less accurate network (NaN would otherwise argmax to class 0 and count as a guess).
+
+With a ``World`` of several ranks, each evaluates its share of the images and the counts every
+score is made of are summed over ranks (``distributed``): all ranks see the same scores.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ...errors import check_finite
+from ...distributed import SINGLE, World
+from ...errors import InputError, check_finite
 from ...transform.accounting import account
 from ...transform.capture import set_eval
 from ...transform.suffix import Recorder, suffix_after
@@ -61,12 +65,20 @@ class Evaluator:
     """Scores masks of a graph module with Spatial ops against ``target`` (labels, or the
     dense model's predictions for label-free data) on images ``x``.
 
-    ``evaluations`` counts suffix images run; ``full_passes`` counts whole-network passes.
+    ``suffix_images`` counts suffix images run, ``work`` image passes (suffixes weighted by
+    their share of the MACs), both on this rank's images; ``full_passes`` counts whole-network
+    passes. With ``world``, this rank keeps its share of ``x`` (``count`` is all of them).
     """
 
-    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, target: torch.Tensor, batch_size: int = 256):
+    def __init__(self, gm: fx.GraphModule, x: torch.Tensor, target: torch.Tensor, batch_size: int = 256,
+                 world: World = SINGLE):  # fmt: skip
         self.gm = set_eval(gm)
-        self.x, self.target = x, target
+        self.world = world
+        self.count = len(x)
+        if world.size > len(x):
+            raise InputError(f"{len(x)} calibration images cannot be shared by {world.size} ranks: use fewer ranks")
+        share = world.shard(len(x))
+        self.x, self.target = x[share], target[share]
         self.batch_size = batch_size
         self.ops = spatial_ops(gm)
         for op in self.ops.values():
@@ -77,10 +89,11 @@ class Evaluator:
         self.layers: dict[str, _LayerCache] = {}
         self._build_caches()
         self.dense_correct = self._correct(self._dense_logits)
-        self.dense_accuracy = int(self.dense_correct.sum()) / len(x)
+        self._dense_hits = world.count(int(self.dense_correct.sum()))
+        self.dense_accuracy = self._dense_hits / self.count
         self.suffix_images = 0
         self.full_passes = 1
-        self.work = float(len(x))  # image passes, suffixes weighted by their share of the MACs
+        self.work = float(len(self.x))
 
     @property
     def layer_names(self) -> list[str]:
@@ -92,25 +105,27 @@ class Evaluator:
         return self.layers[layer].dense
 
     def evaluate(self, layer: str, candidates: Iterable[Candidate]) -> list[Outcome]:
-        """Outcomes of candidates on ``layer`` alone (every other layer dense)."""
+        """Outcomes of candidates on ``layer`` alone (every other layer dense). Every rank gives
+        the same candidates (their images are its own)."""
         cache = self.layers[layer]
-        n = len(self.x)
-        base = self.dense_correct.sum().item()
-        outcomes, jobs, broken = [], [], set()
-        for k, candidate in enumerate(candidates):
-            outcomes.append([base, candidate.saved])
-            if len(candidate.images):
-                jobs.append((k, candidate.images, candidate.predicted(candidate.images)))
+        candidates = list(candidates)
+        jobs = [(k, c.images, c.predicted(c.images)) for k, c in enumerate(candidates) if len(c.images)]
+        changed = torch.zeros(2, len(candidates), dtype=torch.int64)  # correct images gained; broken images
         for k, images, correct, finite in self._run_suffix(cache, jobs):
-            outcomes[k][0] += correct - self.dense_correct[images].sum().item()
-            if not finite:
-                broken.add(k)
-        return [Outcome(0.0 if k in broken else hits / n, saved) for k, (hits, saved) in enumerate(outcomes)]
+            changed[0, k] += correct - int(self.dense_correct[images].sum())
+            changed[1, k] += not finite
+        gained, broken = self.world.sum(changed).tolist()
+        return [Outcome(0.0 if broken[k] else (self._dense_hits + gained[k]) / self.count, candidate.saved)
+                for k, candidate in enumerate(candidates)]  # fmt: skip
 
     def best_case_accuracy(self, images: torch.Tensor) -> float:
-        """The highest accuracy a change can reach if it touches only ``images``."""
-        wrong_now = len(images) - int(self.dense_correct[images].sum())
-        return (int(self.dense_correct.sum()) + wrong_now) / len(self.x)
+        """The highest accuracy a change can reach if it touches only ``images`` (this rank's)."""
+        wrong_now = self.world.count(len(images) - int(self.dense_correct[images].sum()))
+        return (self._dense_hits + wrong_now) / self.count
+
+    def saved_per_image(self, predicted: int, macs_per_position: float) -> float:
+        """MACs saved per image when this rank's images have ``predicted`` positions predicted."""
+        return float(self.world.count(predicted)) / self.count * macs_per_position
 
     def candidate(self, layer: str, mask: torch.Tensor) -> Candidate:
         """The candidate that installs full ``mask`` (C, Hp, Wp) on ``layer``."""
@@ -118,8 +133,12 @@ class Evaluator:
         op = cache.op
         pred = predicted_zero(cache.dense, mask, op.patch_size, op.edge, op.channel_group)
         wrong = (pred & (cache.dense > 0)).flatten(1).any(dim=1).nonzero().flatten()
-        saved = float(pred.sum()) / len(self.x) * op.macs_per_position
-        return Candidate(saved, wrong, lambda images: pred[images])
+        return Candidate(self.saved_per_image(int(pred.sum()), op.macs_per_position), wrong, lambda images: pred[images])
+
+    def totals(self) -> tuple[int, float]:
+        """Suffix images run and work done (image passes), over all ranks."""
+        both = self.world.sum(torch.tensor([float(self.suffix_images), self.work], dtype=torch.float64))
+        return int(both[0]), float(both[1])
 
     def evaluate_mask(self, layer: str, mask: torch.Tensor) -> Outcome:
         """The outcome of one full mask on ``layer`` alone."""
@@ -141,9 +160,12 @@ class Evaluator:
                 op.track_stats = False
         self.full_passes += 1
         self.work += len(self.x)
-        saved = sum(op.stats.predicted / op.stats.images * op.macs_per_position for op in self.ops.values())
-        accuracy = int(self._correct(logits).sum()) / len(self.x) if logits.isfinite().all() else 0.0
-        return Outcome(accuracy, saved)
+        ops = list(self.ops.values())
+        counts = [int(self._correct(logits).sum()), int(not logits.isfinite().all())]
+        counts += [int(n) for op in ops for n in (op.stats.predicted, op.stats.images)]
+        counts = self.world.sum(torch.tensor(counts, dtype=torch.int64)).tolist()
+        saved = sum(counts[2 + 2 * i] / counts[3 + 2 * i] * op.macs_per_position for i, op in enumerate(ops))
+        return Outcome(0.0 if counts[1] else counts[0] / self.count, saved)
 
     def install(self, masks: dict[str, torch.Tensor]) -> None:
         for name, op in self.ops.items():

@@ -5,6 +5,7 @@ rewritten model and the report."""
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from torch import fx
 
 from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
+from ...distributed import SINGLE, World
 from ...errors import InputError
 from ...evaluate import Score
 from ...job import start_job
@@ -55,11 +57,13 @@ def optimize_spatial(
     progress: Progress | None = None,
     crossover: LayerTimer | None = None,
     measured: LayerTimer | None = None,
-) -> OptimizeResult:
+    world: World = SINGLE,
+) -> OptimizeResult | None:
     """Search Spatial masks for ``prepared`` (a model with data) and verify them; with
     ``crossover``, leave dense every layer whose kernel is not faster than its dense layers
     (timed on calibration activations). ``search.cost == "measured"`` times layer options with
-    ``measured`` (default: this CPU). Example::
+    ``measured`` (default: this CPU). With a ``world`` of several ranks, every rank searches on
+    its share of the images; the main rank verifies and gets the result, the others None. Example::
 
         result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
         result.plan.save("plan.json")
@@ -77,14 +81,18 @@ def optimize_spatial(
         "search": search.to_dict(),
         "metric": metric,
     }
-    if checkpoint is not None and not resume and Path(checkpoint).exists():
+    world.check_same(json.dumps(identity, sort_keys=True), "models, data or options")
+    if checkpoint is not None and not resume and Path(checkpoint).exists() and world.is_main:
         Path(checkpoint).unlink()
-    store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD)
-    evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size)
+    store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD, world=world)
+    evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world)
     time_saved = None
-    if search.cost == "measured":
-        time_saved = _time_saved(gm, job.crossover_images, measured or LayerTimer())
+    if search.cost == "measured":  # timed on the main rank alone: every rank takes its figures
+        timed = _time_saved(gm, job.crossover_images, measured or LayerTimer()) if world.is_main else None
+        time_saved = lambda layer, mask: world.from_main(lambda: timed(layer, mask))  # noqa: E731
     found = SpatialSearch(evaluator, search, store, progress, time_saved).run()
+    if not world.is_main:
+        return None
     evaluator.install(found.masks)
     checked = None
     if crossover is not None:

@@ -69,6 +69,7 @@ def report_data(result) -> dict:
         "search": {
             "chosen": {"calib_accuracy": search.accuracy, "calib_macs_saved": search.macs_saved},
             "seconds": search.seconds,
+            "ranks": search.ranks,
             "options": search.options,
             "evaluated": search.candidates,
             "suffix_images": search.suffix_images,
@@ -125,7 +126,7 @@ def report_markdown(data: dict, title: str) -> str:
         "*mispredicted*: activations predicted zero that were not (they cost accuracy); *computed zeros*: "
         "zeros computed anyway (they cost only MACs); both as a share of the layer's activations on the test split.",
         "",
-        f"Search: {search['seconds']:.1f} s, {search['evaluated']:,} of the seed's {search['options']:,} options "
+        f"Search: {search['seconds']:.1f} s{_on_ranks(search)}, {search['evaluated']:,} of the seed's {search['options']:,} options "
         f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
         f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
         f"Omega x F.",
@@ -135,6 +136,11 @@ def report_markdown(data: dict, title: str) -> str:
     lines += crossover_markdown(data.get("crossover"))
     lines += ["", "Masks: `masks/*.png` (white: computed first). Operating points: `operating_points.png`.", ""]
     return "\n".join(lines)
+
+
+def _on_ranks(search: dict) -> str:
+    ranks = search.get("ranks", 1)
+    return f" on {ranks} ranks (torchrun), the images shared between them" if ranks > 1 else ""
 
 
 def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Image:

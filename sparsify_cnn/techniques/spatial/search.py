@@ -88,6 +88,7 @@ class SpatialSearch:
         finally:
             self.checkpoint.flush()
         final = self.ev.evaluate_network(masks)
+        suffix_images, work = self.ev.totals()
         return SearchResult(
             masks=masks,
             dense_accuracy=self.ev.dense_accuracy,
@@ -96,10 +97,11 @@ class SpatialSearch:
             points=points,
             options=self.options,
             candidates=self.candidates,
-            suffix_images=self.ev.suffix_images,
+            suffix_images=suffix_images,
             full_passes=self.ev.full_passes,
-            work=self.ev.work / len(self.ev.x),
+            work=work / self.ev.count,
             seconds=time.perf_counter() - start,
+            ranks=self.ev.world.size,
         )
 
     def drop(self, accuracy: float) -> float:
@@ -160,18 +162,18 @@ class SpatialSearch:
         is dropped without running. Both shortcuts leave the kept options exactly as a full
         evaluation would."""
         cache = self.ev.layers[layer]
-        op, dense = cache.op, cache.dense
-        n, c, h, w = dense.shape
+        op, dense = cache.op, cache.dense  # this rank's images
+        c, h, w = dense.shape[1:]
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
         masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
         self.options += len(masks) * len(targets)
         pending = {name: [] for name in targets}  # target -> [(saved, j, images)]
         for j, mask in enumerate(masks):
             pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
-            per_slot = _per_slot(pred, self.p, hb, wb)
-            wrong_slot = _per_slot_any(pred & (dense > 0), self.p, hb, wb)
+            per_slot = self.ev.world.sum(_per_slot(pred, self.p, hb, wb))  # predicted positions, every rank's images
+            wrong_slot = _per_slot_any(pred & (dense > 0), self.p, hb, wb)  # this rank's images
             for name, region in targets.items():
-                saved = float(per_slot[region].sum()) / n * op.macs_per_position
+                saved = float(per_slot[region].sum()) / self.ev.count * op.macs_per_position
                 if saved > 0:
                     pending[name].append((saved, j, wrong_slot[:, region].any(dim=1).nonzero().flatten()))
             self._report(f"statistics, pattern {j + 1} of {len(masks)}", 0.0)

@@ -79,6 +79,7 @@ class SearchResult:
     full_passes: int = 0
     work: float = 0.0  # image forward passes, suffixes weighted by their share of MACs
     seconds: float = 0.0
+    ranks: int = 1  # processes the calibration images were shared by (torchrun)
 
     @property
     def work_ratio(self) -> float:

@@ -46,6 +46,12 @@ class World:
         """This rank's contiguous share of ``count`` items; shares differ by at most one."""
         return slice(self.rank * count // self.size, (self.rank + 1) * count // self.size)
 
+    def image_share(self, count: int) -> slice:
+        """This rank's share of ``count`` calibration images; every rank needs at least one."""
+        if count < self.size:
+            raise InputError(f"{count} calibration images cannot be shared by {self.size} ranks: use fewer ranks")
+        return self.shard(count)
+
     def sum(self, values):
         """``values`` (a tensor) summed over ranks: exact for integer tensors."""
         if not self.distributed or values.numel() == 0:

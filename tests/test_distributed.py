@@ -58,6 +58,23 @@ def test_two_ranks_find_the_plan_one_process_finds_and_resume_its_checkpoint(tmp
     assert json.loads((tmp_path / "resumed" / "plan.json").read_text())["masks"] == one["masks"]
 
 
+def test_two_ranks_choose_the_perforation_rates_one_process_chooses(tmp_path, model_files):
+    """Impact masks (gradients summed over ranks) and the greedy steps, with agreement and the KL
+    divergence to the dense model as L."""
+    extra = ["--technique", "perforation", "--metric", "agreement", "--data", "digits", "--target", "none",
+             "--no-crossover"]  # fmt: skip
+    result = CliRunner().invoke(cli, [str(model_files["pt2"]), *extra, "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    done = torchrun("-m", "sparsify_cnn", model_files["pt2"], *extra, "--out", tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "plan.json").read_text()) for name in ("one", "two"))
+    assert one["masks"] == two["masks"] and one["results"] == two["results"]
+    reports = [json.loads((tmp_path / name / "report.json").read_text())["search"] for name in ("one", "two")]
+    assert reports[0]["steps"] == reports[1]["steps"] > 0
+    assert reports[1]["dense_loss"] == pytest.approx(reports[0]["dense_loss"], rel=1e-12)
+    assert reports[1]["ranks"] == 2 and "on 2 ranks" in (tmp_path / "two" / "report.md").read_text()
+
+
 def test_a_checkpoint_the_main_rank_refuses_stops_every_rank_with_its_error(tmp_path, model_files):
     checkpoint = tmp_path / "corrupt.json"
     checkpoint.write_text("{not json")
@@ -133,7 +150,7 @@ def test_under_torchrun_a_technique_that_does_not_run_data_parallel_is_refused(m
     result = CliRunner().invoke(cli, [str(model_files["pt2"]), "--technique", "ssc", "--target-params", "0.5", "--out",
                                 str(tmp_path / "o")], env=env)  # fmt: skip
     assert result.exit_code == 2
-    assert "--technique ssc runs in one process, not under torchrun (data-parallel: spatial" in result.output
+    assert "--technique ssc runs in one process, not under torchrun (data-parallel: perforation, spatial)" in result.output
     result = CliRunner().invoke(cli, [str(model_files["pt2"]), "--out", str(tmp_path / "o")],
                                 env={**env, "MASTER_ADDR": None, "MASTER_PORT": None})  # fmt: skip
     assert result.exit_code == 2 and "launch with torchrun" in result.output

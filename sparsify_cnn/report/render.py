@@ -70,3 +70,9 @@ def crossover_markdown(crossover: dict | None) -> list[str]:
 
 def _ratio(theoretical: float | None) -> str:
     return "all skipped" if theoretical is None else f"{theoretical:.2f}x"
+
+
+def on_ranks(search: dict) -> str:
+    """What a report says of a search's ranks (``search["ranks"]``): nothing for one process."""
+    ranks = search.get("ranks", 1)
+    return f" on {ranks} ranks (torchrun), the images shared between them" if ranks > 1 else ""

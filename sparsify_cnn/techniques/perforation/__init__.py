@@ -18,4 +18,5 @@ TECHNIQUE = register(Technique(
     run=f"{__name__}.cli:run",
     apply_plan=f"{__name__}.rewrite:apply_plan",
     summary_line=f"{__name__}.cli:summary_line",
+    distributed=True,
 ))  # fmt: skip

@@ -36,6 +36,7 @@ def run(prepared, options: dict, context):
     result = optimize_perforation(
         prepared, perforation, search, metric=options["metric"], finetune=finetune, measured=measured,
         checkpoint=context.checkpoint, resume=context.resume, progress=context.progress, crossover=context.crossover,
+        world=context.world,
     )  # fmt: skip
     return result, write_report
 

@@ -4,6 +4,7 @@ return what the plan, the report and the compiler need."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import fx
 
 from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover
+from ...distributed import SINGLE, World
 from ...errors import InputError
 from ...evaluate import Score
 from ...job import start_job
@@ -66,9 +68,12 @@ def optimize_perforation(
     resume: bool = True,
     progress: Progress | None = None,
     crossover: LayerTimer | None = None,
-) -> PerforationOutcome:
+    world: World = SINGLE,
+) -> PerforationOutcome | None:
     """Choose perforation rates for ``prepared`` (a model with data); with ``crossover``, leave
-    dense every layer whose perforated kernel is not faster than its conv. Example::
+    dense every layer whose perforated kernel is not faster than its conv. With a ``world`` of
+    several ranks, every rank searches on its share of the images; the main rank verifies,
+    fine-tunes and gets the result, the others None. Example::
 
         result = optimize_perforation(prepare("cq.pt2", data="digits"), search=RateSearchConfig(speedup=2))
         result.plan.save("plan.json")
@@ -81,8 +86,8 @@ def optimize_perforation(
         raise InputError(no_layer_message("be perforated", result.skipped, hint))
     gm = result.graph_module
     labels = data.calib.y if metric == "top1" else None
-    masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search, job.dense_predictions)
-    cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured)
+    masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search, job.dense_predictions, world)
+    cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured, world)
     identity = {
         **job.identity,  # graph, weights, data: a retrained model must not resume these records
         "perforation": perforation.to_dict(),
@@ -92,12 +97,15 @@ def optimize_perforation(
     }
     # Fine-tuning checkpoints next to the search's, so an interrupted run loses neither.
     finetune_checkpoint = Path(checkpoint).with_name("finetune-checkpoint.pt") if checkpoint is not None else None
-    if not resume:
+    world.check_same(json.dumps(identity, sort_keys=True), "models, data or options")
+    if not resume and world.is_main:
         for path in (checkpoint, finetune_checkpoint):
             if path is not None and Path(path).exists():
                 Path(path).unlink()
-    store = Checkpoint(checkpoint, identity, record=STEP_RECORD)
-    found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress).run()
+    store = Checkpoint(checkpoint, identity, record=STEP_RECORD, world=world)
+    found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress, world).run()
+    if not world.is_main:
+        return None
     checked = None
     if crossover is not None:
         checked = check_crossover(gm, job.crossover_images, crossover)
@@ -123,16 +131,18 @@ def optimize_perforation(
     )  # fmt: skip
 
 
-def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig, dense_predictions):
+def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig, dense_predictions, world: World = SINGLE):
     """Where each layer's masks come from, and notes where the mask type had to change
-    (pooling structure without a pooling layer after the conv)."""
+    (pooling structure without a pooling layer after the conv). Impact is scored on this rank's
+    share of ``x``, summed over ranks."""
     ops = perforated_ops(gm)
     scores = {}
     if search.mask == "impact":
         # Label-free data: the dense model's predictions stand in for labels (the gradient of
         # the KL divergence to the dense output is zero at the dense network).
         target = labels if labels is not None else dense_predictions
-        scores = impact_scores(gm, x, target, batch_size=min(search.batch_size, 64))
+        share = world.image_share(len(x))
+        scores = impact_scores(gm, x[share], target[share], batch_size=min(search.batch_size, 64), world=world)
     convs = {layer.name: layer.node for layer in find_layers(dense_gm)}
     masks, notes = {}, {}
     for name, op in ops.items():
@@ -148,7 +158,9 @@ def _layer_masks(dense_gm, gm, x, labels, search: RateSearchConfig, dense_predic
     return FixedMasks(masks), notes
 
 
-def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: LayerTimer | None) -> CostModel:
+def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: LayerTimer | None,
+                world: World = SINGLE) -> CostModel:  # fmt: skip
+    """T in MACs, or in milliseconds measured here (on the main rank alone: every rank takes its figures)."""
     if search.cost == "macs":
         return CostModel(gm)
     from ...codegen.measure import measure_ms
@@ -167,5 +179,6 @@ def _cost_model(gm, dense_gm, input_shape, search: RateSearchConfig, measured: L
         return cache.get_or_measure(alone, layer_input[op.layer_name], measured.target, measured.tune_trials, measured.records)
 
     batch = (1, *input_shape[1:])
-    dense_ms = measure_ms(dense_gm, batch, target=measured.target, tune_trials=measured.tune_trials, records=measured.records)
-    return CostModel(gm, measure=layer_ms, dense_ms=dense_ms)
+    dense_ms = world.from_main(lambda: measure_ms(dense_gm, batch, target=measured.target,
+                                                  tune_trials=measured.tune_trials, records=measured.records))  # fmt: skip
+    return CostModel(gm, measure=lambda op, kept: world.from_main(lambda: layer_ms(op, kept)), dense_ms=dense_ms)

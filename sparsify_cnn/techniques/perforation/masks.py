@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...distributed import SINGLE, World
 from .op import PerforatedConv
 
 MASK_TYPES = ("uniform", "grid", "pooling", "impact")
@@ -175,6 +176,7 @@ def impact_scores(
     targets: torch.Tensor,
     loss: str = "cross_entropy",
     batch_size: int = 64,
+    world: World = SINGLE,
 ) -> dict[str, torch.Tensor]:
     """The impact of every output position of every :class:`PerforatedConv` in ``model``:
     mean over ``images`` of sum over channels of |V dL/dV|, V the op's output (the conv's
@@ -188,7 +190,8 @@ def impact_scores(
 
     Scores come from eval mode; ``model``'s modes and parameters are left as found (input
     gradients drive the backward pass, so ``requires_grad`` and ``.grad`` are untouched).
-    Example::
+    With a ``world`` of several ranks, ``images`` are this rank's share: the sums are over
+    every rank's images. Example::
 
         scores = impact_scores(gm, calib_x, calib_y)
         mask = kept_mask("impact", scores["conv2"].shape, 1 / 3, scores=scores["conv2"])
@@ -239,7 +242,8 @@ def impact_scores(
             hook.remove()
         for module, training in modes.items():
             module.training = training
-    return {name: (total / len(images)).float() for name, total in totals.items()}
+    count = world.count(len(images))
+    return {name: (world.sum(total) / count).float() for name, total in totals.items()}
 
 
 def _recorder(outputs: dict[str, torch.Tensor], name: str):

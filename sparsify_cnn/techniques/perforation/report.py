@@ -11,7 +11,7 @@ from PIL import Image
 from ... import storage
 from ...evaluate import METRICS
 from ...report.budget import accuracy_checks, checks_markdown
-from ...report.render import crossover_markdown
+from ...report.render import crossover_markdown, on_ranks
 from .rewrite import perforated_ops
 
 
@@ -57,6 +57,7 @@ def report_data(result) -> dict:
                      "macs": performed, "macs_speedup": dense_macs / performed},  # fmt: skip
         "search": {
             "seconds": search.seconds,
+            "ranks": search.ranks,
             "candidates": search.candidates,
             "steps": len(search.points) - 1,
             "stop_reason": search.stop_reason,
@@ -110,7 +111,7 @@ def report_markdown(data: dict, title: str) -> str:
         f"MACs per image: dense {macs['dense']:,}, perforated {macs['performed']:,} "
         f"({100 * macs['saved_fraction']:.1f}% saved): {speed}.",
         f"Search: {search['steps']} greedy steps, {search['candidates']} candidate networks, "
-        f"{search['seconds']:.1f} s; stopped because {search['stop_reason']}.",
+        f"{search['seconds']:.1f} s{on_ranks(search)}; stopped because {search['stop_reason']}.",
     ]
     if data["finetune"]:
         fine = data["finetune"]

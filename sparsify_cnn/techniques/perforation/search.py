@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ...config import Config
+from ...distributed import SINGLE, World
 from ...errors import InputError, check_finite
 from ...progress import Progress, silent
 from ...search.accuracy_budget import accuracy_floor, check_epsilon
@@ -93,6 +94,7 @@ class RateSearchResult:
     stop_reason: str
     candidates: int = 0  # candidate networks evaluated
     seconds: float = 0.0
+    ranks: int = 1  # processes the calibration images were shared by (torchrun)
     history: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)  # masks at each point
 
     @property
@@ -154,6 +156,8 @@ class GreedyRateSearch:
     ``masks`` gives each layer's next kept-position mask.
     ``labels``: score top-1 against them and use cross entropy as L; ``None``: score
     agreement with the dense model and use the KL divergence to its output as L.
+    With a ``world`` of several ranks, each runs its share of ``x``; L and the correct images
+    are summed over ranks, so every rank takes the same steps.
     """
 
     def __init__(
@@ -166,9 +170,14 @@ class GreedyRateSearch:
         cost: CostModel,
         checkpoint: Checkpoint | None = None,
         progress: Progress | None = None,
+        world: World = SINGLE,
     ):
         self.gm = set_eval(gm)
-        self.x = x
+        self.world = world
+        self.count = len(x)
+        share = world.image_share(len(x))
+        self.x = x = x[share]
+        labels = labels[share] if labels is not None else None
         self.config = config
         self.cost = cost
         self.store = checkpoint or Checkpoint(None)
@@ -185,7 +194,7 @@ class GreedyRateSearch:
         for op in self.ops.values():
             op.set_kept(torch.ones(op.out_hw, dtype=torch.bool))
         self.dense_logits = self._forward(self.gm, (x,))
-        check_finite(self.dense_logits, f"the outputs of the dense model on the {len(x)} calibration images")
+        check_finite(self.dense_logits, f"the outputs of the dense model on the {self.count} calibration images")
         self.labels = labels
         self.target = labels if labels is not None else self.dense_logits.argmax(dim=1)
         self.candidates = 0
@@ -242,6 +251,7 @@ class GreedyRateSearch:
             candidates=self.candidates,
             seconds=time.perf_counter() - start,
             history=history,
+            ranks=self.world.size,
         )
 
     # --- one step ----------------------------------------------------------------------------
@@ -290,9 +300,10 @@ class GreedyRateSearch:
         finally:
             op.set_kept(before)
         self.candidates += 1
-        # NaN or infinite outputs: no step, whatever the budget (NaN would argmax to class 0 and
-        # give a NaN loss ratio, which no comparison rejects).
-        return self._score(logits) if logits.isfinite().all() else None
+        # NaN or infinite outputs (on any rank's images): no step, whatever the budget (NaN would
+        # argmax to class 0 and give a NaN loss ratio, which no comparison rejects).
+        broken = self.world.count(not bool(logits.isfinite().all()))
+        return None if broken else self._score(logits)
 
     def _record(self):
         """One pass at the current state: each op's input and the values its suffix reads."""
@@ -316,15 +327,17 @@ class GreedyRateSearch:
         self.progress("rate search", item, steps_done, self.max_steps, unit="steps", at_most=True, **extra)
 
     def _score(self, logits: torch.Tensor) -> tuple[float, float]:
-        """(L, accuracy) of logits: cross entropy and top-1 against labels, or the KL divergence
-        to the dense output and agreement with its predictions."""
+        """(L, accuracy) of logits, means over every rank's images: cross entropy and top-1
+        against labels, or the KL divergence to the dense output and agreement with its
+        predictions. Per-image losses are summed in float64."""
         if self.labels is not None:
-            loss = F.cross_entropy(logits, self.labels)
+            losses = F.cross_entropy(logits, self.labels, reduction="none")
         else:
-            loss = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(self.dense_logits, 1), log_target=True,
-                            reduction="batchmean")  # fmt: skip
-        accuracy = float((logits.argmax(dim=1) == self.target).float().mean())
-        return float(loss), accuracy
+            losses = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(self.dense_logits, 1), log_target=True,
+                              reduction="none").sum(dim=1)  # fmt: skip
+        correct = (logits.argmax(dim=1) == self.target).sum()
+        loss, hits = self.world.sum(torch.stack([losses.double().sum(), correct.double()])).tolist()
+        return loss / self.count, hits / self.count
 
     def _accuracy_floor(self, dense_accuracy: float) -> float | None:
         if self.config.epsilon is None:

@@ -25,7 +25,7 @@ import torch
 from torch import fx
 
 from ...distributed import SINGLE, World
-from ...errors import InputError, check_finite
+from ...errors import check_finite
 from ...transform.accounting import account
 from ...transform.capture import set_eval
 from ...transform.suffix import Recorder, suffix_after
@@ -75,9 +75,7 @@ class Evaluator:
         self.gm = set_eval(gm)
         self.world = world
         self.count = len(x)
-        if world.size > len(x):
-            raise InputError(f"{len(x)} calibration images cannot be shared by {world.size} ranks: use fewer ranks")
-        share = world.shard(len(x))
+        share = world.image_share(len(x))
         self.x, self.target = x[share], target[share]
         self.batch_size = batch_size
         self.ops = spatial_ops(gm)

@@ -12,7 +12,7 @@ from PIL import Image
 from ... import storage
 from ...evaluate import METRICS
 from ...report.budget import accuracy_checks, checks_markdown
-from ...report.render import crossover_markdown
+from ...report.render import crossover_markdown, on_ranks
 from .op import SpatialConv
 from .rewrite import spatial_ops
 
@@ -126,7 +126,7 @@ def report_markdown(data: dict, title: str) -> str:
         "*mispredicted*: activations predicted zero that were not (they cost accuracy); *computed zeros*: "
         "zeros computed anyway (they cost only MACs); both as a share of the layer's activations on the test split.",
         "",
-        f"Search: {search['seconds']:.1f} s{_on_ranks(search)}, {search['evaluated']:,} of the seed's {search['options']:,} options "
+        f"Search: {search['seconds']:.1f} s{on_ranks(search)}, {search['evaluated']:,} of the seed's {search['options']:,} options "
         f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
         f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
         f"Omega x F.",
@@ -136,11 +136,6 @@ def report_markdown(data: dict, title: str) -> str:
     lines += crossover_markdown(data.get("crossover"))
     lines += ["", "Masks: `masks/*.png` (white: computed first). Operating points: `operating_points.png`.", ""]
     return "\n".join(lines)
-
-
-def _on_ranks(search: dict) -> str:
-    ranks = search.get("ranks", 1)
-    return f" on {ranks} ranks (torchrun), the images shared between them" if ranks > 1 else ""
 
 
 def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Image:

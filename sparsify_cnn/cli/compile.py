@@ -17,17 +17,22 @@ from .options import Bounded, data_option, model_options, seed_option, target_ca
 @click.option("--target", default="llvm", callback=target_callback, help="llvm (this CPU), llvm:CPU, or cuda:sm_XX (built, not run, without a GPU).")
 @click.option("--tune-trials", type=Bounded(int, 0, 10**6), default=0, help="MetaSchedule trials in all (0: default schedules, or the best already in --records).")
 @click.option("--records", type=click.Path(file_okay=False), help="Tuning records directory, reused across runs (default with tuning: tuning-records).")
+@click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure tuning trials on the deployment machines: TVM RPC servers "
+              "registered with this tracker (python -m tvm.exec.rpc_server --tracker HOST:PORT --key K).")  # fmt: skip
+@click.option("--rpc-key", metavar="K", help="The key those servers registered under (with --rpc-tracker).")
 @click.option("--check-images", type=Bounded(int, 0, 65536), default=64, help="Calibration images the compiled model is checked on against torch (0: none).")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR before and after every pipeline step here.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory.")
 def compile_command(
     model, arch, trust_pickle, input_shape, leaf_modules, capture_method, data, seed, plan_path, plan_for_other_model,
-    target, tune_trials, records, check_images, dump_ir, out, normalize=None,
+    target, tune_trials, records, rpc_tracker, rpc_key, check_images, dump_ir, out, normalize=None,
 ):  # fmt: skip
     """Compile MODEL with Apache TVM into a deployable artifact in --out, checked against
     torch on calibration inputs (with --data). The batch size is --input-shape's N.
 
         sparsify compile lenet.pt2 --data digits --out artifact/
+
+        sparsify compile m.pt2 --tune-trials 512 --rpc-tracker 10.0.0.5:9190 --rpc-key epyc --out artifact/
     """
     from ..codegen.compile import compile_graph
     from ..pipeline import prepare
@@ -35,6 +40,7 @@ def compile_command(
     from ..storage import claim_output
     from .progress import ProgressDisplay
 
+    remote = _remote(rpc_tracker, rpc_key, tune_trials, records)
     # The artifact folder holds exactly its manifest's files: its lock is a sibling, .ARTIFACT.lock.
     click.get_current_context().with_resource(claim_output(out, inside=False))
     plan = Plan.load(plan_path) if plan_path else None  # a broken plan stops before the model loads
@@ -50,7 +56,7 @@ def compile_command(
         result = compile_graph(
             gm, prepared.captured.input_shape, out, target=target, check_inputs=images,
             plan={"path": plan_path, "technique": plan.technique} if plan else None, dump_ir=dump_ir,
-            tune_trials=tune_trials, records=records, progress=progress,
+            tune_trials=tune_trials, records=records, progress=progress, remote=remote,
         )  # fmt: skip
     check = result.manifest["check"]
     if result.max_abs_diff is None:
@@ -112,3 +118,16 @@ def _read_input(path: str, shape, dtype):
         raise InputError(f"{label} is not a regular file") from None
     except OSError as error:
         raise InputError(f"cannot read {label}: {error.strerror or error}") from error
+
+
+def _remote(tracker: str | None, key: str | None, tune_trials: int, records: str | None):
+    """The deployment machines tuning measures on (``--rpc-tracker``), or None: this machine."""
+    if tracker is None:
+        if key is not None:
+            raise click.UsageError("--rpc-key needs --rpc-tracker")
+        return None
+    if not tune_trials and records is None:
+        raise click.UsageError("--rpc-tracker measures tuning trials: give --tune-trials (or --records)")
+    from ..codegen.remote import RemoteDevice
+
+    return RemoteDevice.parse(tracker, key)

@@ -22,7 +22,7 @@ STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights",
 TRANSFORM_PARAMS = "main_transform_params"
 
 
-def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
+def _steps(target, tune_trials: int, records, progress, remote=None) -> dict[str, Callable]:
     import tvm
     from tvm import relax
 
@@ -52,7 +52,7 @@ def _steps(target, tune_trials: int, records, progress) -> dict[str, Callable]:
             return mod  # rule-based default schedules
         from .tuning import tune as tune_module
 
-        return tune_module(mod, target, records or "tuning-records", tune_trials, progress=progress)
+        return tune_module(mod, target, records or "tuning-records", tune_trials, progress=progress, remote=remote)
 
     def pack_weights(mod):
         if target.kind.name != "llvm":
@@ -101,15 +101,15 @@ def scheduled_kernels(mod, target_spec: dict):
 
 def compile_module(
     mod, target_spec: dict, dump_ir: str | Path | None = None, tune_trials: int = 0, records: str | Path | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, remote=None,
 ):  # fmt: skip
     """Run every step on ``mod`` for ``target_spec``; return the executable. ``tune_trials``
     MetaSchedule trials (0: default schedules, or the best ones already in ``records``), their
-    progress told to ``progress``."""
+    progress told to ``progress``, measured on ``remote`` (a ``remote.RemoteDevice``) or here."""
     import tvm
 
     target = tvm.target.Target(target_spec)
-    steps = _steps(target, tune_trials, records, progress)
+    steps = _steps(target, tune_trials, records, progress, remote)
     dump = Path(dump_ir) if dump_ir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)

@@ -52,10 +52,12 @@ def compile_graph(
     records: str | Path | None = None,
     progress: Progress | None = None,
     extra_files: Mapping[str, Path] | None = None,
+    remote=None,
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
     in batches of the compiled batch size) and write the artifact to ``out``. ``tune_trials``
-    MetaSchedule trials, with records kept in (and reused from) ``records``. ``progress`` hears
+    MetaSchedule trials, with records kept in (and reused from) ``records``, measured on
+    ``remote`` (a ``remote.RemoteDevice``: the deployment machines) or here. ``progress`` hears
     of each step (``STEPS``) and of tuning. ``extra_files`` (name -> file) are copied into the
     artifact and listed in its manifest (a loader refuses files it does not list)."""
     progress = progress or silent
@@ -69,7 +71,7 @@ def compile_graph(
     with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
         mod, params = import_program(program, custom_convert_map())
     _step(progress, "build")
-    executable = compile_module(mod, spec, dump_ir, tune_trials, records, progress)
+    executable = compile_module(mod, spec, dump_ir, tune_trials, records, progress, remote)
     params = transform_params(executable, params, tvm.cpu())  # packed once, stored packed
     _step(progress, "check")
     max_diff = relative = None
@@ -89,7 +91,8 @@ def compile_graph(
         "cpu_features": cpu_features(spec) if spec["kind"] == "llvm" else [],
         "versions": versions(),
         "plan": plan,
-        "tuning": {"trials": tune_trials, "records": str(records) if records else None},
+        "tuning": {"trials": tune_trials, "records": str(records) if records else None,
+                   "measured_on": str(remote) if remote is not None and tune_trials else None},
         "check": {"max_abs_diff": max_diff, "relative_diff": relative, "tolerance": TOLERANCE,
                   "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
     }

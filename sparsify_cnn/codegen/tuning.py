@@ -48,12 +48,16 @@ def _worker_init() -> None:
     import sparsify_cnn.codegen.tuning  # noqa: F401 - registers BUILD_FUNC in the worker
 
 
-def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress: Progress | None = None):
+def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress: Progress | None = None,
+         remote=None):  # fmt: skip
     """Tune the fused PrimFuncs of ``mod`` for at most ``trials`` trials in all (tasks already in
     ``records`` are skipped) and return ``mod`` with the best schedules applied; ``progress``
-    hears of every batch of trials measured."""
+    hears of every batch of trials measured. ``remote`` (a ``remote.RemoteDevice``): trials and
+    the check against the default schedule are measured on its servers, not here."""
     if trials > 0:
         require_search_packages()
+    if remote is not None:
+        remote.check()
     records = Path(records)
     records.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(
@@ -95,9 +99,7 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
             builder=ms.builder.LocalBuilder(f_build=BUILD_FUNC, initializer=_worker_init, timeout_sec=120.0),
             # A GPU kernel runs in microseconds: the default 100 ms minimum per measurement
             # would cost more than the rest of a trial.
-            runner=ms.runner.LocalRunner(
-                evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=1, min_repeat_ms=0) if gpu else None
-            ),
+            runner=_runner(ms.runner.EvaluatorConfig(number=10, repeat=1, min_repeat_ms=0) if gpu else None, remote),
             database=database,
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), _Measured(counter)],
         )
@@ -108,7 +110,8 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         return tuned
     checks = records / CHECKS
     verdicts = json.loads(checks.read_text()) if checks.exists() else {}
-    slower = keep_faster(mod, tuned, target, verdicts=verdicts)
+    seconds = remote.kernel_seconds if remote is not None else None
+    slower = keep_faster(mod, tuned, target, seconds=seconds, verdicts=verdicts)
     checks.write_text(json.dumps(verdicts, indent=1, sort_keys=True))
     if slower:
         (progress or silent)("tuning check", f"{len(slower)} kernels faster with the default schedule: "
@@ -152,20 +155,39 @@ def kernel_seconds(func, target, number: int = 3, repeat: int = 5) -> float:
     """Best of ``repeat`` timings (each the mean of ``number`` runs) of one PrimFunc compiled
     alone on random inputs (integer inputs zero: index tables stay in range); weights in the
     layout its schedule asked for."""
-    import numpy as np
+    alone = kernel_alone(func)
+    kernel = tvm.compile(alone, target=target).jit()
+    args = [tvm.runtime.tensor(values) for values in kernel_arguments(alone)]
+    timer = kernel.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
+    return min(timer(*args).results)
+
+
+def kernel_alone(func):
+    """A module of one PrimFunc, as ``main``, weights in the layout its schedule asked for."""
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     entry = func.with_attr("global_symbol", "main")
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(tvm.IRModule({"main": entry}))
-    kernel = tvm.compile(mod, target=target).jit()
+    return RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(tvm.IRModule({"main": entry}))
+
+
+def kernel_arguments(alone) -> list:
+    """Random inputs (numpy, seeded) for ``kernel_alone``'s ``main``; integer ones zero, so that
+    index tables stay in range."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     args = []
-    for param in mod["main"].params:
+    for param in alone["main"].params:
         shape, dtype = [int(d) for d in param.shape], str(param.dtype)
-        values = np.zeros(shape, dtype) if "int" in dtype else rng.standard_normal(shape).astype(dtype)
-        args.append(tvm.runtime.tensor(values))
-    timer = kernel.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
-    return min(timer(*args).results)
+        args.append(np.zeros(shape, dtype) if "int" in dtype else rng.standard_normal(shape).astype(dtype))
+    return args
+
+
+def _runner(evaluator_config, remote):
+    """Where trials are measured: here, or on ``remote``'s servers."""
+    if remote is not None:
+        return remote.runner(evaluator_config)
+    return ms.runner.LocalRunner(evaluator_config=evaluator_config)
 
 
 def _with_originals(tuned, original, names: set[str]):

@@ -29,7 +29,7 @@ def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
     assert tuned  # measured schedules were stored
     second = compile_graph(gm, (1, 4, 8, 8), tmp_path / "b", check_inputs=x, tune_trials=2, records=records)
     assert _records(records) == tuned  # nothing tuned again: same shapes cost nothing
-    assert second.manifest["tuning"] == {"trials": 2, "records": str(records)}
+    assert second.manifest["tuning"] == {"trials": 2, "records": str(records), "measured_on": None}
     with torch.no_grad():
         expected = model(x[:1]).numpy()
     np.testing.assert_allclose(load(tmp_path / "b")(x[:1].numpy()), expected, rtol=1e-4, atol=1e-5)

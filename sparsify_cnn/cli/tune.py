@@ -32,7 +32,8 @@ PRESETS = ("lenet", "cq", "alexlrn", "alexbn", "mlp", "resnet18")  # sparsify_cn
     "--storage",
     default="hyperband.db",
     type=click.Path(dir_okay=False),
-    help="optuna SQLite file holding the trials; the same command resumes from it.",
+    help="optuna SQLite file holding the trials (the same command resumes from it), or a database URL "
+    "(sqlite:///study.db, postgresql://host/db) that several workers share: run the same command in each.",
 )
 @click.option("--study", "study_name", help="Study name in the storage.  [default: MODEL-PRESET-DATA]")
 @click.option(
@@ -56,17 +57,17 @@ def tune_command(
     from .. import models
     from ..data import load_data
     from ..storage import claim_output
-    from ..techniques.stan.hyperband import StudyConfig, run_study, write_config
+    from ..techniques.stan.hyperband import StudyConfig, is_shared, run_study, shown, write_config
 
     ctx = click.get_current_context()  # before any trial: both files writable and this run's alone
     ctx.with_resource(claim_output(out, inside=False))
-    if Path(storage).absolute() != Path(out).absolute():
+    if not is_shared(storage) and Path(storage).absolute() != Path(out).absolute():
         ctx.with_resource(claim_output(storage, inside=False, option="--storage"))  # a second run would take over its trials
     entry = models.get_entry(model)
     config = StudyConfig(preset, storage, trials, max_epochs, min_epochs, reduction_factor, seed, study_name)
     dataset = load_data(data, entry.input_shape, seed=seed, normalize=normalize)
     click.echo(f"Hyperband: {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib), "
-               f"preset {preset}, {trials} trials, {min_epochs}-{max_epochs} epochs, storage {storage}")  # fmt: skip
+               f"preset {preset}, {trials} trials, {min_epochs}-{max_epochs} epochs, storage {shown(storage)}")  # fmt: skip
 
     def on_trial(trial) -> None:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())

@@ -15,7 +15,10 @@ Adam; the seed says Adam for ResNet-18); the ResNet "dropout" is a dropout befor
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,8 @@ from ...transform.layers import find_layers
 from .trainer import EpochRecord, TrainSetup, fit
 
 BATCH_SIZE = 100
+SHARED_SCHEMES = ("sqlite", "postgresql", "mysql")  # database URLs several workers can share
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a shared study's running trial with no heartbeat this long: failed
 CONFIG_FORMAT = "sparsify-train-config"
 
 
@@ -191,6 +196,7 @@ def run_study(
         result.best_setup.to_dict()
     """
     import optuna
+    from optuna.trial import TrialState
 
     from .replay import SLOT, SlotHyperbandPruner, SlotSampler, slot_of
 
@@ -211,7 +217,7 @@ def run_study(
         "reduction_factor": config.reduction_factor,
         "seed": config.seed,
     }
-    storage = _storage(config.storage)
+    storage = open_storage(config.storage)
     study_name = config.study_name or f"{name}-{preset.name}-{data.name}"
     # Points and brackets follow a trial's slot (see replay.py): a study killed and resumed
     # draws and prunes as one that was never interrupted.
@@ -228,7 +234,7 @@ def run_study(
             "use another --storage or --study name"
         )
     trials = study.get_trials(deepcopy=False)
-    rerun = _requeue_interrupted(study, trials)
+    rerun = _requeue_interrupted(study, trials, running_too=not is_shared(config.storage))
 
     def objective(trial) -> float:
         trial.set_user_attr(SLOT, slot_of(study.get_trials(deepcopy=False), trial))
@@ -259,7 +265,10 @@ def run_study(
 
     done = sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.get_trials(deepcopy=False))
     remaining = config.trials - done
-    callbacks = [lambda study, trial: on_trial(trial)] if on_trial is not None else None
+    # Several workers on one storage: each stops once the study as a whole has its trials.
+    callbacks = [optuna.study.MaxTrialsCallback(config.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    if on_trial is not None:
+        callbacks.append(lambda study, trial: on_trial(trial))
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, callbacks=callbacks)
     finished = study.get_trials(deepcopy=False)
@@ -281,9 +290,39 @@ def run_study(
     )
 
 
-def _storage(path: str):
+def is_shared(storage: str) -> bool:
+    """A database URL (``sqlite:///study.db``, ``postgresql://host/db``) is a storage several
+    workers share; a plain path is one process's SQLite file."""
+    return "://" in storage
+
+
+def shown(storage: str) -> str:
+    """``storage`` as messages and files show it: a URL's password hidden."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", storage)
+
+
+def open_storage(path: str):
+    """The optuna storage ``path`` names. A shared one (a URL) keeps a heartbeat per running
+    trial: a trial whose worker died is failed after ``GRACE_SECONDS`` and queued again."""
     import optuna
 
+    if is_shared(path):
+        scheme = path.split("://", 1)[0].split("+", 1)[0]
+        if scheme not in SHARED_SCHEMES:
+            raise InputError(f"study storage '{shown(path)}': use a database URL ({', '.join(SHARED_SCHEMES)}) or a file path")
+        # SQLite serialises writers: a worker waits for another's write instead of failing at once.
+        engine = {"connect_args": {"timeout": 60}} if scheme == "sqlite" else None
+        # optuna 4.9 renamed the callback; heartbeats are "experimental" there (a warning each run).
+        renamed = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+        stale = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback": _retry_stale}
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*heartbeat")
+                return optuna.storages.RDBStorage(path, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS, **stale)  # fmt: skip
+        except Exception as error:  # noqa: BLE001 - a driver's error: one line, no password
+            first = shown(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
+            raise InputError(f"cannot open the study storage '{shown(path)}': {first}") from None
     file = Path(path)
     if file.parent and not file.parent.exists():
         raise InputError(f"the folder of the study storage '{path}' does not exist")
@@ -293,15 +332,22 @@ def _storage(path: str):
         raise InputError(f"'{path}' is not an optuna SQLite study storage ({type(error).__name__})") from error
 
 
-def _requeue_interrupted(study, trials) -> list[int]:
-    """Trials left running (the process was killed) or failed (Ctrl-C) are marked failed and
-    queued again with the same values, once each."""
+def _retry_stale(study, trial) -> None:
+    """optuna's callback for a trial whose heartbeat stopped (its worker died): queued again,
+    in its slot."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def _requeue_interrupted(study, trials, running_too: bool = True) -> list[int]:
+    """Trials failed (Ctrl-C) and, with ``running_too``, trials left running (the one process
+    was killed) are marked failed and queued again with the same values, once each. On a shared
+    storage a running trial may be another worker's: its heartbeat decides instead."""
     from optuna.trial import TrialState
 
     retried = {t.user_attrs.get("retry_of") for t in trials}
     rerun = []
     for t in trials:
-        if t.state == TrialState.RUNNING:
+        if t.state == TrialState.RUNNING and running_too:
             study.tell(t.number, state=TrialState.FAIL)
         elif t.state != TrialState.FAIL:
             continue
@@ -325,7 +371,7 @@ def write_config(path: str | Path, model: str, result: StudyResult, config: Stud
             "trial": result.best_trial,
             "values": result.values,
             "trials": result.counts,
-            "storage": str(config.storage),
+            "storage": shown(str(config.storage)),
             "data": data.name,
             "data_fingerprint": data.fingerprint(),
         },

@@ -112,3 +112,47 @@ def test_a_resumed_study_draws_and_prunes_as_an_uninterrupted_one(tmp_path, toy_
     resumed = run_study("mlp", toy_data, StudyConfig("mlp", str(killed), trials=5, max_epochs=3, seed=7))
     assert resumed.rerun == [stale.number]
     assert history(killed) == history(straight)
+
+
+def test_workers_sharing_a_storage_run_one_study_with_the_points_of_one_process(tmp_path):
+    """Two `sparsify tune-hparams` processes on one database URL: one study, the trials asked
+    for in all (not each), every trial's point the one a single process draws in its slot."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    def command(storage: str, out: str) -> list[str]:
+        return [sys.executable, "-m", "sparsify_cnn", "tune-hparams", "zoo:mlp", "--preset", "mlp", "--data", "digits",
+                "--trials", "6", "--max-epochs", "2", "--seed", "3", "--storage", storage, "--out", str(tmp_path / out)]  # fmt: skip
+
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [subprocess.Popen(command(shared, f"w{i}.json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]  # fmt: skip
+    results = [worker.communicate(timeout=600) for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), results
+    assert (tmp_path / "w0.json").exists() and (tmp_path / "w1.json").exists()
+    alone = subprocess.run(command(str(tmp_path / "alone.db"), "alone.json"), capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr
+
+    def points(storage: str) -> dict[int, dict]:
+        trials = optuna.load_study(study_name="mlp-mlp-digits", storage=storage).get_trials()
+        finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        return {t.user_attrs["slot"]: t.params for t in finished}
+
+    together = points(shared)
+    assert 6 <= len(together) <= 7  # a worker stops once the study has 6; the other's running trial ends
+    one = points(f"sqlite:///{tmp_path / 'alone.db'}")
+    assert len(one) == 6
+    assert {slot: together[slot] for slot in one} == one
+
+
+def test_a_shared_storage_hides_its_password_and_names_the_databases_it_takes():
+    from sparsify_cnn.techniques.stan.hyperband import open_storage, shown
+
+    assert shown("postgresql://me:secret@db.example/study") == "postgresql://me:***@db.example/study"
+    with pytest.raises(InputError, match="use a database URL"):
+        open_storage("redis://me:secret@host/0")
+    with pytest.raises(InputError, match=r"cannot open the study storage 'postgresql://me:\*\*\*@127.0.0.1:1/x'") as caught:
+        open_storage("postgresql://me:secret@127.0.0.1:1/x")
+    assert "secret" not in str(caught.value)

@@ -67,8 +67,10 @@ def optimize_command(**options):
 
         sparsify cq.pt2 --technique ssc --target-params 0.3 --finetune-epochs 5 --data digits --out out/
     """
+    from .. import storage
     from ..job import JobContext, run
     from ..pipeline import prepare
+    from ..progress import PhaseTimes
     from ..technique import get
     from .progress import ProgressDisplay
 
@@ -83,11 +85,13 @@ def optimize_command(**options):
         click.get_current_context().with_resource(claim_output(options["out"]))  # the string: "" is refused
         if checkpoint:
             check_writable_dir(Path(checkpoint).absolute().parent, "checkpoint folder")
-    prepared = prepare(
-        options["model"], normalize=options.get("normalize"), arch=options["arch"], trust_pickle=options["trust_pickle"],
-        input_shape=options["input_shape"], data=options["data"], leaf_modules=options["leaf_modules"],
-        capture_method=options["capture_method"], seed=options["seed"],
-    )  # fmt: skip
+    times = PhaseTimes()
+    with times.span("load and capture"):
+        prepared = prepare(
+            options["model"], normalize=options.get("normalize"), arch=options["arch"], trust_pickle=options["trust_pickle"],
+            input_shape=options["input_shape"], data=options["data"], leaf_modules=options["leaf_modules"],
+            capture_method=options["capture_method"], seed=options["seed"],
+        )  # fmt: skip
     checkpoint = Path(checkpoint) if checkpoint else out_dir / technique.checkpoint_name
     target = options["target"]
     timer = _crossover_timer(target, out_dir) if options["crossover"] and world.is_main else None
@@ -108,9 +112,11 @@ def optimize_command(**options):
         return
     from ..job import save_rewritten
 
-    result.plan.save(out_dir / "plan.json")
-    save_rewritten(result.graph_module, prepared.captured.input_shape, out_dir / "model.pt2")
-    report = write_report(result, out_dir, title=f"sparsify {options['model']}")
+    times.update(result.phases)
+    with times.span("write outputs"):
+        result.plan.save(out_dir / "plan.json")
+        save_rewritten(result.graph_module, prepared.captured.input_shape, out_dir / "model.pt2")
+        report = write_report(result, out_dir, title=f"sparsify {options['model']}")
     click.echo(technique.function("summary_line")(report))
     if report.get("crossover"):
         checked = report["crossover"]
@@ -125,14 +131,17 @@ def optimize_command(**options):
             compiled = compile_graph(
                 result.graph_module, prepared.captured.input_shape, out_dir / "artifact", target=target,
                 check_inputs=prepared.data.calib.x[:64], plan={"path": "../plan.json", "technique": technique.name},
-                progress=progress,
+                progress=progress, times=times,
                 extra_files={name: out_dir / name for name in ("report.md", "report.json")},  # what it was chosen for
             )  # fmt: skip
         check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check}); manifest sha256 "
                    f"{compiled.manifest_sha256} (pin it with sparsify run --expect-sha256)")  # fmt: skip
-        if options["latency"] and compiled.max_abs_diff is not None:  # the artifact runs here
-            _report_latency(prepared, out_dir)
+    click.echo(f"time by phase: {times.line()} (phases.json)")
+    if target != "none" and options["latency"] and compiled.max_abs_diff is not None:  # the artifact runs here
+        with times.span("latency"):
+            _report_latency(prepared, out_dir)  # the last lines: the artifact against what users run
+    storage.write_json(out_dir / "phases.json", {"seconds": times.seconds, "ranks": world.size})
     for warning in report["warnings"]:  # last, where they are read: a budget not kept on test, a one-class model
         click.echo(f"warning: {warning}", err=True)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..progress import Progress
+from ..progress import PhaseTimes, Progress
 from .lowering import hand_scheduled
 
 STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights", "build")
@@ -101,11 +101,12 @@ def scheduled_kernels(mod, target_spec: dict):
 
 def compile_module(
     mod, target_spec: dict, dump_ir: str | Path | None = None, tune_trials: int = 0, records: str | Path | None = None,
-    progress: Progress | None = None, remote=None,
+    progress: Progress | None = None, remote=None, times: PhaseTimes | None = None,
 ):  # fmt: skip
     """Run every step on ``mod`` for ``target_spec``; return the executable. ``tune_trials``
     MetaSchedule trials (0: default schedules, or the best ones already in ``records``), their
-    progress told to ``progress``, measured on ``remote`` (a ``remote.RemoteDevice``) or here."""
+    progress told to ``progress``, measured on ``remote`` (a ``remote.RemoteDevice``) or here.
+    ``times`` adds the seconds of the steps to "compile", and tuning's to "tuning"."""
     import tvm
 
     target = tvm.target.Target(target_spec)
@@ -113,10 +114,14 @@ def compile_module(
     dump = Path(dump_ir) if dump_ir else None
     if dump:
         dump.mkdir(parents=True, exist_ok=True)
+    times = times or PhaseTimes()
     for i, name in enumerate(STEPS):
         if dump:
             (dump / f"{i:02d}_{name}_before.py").write_text(mod.script())
-        mod = steps[name](mod)
+        if name == "tune" and not (tune_trials > 0 or records is not None):
+            continue  # default schedules: nothing to tune
+        with times.span("tuning" if name == "tune" else "compile"):
+            mod = steps[name](mod)
         if dump and name != "build":
             (dump / f"{i:02d}_{name}_after.py").write_text(mod.script())
     return mod

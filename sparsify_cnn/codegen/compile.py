@@ -14,7 +14,7 @@ from torch import fx
 
 from ..errors import SparsifyError, check_finite
 from ..ops.registry import custom_convert_map
-from ..progress import Progress, silent
+from ..progress import PhaseTimes, Progress, silent
 from ..transform.layers import output_shape
 from ..versions import versions
 from .artifact import check_replaceable, cpu_features, cuda_source, write_artifact
@@ -53,30 +53,34 @@ def compile_graph(
     progress: Progress | None = None,
     extra_files: Mapping[str, Path] | None = None,
     remote=None,
+    times: PhaseTimes | None = None,
 ) -> CompileResult:
     """Compile ``gm`` for inputs of ``input_shape``, check it on ``check_inputs`` (images; run
     in batches of the compiled batch size) and write the artifact to ``out``. ``tune_trials``
     MetaSchedule trials, with records kept in (and reused from) ``records``, measured on
     ``remote`` (a ``remote.RemoteDevice``: the deployment machines) or here. ``progress`` hears
     of each step (``STEPS``) and of tuning. ``extra_files`` (name -> file) are copied into the
-    artifact and listed in its manifest (a loader refuses files it does not list)."""
-    progress = progress or silent
+    artifact and listed in its manifest (a loader refuses files it does not list). ``times`` adds
+    the seconds it takes to "compile", and tuning's to "tuning"."""
+    progress, times = progress or silent, times or PhaseTimes()
     spec = target_spec(target)
     check_replaceable(Path(out))  # before hours of tuning, not after
     _step(progress, "export")
-    program = export_static(gm, tuple(input_shape))
+    with times.span("compile"):
+        program = export_static(gm, tuple(input_shape))
     import tvm
 
     _step(progress, "import")
-    with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
+    with times.span("compile"), tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the target
         mod, params = import_program(program, custom_convert_map())
     _step(progress, "build")
-    executable = compile_module(mod, spec, dump_ir, tune_trials, records, progress, remote)
+    executable = compile_module(mod, spec, dump_ir, tune_trials, records, progress, remote, times)
     params = transform_params(executable, params, tvm.cpu())  # packed once, stored packed
     _step(progress, "check")
     max_diff = relative = None
     if spec["kind"] == "llvm" and check_inputs is not None and len(check_inputs):
-        max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)
+        with times.span("compile"):
+            max_diff, relative = _check(executable, params, gm, tuple(input_shape), check_inputs)
         if relative > TOLERANCE:
             raise CompiledMismatchError(
                 f"the compiled model differs from the torch model by {max_diff:.3g} "
@@ -97,7 +101,8 @@ def compile_graph(
                   "images": 0 if check_inputs is None else int(len(check_inputs)), "nvcc": nvcc},  # fmt: skip
     }
     _step(progress, "write")
-    manifest, digest = write_artifact(Path(out), executable, params, manifest, extra_files)
+    with times.span("compile"):
+        manifest, digest = write_artifact(Path(out), executable, params, manifest, extra_files)
     progress("compile", f"written to {out}", len(STEPS), len(STEPS), unit="steps", eta=False)
     return CompileResult(Path(out), manifest, max_diff, relative, digest)
 

@@ -35,6 +35,14 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9
     assert 0 < report["macs"]["saved_fraction_test"] < 1
     assert report["search"]["evaluated"] > 0 and report["search"]["seconds"] > 0
+    # Where the time went, phase by phase: in the report (the job's) and phases.json (all of the command's).
+    phases = json.loads((out / "phases.json").read_text())["seconds"]
+    assert list(phases)[:4] == ["load and capture", "dense predictions", "dense cache", "first level"]
+    assert {"patch level", "combining layers", "whole-network check", "verification", "compile", "latency"} <= set(phases)
+    assert min(phases.values()) >= 0 and "tuning" not in phases  # nothing was tuned
+    assert report["phases"]["first level"] == phases["first level"] > 0
+    assert "time by phase: load and capture" in result.output
+    assert "Time by phase: dense predictions" in (out / "report.md").read_text()
     markdown = (out / "report.md").read_text()
     assert "| calib |" in markdown and "| test |" in markdown and "mispredicted" in markdown
     # The rewritten model loads back and runs the masks (reference semantics).

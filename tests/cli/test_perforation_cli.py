@@ -28,6 +28,7 @@ def test_perforation_job_writes_plan_model_report_and_a_matching_artifact(tmp_pa
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["macs"]["speedup"] >= 1.8 and report["search"]["stop_reason"] == "reached the target speedup 1.8x"
+    assert list(report["phases"]) == ["dense predictions", "grid masks", "cost model", "greedy steps", "verification"]
     points = report["operating_points"]
     assert points[0]["layer"] is None and all(p["layer"] in ("conv1", "conv2") for p in points[1:])
     assert [p["macs"] for p in points] == sorted((p["macs"] for p in points), reverse=True)

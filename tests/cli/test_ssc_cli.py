@@ -54,6 +54,7 @@ def test_target_params_with_one_epoch_of_finetuning_is_reported(tmp_path, model_
     assert "after" in result.output
     report = json.loads((out / "report.json").read_text())
     assert set(report["accuracy"]["test"]) == {"dense", "ssc", "finetuned"}
+    assert list(report["phases"]) == ["dense predictions", "choice of (g, p)", "verification", "fine-tuning"]
     assert report["params"]["target"] == 0.95
     fine = report["finetune"]
     assert len(fine["epochs"]) == 1 and fine["config"]["lr"] == 0.01 and fine["config"]["schedule"] == "step"

@@ -4,6 +4,7 @@ return what the plan, the report and the compiler need."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from ...evaluate import Score
 from ...job import start_job
 from ...pipeline import Prepared
 from ...plan import Plan
-from ...progress import Progress
+from ...progress import PhaseTimes, Progress
 from ...search.checkpoint import STEP_RECORD, Checkpoint
 from ...training import TrainConfig
 from ...transform.accounting import Accounting, account
@@ -50,6 +51,7 @@ class PerforationOutcome:
     checkpoint_resumed: int = 0
     crossover: CrossoverResult | None = None  # None: not checked
     warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the job, in order
 
     @property
     def seconds(self) -> float:
@@ -78,7 +80,9 @@ def optimize_perforation(
         result = optimize_perforation(prepare("cq.pt2", data="digits"), search=RateSearchConfig(speedup=2))
         result.plan.save("plan.json")
     """
-    job = start_job(prepared, metric, "a rate search", finetune)
+    times = PhaseTimes()
+    with times.span("dense predictions"):
+        job = start_job(prepared, metric, "a rate search", finetune)
     data, metric, dense_gm = job.data, job.metric, job.dense_gm
     result = insert_perforated_convs(dense_gm, perforation)
     if not result.inserted:
@@ -86,8 +90,10 @@ def optimize_perforation(
         raise InputError(no_layer_message("be perforated", result.skipped, hint))
     gm = result.graph_module
     labels = data.calib.y if metric == "top1" else None
-    masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search, job.dense_predictions, world)
-    cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured, world)
+    with times.span(f"{search.mask} masks"):
+        masks, notes = _layer_masks(dense_gm, gm, data.calib.x, labels, search, job.dense_predictions, world)
+    with times.span("layer timing" if search.cost == "measured" else "cost model"):
+        cost = _cost_model(gm, dense_gm, prepared.captured.input_shape, search, measured, world)
     identity = {
         **job.identity,  # graph, weights, data: a retrained model must not resume these records
         "perforation": perforation.to_dict(),
@@ -103,18 +109,22 @@ def optimize_perforation(
             if path is not None and Path(path).exists():
                 Path(path).unlink()
     store = Checkpoint(checkpoint, identity, record=STEP_RECORD, world=world)
-    found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress, world).run()
+    with times.span("greedy steps"):
+        found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress, world).run()
     if not world.is_main:
         return None
     checked = None
     if crossover is not None:
-        checked = check_crossover(gm, job.crossover_images, crossover)
+        with times.span("crossover timing"):
+            checked = check_crossover(gm, job.crossover_images, crossover)
         ops = perforated_ops(gm)
         for name in checked.left_dense:
             ops[name].set_kept(torch.ones(ops[name].out_hw, dtype=torch.bool))
 
-    scores = job.score_splits({"dense": (dense_gm, "the dense model"), "perforated": (gm, "the perforated model")})
-    finetune_log = job.finetune(gm, finetune, finetune_checkpoint, progress, scores, "perforated model")
+    with times.span("verification"):
+        scores = job.score_splits({"dense": (dense_gm, "the dense model"), "perforated": (gm, "the perforated model")})
+    with times.span("fine-tuning") if finetune is not None and finetune.epochs > 0 else contextlib.nullcontext():
+        finetune_log = job.finetune(gm, finetune, finetune_checkpoint, progress, scores, "perforated model")
     final = "finetuned" if finetune_log else "perforated"
     plan = job.plan(
         "perforation",
@@ -127,7 +137,7 @@ def optimize_perforation(
     return PerforationOutcome(
         plan=plan, search=found, graph_module=gm, dense=account(dense_gm), sparse=account(gm), scores=scores,
         skipped=result.skipped, mask_notes=notes, metric=metric, finetune=finetune_log,
-        checkpoint_resumed=store.resumed, crossover=checked, warnings=job.warnings,
+        checkpoint_resumed=store.resumed, crossover=checked, warnings=job.warnings, phases=times.seconds,
     )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ... import storage
 from ...evaluate import METRICS
+from ...progress import phases_line
 from ...report.budget import accuracy_checks, checks_markdown
 from ...report.render import crossover_markdown, on_ranks
 from .rewrite import perforated_ops
@@ -55,6 +56,7 @@ def report_data(result) -> dict:
         # The plan written to plan.json, after the crossover rule and fine-tuning: the plot's star.
         "verified": {"calib_accuracy": final, "calib_loss_points": 100 * (calib["dense"].value - final),
                      "macs": performed, "macs_speedup": dense_macs / performed},  # fmt: skip
+        "phases": result.phases,  # seconds per phase of the job, in order
         "search": {
             "seconds": search.seconds,
             "ranks": search.ranks,
@@ -112,6 +114,7 @@ def report_markdown(data: dict, title: str) -> str:
         f"({100 * macs['saved_fraction']:.1f}% saved): {speed}.",
         f"Search: {search['steps']} greedy steps, {search['candidates']} candidate networks, "
         f"{search['seconds']:.1f} s{on_ranks(search)}; stopped because {search['stop_reason']}.",
+        f"Time by phase: {phases_line(data['phases'])}.",
     ]
     if data["finetune"]:
         fine = data["finetune"]

@@ -19,6 +19,7 @@ from ...evaluate import Score
 from ...job import start_job
 from ...pipeline import Prepared
 from ...plan import Plan
+from ...progress import PhaseTimes
 from ...search.checkpoint import SPATIAL_RECORD, Checkpoint
 from ...transform.accounting import Accounting, account
 from ...transform.suffix import record_op_inputs
@@ -41,6 +42,7 @@ class OptimizeResult:
     checkpoint_resumed: int = 0
     crossover: CrossoverResult | None = None  # None: not checked
     warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the job, in order
 
     @property
     def seconds(self) -> float:
@@ -68,7 +70,9 @@ def optimize_spatial(
         result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
         result.plan.save("plan.json")
     """
-    job = start_job(prepared, metric, "a search")
+    times = PhaseTimes()
+    with times.span("dense predictions"):
+        job = start_job(prepared, metric, "a search")
     data, metric, dense_gm = job.data, job.metric, job.dense_gm
     result = insert_spatial_ops(dense_gm, spatial)
     if not result.inserted:
@@ -85,35 +89,27 @@ def optimize_spatial(
     if checkpoint is not None and not resume and Path(checkpoint).exists() and world.is_main:
         Path(checkpoint).unlink()
     store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD, world=world)
-    evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world)
+    with times.span("dense cache"):
+        evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world)
     time_saved = None
     if search.cost == "measured":  # timed on the main rank alone: every rank takes its figures
         timed = _time_saved(gm, job.crossover_images, measured or LayerTimer()) if world.is_main else None
         time_saved = lambda layer, mask: world.from_main(lambda: timed(layer, mask))  # noqa: E731
     found = SpatialSearch(evaluator, search, store, progress, time_saved).run()
+    times.update(found.phases)
     if not world.is_main:
         return None
     evaluator.install(found.masks)
     checked = None
     if crossover is not None:
-        checked = check_crossover(gm, job.crossover_images, crossover)
+        with times.span("crossover timing"):
+            checked = check_crossover(gm, job.crossover_images, crossover)
         ops = spatial_ops(gm)
         for name in checked.left_dense:
             ops[name].set_mask(torch.ones_like(ops[name].mask))
-    for op in spatial_ops(gm).values():
-        op.track_stats = True
-        op.reset_stats()
-
-    scores, dense = {}, account(dense_gm)
-    for split_name in ("calib", "test"):
-        scores[split_name] = {
-            "dense": job.score(dense_gm, split_name, "the dense model"),
-            "sparse": job.score(gm, split_name, "the model with Spatial ops"),
-        }
-        if split_name == "calib":  # the test split's pass is the one the MAC table reports
-            calib_macs_saved = dense.total_macs - account(gm).total_performed_macs  # what the plan verified
-            for op in spatial_ops(gm).values():
-                op.reset_stats()
+    dense = account(dense_gm)
+    with times.span("verification"):
+        scores, calib_macs_saved = _verify(job, gm, dense)
     plan = job.plan(
         "spatial",
         config=spatial.to_dict(),
@@ -135,7 +131,27 @@ def optimize_spatial(
         checkpoint_resumed=store.resumed,
         crossover=checked,
         warnings=job.warnings,
+        phases=times.seconds,
     )
+
+
+def _verify(job, gm: fx.GraphModule, dense: Accounting) -> tuple[dict[str, dict[str, Score]], float]:
+    """Both models' scores on both splits, and the MACs per image the masks save on calib (the
+    ops' counters are left holding the test split's pass, which the MAC table reports)."""
+    for op in spatial_ops(gm).values():
+        op.track_stats = True
+        op.reset_stats()
+    scores = {}
+    for split_name in ("calib", "test"):
+        scores[split_name] = {
+            "dense": job.score(job.dense_gm, split_name, "the dense model"),
+            "sparse": job.score(gm, split_name, "the model with Spatial ops"),
+        }
+        if split_name == "calib":
+            calib_macs_saved = dense.total_macs - account(gm).total_performed_macs  # what the plan verified
+            for op in spatial_ops(gm).values():
+                op.reset_stats()
+    return scores, calib_macs_saved
 
 
 def _time_saved(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer):

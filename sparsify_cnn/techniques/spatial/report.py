@@ -11,6 +11,7 @@ from PIL import Image
 
 from ... import storage
 from ...evaluate import METRICS
+from ...progress import phases_line
 from ...report.budget import accuracy_checks, checks_markdown
 from ...report.render import crossover_markdown, on_ranks
 from .op import SpatialConv
@@ -66,6 +67,7 @@ def report_data(result) -> dict:
             "calib_macs_saved": result.calib_macs_saved,
             "calib_saved_fraction": result.calib_macs_saved / result.dense.total_macs,
         },
+        "phases": result.phases,  # seconds per phase of the job, in order
         "search": {
             "chosen": {"calib_accuracy": search.accuracy, "calib_macs_saved": search.macs_saved},
             "seconds": search.seconds,
@@ -130,6 +132,7 @@ def report_markdown(data: dict, title: str) -> str:
         f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
         f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
         f"Omega x F.",
+        f"Time by phase: {phases_line(data['phases'])}.",
     ]
     if data["skipped"]:
         lines += ["", "Layers left dense:", ""] + [f"- `{name}`: {why}" for name, why in data["skipped"].items()]

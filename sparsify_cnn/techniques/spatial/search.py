@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import InputError
-from ...progress import Progress, silent
+from ...progress import PhaseTimes, Progress, silent
 from ...search.accuracy_budget import accuracy_loss, within
 from ...search.checkpoint import Checkpoint
 from .evaluator import Candidate, Evaluator, Outcome
@@ -75,6 +75,7 @@ class SpatialSearch:
         self._padded_patterns = torch.cat([self.patterns, torch.ones(1, self.p, self.p, dtype=torch.bool)])
         self.candidates = 0
         self.options = 0
+        self.times = PhaseTimes()  # first level, patch level, channel level, combining layers, whole-network check
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -83,11 +84,14 @@ class SpatialSearch:
         try:
             options = self._all_layer_options()
             if self.config.cost == "measured":
-                options = {layer: self._by_time_saved(layer, layer_options) for layer, layer_options in options.items()}
-            masks, points = self._combine_layers(options)
+                with self.times.span("layer timing"):
+                    options = {layer: self._by_time_saved(layer, options) for layer, options in options.items()}
+            with self.times.span(COMBINE_PHASE):
+                masks, points = self._combine_layers(options)
         finally:
             self.checkpoint.flush()
-        final = self.ev.evaluate_network(masks)
+        with self.times.span("whole-network check"):
+            final = self.ev.evaluate_network(masks)
         suffix_images, work = self.ev.totals()
         return SearchResult(
             masks=masks,
@@ -102,6 +106,7 @@ class SpatialSearch:
             work=work / self.ev.count,
             seconds=time.perf_counter() - start,
             ranks=self.ev.world.size,
+            phases=dict(self.times.seconds),
         )
 
     def drop(self, accuracy: float) -> float:
@@ -144,7 +149,8 @@ class SpatialSearch:
                 for ch in range(c)
                 for i, region in enumerate(clusters)
             }
-        first = self._first_level(layer, targets)
+        with self.times.span("first level"):
+            first = self._first_level(layer, targets)
         if mode == "uniform_layer":
             return first["all"]
         if mode == "max_granularity":  # patch level: clusters -> channel options
@@ -225,6 +231,10 @@ class SpatialSearch:
 
     def _merge(self, layer: str, level: str, children: list[list[_Option]]) -> list[_Option]:
         """Options of the parent target: the i-th best option of every child, for i < M."""
+        with self.times.span(LEVELS[level[:2]]):
+            return self._merged(layer, level, children)
+
+    def _merged(self, layer: str, level: str, children: list[list[_Option]]) -> list[_Option]:
         c, hb, wb = self._slots(layer)
         merged, seen = [], set()
         for i in range(self.config.top_m):

@@ -4,6 +4,7 @@ plan, the report and the compiler need. There is no search: the assignment is th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from ...evaluate import Score
 from ...job import start_job
 from ...pipeline import Prepared
 from ...plan import Plan
-from ...progress import Progress
+from ...progress import PhaseTimes, Progress
 from ...training import TrainConfig
 from ...transform.accounting import Accounting, account
 from ...transform.rewrite import no_layer_message
@@ -37,6 +38,7 @@ class SSCOutcome:
     finetune: dict = field(default_factory=dict)  # config, seconds, per-epoch calib scores
     crossover: CrossoverResult | None = None  # None: not checked
     warnings: list[str] = field(default_factory=list)  # about the run's meaning, e.g. a one-class dense model
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the job, in order
 
 
 def optimize_ssc(
@@ -56,10 +58,12 @@ def optimize_ssc(
         outcome = optimize_ssc(prepare("cq.pt2", data="digits"), SSCConfig(target_fraction=0.3))
         outcome.plan.save("plan.json")
     """
-    start = time.perf_counter()
-    job = start_job(prepared, metric, "SSC", finetune)
+    start, times = time.perf_counter(), PhaseTimes()
+    with times.span("dense predictions"):
+        job = start_job(prepared, metric, "SSC", finetune)
     dense_gm = job.dense_gm
-    result = insert_ssc(dense_gm, config)
+    with times.span("choice of (g, p)"):
+        result = insert_ssc(dense_gm, config)
     assignment = result.assignment
     if not result.inserted:
         hint = "SSC replaces dense k x k and 1x1 convs whose channels its (g, p) divide: try --technique perforation"
@@ -67,7 +71,8 @@ def optimize_ssc(
     gm = result.graph_module
     checked = None
     if crossover is not None:
-        checked = check_crossover(gm, job.crossover_images, crossover)
+        with times.span("crossover timing"):
+            checked = check_crossover(gm, job.crossover_images, crossover)
         if checked.left_dense:
             kept = {name: c for name, c in assignment.choices.items() if name not in checked.left_dense}
             if not kept:
@@ -77,8 +82,10 @@ def optimize_ssc(
             exact = SSCConfig.exact(kept, pointwise_branch=config.pointwise_branch, init=config.init)
             gm = insert_ssc(dense_gm, exact).graph_module
 
-    scores = job.score_splits({"dense": (dense_gm, "the dense model"), "ssc": (gm, "the SSC model")})
-    finetune_log = job.finetune(gm, finetune, checkpoint, progress, scores, "SSC model")
+    with times.span("verification"):
+        scores = job.score_splits({"dense": (dense_gm, "the dense model"), "ssc": (gm, "the SSC model")})
+    with times.span("fine-tuning") if finetune is not None and finetune.epochs > 0 else contextlib.nullcontext():
+        finetune_log = job.finetune(gm, finetune, checkpoint, progress, scores, "SSC model")
     final = "finetuned" if finetune_log else "ssc"
     chosen = {name: c for name, c in assignment.choices.items() if checked is None or name not in checked.left_dense}
     exact = SSCConfig.exact(chosen, pointwise_branch=config.pointwise_branch, init=config.init)
@@ -99,5 +106,5 @@ def optimize_ssc(
     return SSCOutcome(
         plan=plan, assignment=assignment, graph_module=gm, dense=dense_acc, sparse=sparse_acc, scores=scores,
         metric=job.metric, config=config, seconds=time.perf_counter() - start, finetune=finetune_log,
-        crossover=checked, warnings=job.warnings,
+        crossover=checked, warnings=job.warnings, phases=times.seconds,
     )  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ... import storage
 from ...evaluate import METRICS
+from ...progress import phases_line
 from ...report.budget import accuracy_checks, checks_markdown
 from ...report.render import crossover_markdown
 from .presets import get_preset
@@ -57,6 +58,7 @@ def report_data(result) -> dict:
         "notes": assignment.notes,
         "skipped": assignment.skipped,
         "seconds": result.seconds,
+        "phases": result.phases,  # seconds per phase of the job, in order
         "finetune": result.finetune,
         "layers": layers,
         "crossover": result.crossover.to_dict() if result.crossover is not None else None,
@@ -102,6 +104,7 @@ def report_markdown(data: dict, title: str) -> str:
                   f"momentum {config['momentum']}, seed {config['seed']}.")]  # fmt: skip
     else:
         lines += ["", "Not fine-tuned."]
+    lines.append(f"Time by phase: {phases_line(data['phases'])}.")
     lines += [
         "",
         "| layer | kind | output | g | p | params before | params after | MACs before | MACs after | note |",

@@ -82,7 +82,11 @@ class World:
         message = self._broadcast_json(message)
         if "error" in message:
             kind = getattr(errors, message["error"], InputError)
-            error = (kind if isinstance(kind, type) and issubclass(kind, SparsifyError) else InputError)(message["message"])
+            kind = kind if isinstance(kind, type) and issubclass(kind, SparsifyError) else InputError
+            try:
+                error = kind(message["message"])
+            except TypeError:  # an error type built from more than its message
+                error = InputError(message["message"])
             error.told_by_main = not self.is_main  # the main rank prints it; the others exit with its code
             raise error
         return message["value"]

@@ -25,6 +25,7 @@ STEP_RECORD = {  # a greedy perforation step: the layer it advanced, or why it s
     "required": ["layer"],
     "additionalProperties": False,
     "properties": {"layer": {"type": ["string", "null"]}, "ratio": _NUMBER, "loss": _NUMBER,
+                   "layers": {"type": "array", "items": {"type": "string"}, "minItems": 2},  # several raised together
                    "accuracy": _ACCURACY, "reason": {"type": "string"}},  # fmt: skip
     "if": {"properties": {"layer": {"type": "string"}}},
     "then": {"required": ["ratio", "loss", "accuracy"]},

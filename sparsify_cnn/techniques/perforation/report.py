@@ -73,7 +73,7 @@ def report_data(result) -> dict:
         "skipped": result.skipped,
         "crossover": result.crossover.to_dict() if result.crossover is not None else None,
         "operating_points": [
-            {"step": p.step, "layer": p.layer, "kept": p.kept, "macs": p.macs, "macs_speedup": dense_macs / p.macs,
+            {"step": p.step, "layer": p.layer, "layers": list(p.layers), "kept": p.kept, "macs": p.macs, "macs_speedup": dense_macs / p.macs,
              "cost": p.cost, "speedup": p.speedup, "loss": p.loss, "accuracy": p.accuracy}  # fmt: skip
             for p in search.points
         ],
@@ -133,14 +133,16 @@ def report_markdown(data: dict, title: str) -> str:
     header = ["step", "layer raised", "its kept fraction", "speedup (MACs)"] + (["speedup (ms)"] if measured else [])
     lines += [
         "",
-        "Operating points (each greedy step raises one layer's rate by one notch):",
+        "Operating points (each greedy step raises one layer's rate, or a few layers' together, by one notch):",
         "",
         "| " + " | ".join(header + ["loss", data["metric_name"]]) + " |",
         "|" + "---|" * (len(header) + 2),
     ]
     for p in data["operating_points"]:
-        cells = [str(p["step"]), f"`{p['layer']}`" if p["layer"] else "(dense)",
-                 f"{p['kept'][p['layer']]:.3f}" if p["layer"] else "1", f"{p['macs_speedup']:.2f}x"]  # fmt: skip
+        layers = p.get("layers", [p["layer"]] if p["layer"] else [])
+        cells = [", ".join(f"`{layer}`" for layer in layers) or "(dense)",
+                 ", ".join(f"{p['kept'][layer]:.3f}" for layer in layers) or "1"]
+        cells = [str(p["step"]), *cells, f"{p['macs_speedup']:.2f}x"]
         if measured:
             cells.append(f"{p['speedup']:.2f}x")
         cells += [f"{p['loss']:.4f}", f"{100 * p['accuracy']:.2f}%"]

@@ -5,6 +5,12 @@ fraction grid and takes the one with the smallest (L - L0) / (T0 - T): the loss 
 unit of time it saves, both against the original network. Every step is an operating point.
 The search stops at a target speedup, or before the accuracy loss would exceed epsilon.
 
+On networks of many layers a step may take several: the ``layers_per_step`` best by that ratio
+(each scored with the others as they are), when the network with all of them raised together
+still meets epsilon, checked on the whole network; else the best alone, as the paper's step.
+T is a sum over layers, so the time saved by several is the sum of each's: only the loss needs
+the check. Steps then cost a record pass and a sweep over the layers per several layers.
+
 Only the suffix of the graph after a changed layer is re-run: one pass per step records every
 perforated op's input, and a candidate runs its op and the rest of the network from there.
 """
@@ -41,6 +47,8 @@ class RateSearchConfig(Config):
 
     mask: how each layer's kept positions are chosen ("uniform", "grid", "pooling", "impact").
     cost: what T is: network MACs, or the measured time of the compiled layers.
+    layers_per_step: at most this many layers raised per step (None: one per 16 perforated
+        layers, at least 1; 1: the paper's greedy).
     speedup: stop once the network is this much faster (by the cost); None: no speed target.
     epsilon: never take a step that loses more accuracy than this on the calibration split
         (absolute, or relative to the dense accuracy); None: no accuracy bound.
@@ -49,6 +57,7 @@ class RateSearchConfig(Config):
     mask: str = "impact"
     cost: str = "macs"
     speedup: float | None = None
+    layers_per_step: int | None = None
     epsilon: float | None = 0.01
     epsilon_kind: str = "absolute"
     batch_size: int = 256
@@ -65,6 +74,8 @@ class RateSearchConfig(Config):
         check_epsilon(self.epsilon, self.epsilon_kind)
         if self.batch_size < 1:
             raise InputError("batch size must be >= 1")
+        if self.layers_per_step is not None and self.layers_per_step < 1:
+            raise InputError(f"layers per step must be >= 1, got {self.layers_per_step}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,7 @@ class RatePoint:
     """The network after one greedy step."""
 
     step: int
-    layer: str | None  # the layer whose rate this step raised (None: the dense start)
+    layers: tuple[str, ...]  # the layers whose rates this step raised, best first (none: the dense start)
     kept: dict[str, float]  # layer -> kept fraction
     notches: dict[str, int]  # layer -> how many notches its rate was raised
     macs: int  # per image
@@ -80,6 +91,11 @@ class RatePoint:
     speedup: float  # T0 / T
     loss: float
     accuracy: float
+
+    @property
+    def layer(self) -> str | None:
+        """The step's best layer (None: the dense start)."""
+        return self.layers[0] if self.layers else None
 
 
 @dataclass
@@ -198,6 +214,7 @@ class GreedyRateSearch:
         self.labels = labels
         self.target = labels if labels is not None else self.dense_logits.argmax(dim=1)
         self.candidates = 0
+        self.layers_per_step = config.layers_per_step or max(1, -(-len(self.ops) // 16))
 
     def run(self) -> RateSearchResult:
         start = time.perf_counter()
@@ -206,7 +223,7 @@ class GreedyRateSearch:
         current = {name: torch.ones(op.out_hw, dtype=torch.bool) for name, op in self.ops.items()}
         dense_loss, dense_accuracy = self._score(self.dense_logits)
         floor = self._accuracy_floor(dense_accuracy)
-        points = [self._point(0, None, notch, current, dense_loss, dense_accuracy)]
+        points = [self._point(0, (), notch, current, dense_loss, dense_accuracy)]
         history = [dict(current)]
         stop = "every layer reached the sparsest rate"
         step = 0
@@ -225,16 +242,18 @@ class GreedyRateSearch:
             if record["layer"] is None:
                 stop = record["reason"]
                 break
-            layer = record["layer"]
-            if layer not in notch or notch[layer] + 1 >= self.masks.notches(layer):  # an edited checkpoint
-                raise InputError(f"checkpoint record '{key}' takes layer '{layer}' to a rate this search does "
-                                 "not have; remove the checkpoint or pass --no-resume")  # fmt: skip
-            current = {**current, layer: self.masks.mask(layer, notch[layer] + 1)}
-            notch[layer] += 1
-            points.append(self._point(step, layer, notch, current, record["loss"], record["accuracy"]))
+            layers = tuple(record.get("layers", [record["layer"]]))
+            for layer in layers:
+                if layer not in notch or notch[layer] + 1 >= self.masks.notches(layer) or layers.count(layer) > 1:
+                    raise InputError(f"checkpoint record '{key}' takes layer '{layer}' to a rate this search does "
+                                     "not have; remove the checkpoint or pass --no-resume")  # fmt: skip
+            current = {**current, **{layer: self.masks.mask(layer, notch[layer] + 1) for layer in layers}}
+            for layer in layers:
+                notch[layer] += 1
+            points.append(self._point(step, layers, notch, current, record["loss"], record["accuracy"]))
             history.append(dict(current))
-            self._report(f"step {step}: {layer} -> kept {points[-1].kept[layer]:.3f}", step,
-                         speedup=points[-1].speedup, accuracy=record["accuracy"])  # fmt: skip
+            raised = ", ".join(f"{layer} -> kept {points[-1].kept[layer]:.3f}" for layer in layers)
+            self._report(f"step {step}: {raised}", step, speedup=points[-1].speedup, accuracy=record["accuracy"])
         self._report(f"stopped: {stop}", len(points) - 1, end=True,
                      speedup=points[-1].speedup, accuracy=points[-1].accuracy)  # fmt: skip
         self.store.flush()
@@ -261,7 +280,7 @@ class GreedyRateSearch:
         """Evaluate raising each layer by one notch; the cheapest admissible one, or why none."""
         inputs, frontiers = self._record()
         t_now = self.cost.total(current)
-        best, reasons = None, []
+        admissible, reasons = [], []  # (ratio, order, record, next mask)
         for i, (name, n) in enumerate(notch.items()):
             if n + 1 >= self.masks.notches(name):
                 continue
@@ -280,15 +299,39 @@ class GreedyRateSearch:
                 reasons.append(f"{name}: accuracy {100 * accuracy:.2f}% below the budget")
                 continue
             ratio = (loss - dense_loss) / (self.cost.dense_total - t_trial)
-            if best is None or ratio < best["ratio"]:
-                best = {"layer": name, "ratio": ratio, "loss": loss, "accuracy": accuracy}
-        if best is not None:
-            return best
+            admissible.append((ratio, i, {"layer": name, "ratio": ratio, "loss": loss, "accuracy": accuracy}, trial[name]))
+        if admissible:
+            admissible.sort(key=lambda item: item[:2])  # ties: the earlier layer, as the one-layer step took
+            return self._together(admissible, current, floor) or admissible[0][2]
         if not reasons:
             return {"layer": None, "reason": "every layer reached the sparsest rate"}
         if all("budget" in r for r in reasons):
             return {"layer": None, "reason": "every next step exceeds the accuracy budget"}
         return {"layer": None, "reason": "no next step is admissible (" + "; ".join(reasons) + ")"}
+
+    def _together(self, admissible: list, current: dict[str, torch.Tensor], floor: float | None) -> dict | None:
+        """The step's best layers raised together (at most ``layers_per_step``, and no more than
+        reach the target speedup), when the whole network still meets the budget; else None."""
+        taken, trial = [], dict(current)
+        for _, _, record, mask in admissible[: self.layers_per_step]:
+            if self.config.speedup is not None and self.cost.dense_total / self.cost.total(trial) >= self.config.speedup:
+                break
+            taken.append(record)
+            trial[record["layer"]] = mask
+        if len(taken) < 2:
+            return None
+        self._install(trial)
+        try:
+            logits = self._forward(self.gm, (self.x,))
+        finally:
+            self._install(current)
+        self.candidates += 1
+        if self.world.count(not bool(logits.isfinite().all())):
+            return None
+        loss, accuracy = self._score(logits)
+        if floor is not None and accuracy < floor:
+            return None
+        return {**taken[0], "layers": [record["layer"] for record in taken], "loss": loss, "accuracy": accuracy}
 
     def _candidate(self, name: str, mask: torch.Tensor, op_input: torch.Tensor, frontier: list[torch.Tensor]):
         op = self.ops[name]
@@ -344,12 +387,12 @@ class GreedyRateSearch:
             return None
         return accuracy_floor(dense_accuracy, self.config.epsilon, self.config.epsilon_kind)
 
-    def _point(self, step: int, layer: str | None, notch: dict[str, int], kept: dict[str, torch.Tensor], loss: float,
-               accuracy: float) -> RatePoint:  # fmt: skip
+    def _point(self, step: int, layers: tuple[str, ...], notch: dict[str, int], kept: dict[str, torch.Tensor],
+               loss: float, accuracy: float) -> RatePoint:  # fmt: skip
         total = self.cost.total(kept)
         return RatePoint(
             step=step,
-            layer=layer,
+            layers=layers,
             kept={name: float(mask.float().mean()) for name, mask in kept.items()},
             notches=dict(notch),
             macs=self.cost.macs(kept),

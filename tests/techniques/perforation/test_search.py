@@ -79,6 +79,28 @@ def test_no_step_breaks_the_accuracy_budget(lenet_gm, digits28):
     assert all(torch.equal(ops[name].kept, mask) for name, mask in result.kept.items())
 
 
+def test_a_step_raises_the_best_layers_together_where_the_whole_network_meets_the_budget(lenet_gm, digits28, tmp_path):
+    single = _search(lenet_gm, digits28, RateSearchConfig(mask="uniform", epsilon=0.02, layers_per_step=1))
+    checkpoint = Checkpoint(tmp_path / "c.json", {"test": 2})
+    paired = _search(lenet_gm, digits28, RateSearchConfig(mask="uniform", epsilon=0.02, layers_per_step=2), checkpoint=checkpoint)
+    assert any(len(p.layers) == 2 for p in paired.points) and len(paired.points) < len(single.points)
+    floor = paired.dense_accuracy - 0.02
+    ops = perforated_ops(lenet_gm)
+    x, y = digits28.calib.x, digits28.calib.y
+    for before, after in zip(paired.points, paired.points[1:]):
+        changed = [name for name in after.kept if after.kept[name] != before.kept[name]]
+        assert sorted(changed) == sorted(after.layers) and after.layer == after.layers[0]
+        assert after.accuracy >= floor - 1e-12
+        for name, mask in paired.masks_at(after).items():  # the step's score is the whole network's
+            ops[name].set_kept(mask)
+        with torch.no_grad():
+            assert after.accuracy == int((lenet_gm(x).argmax(1) == y).sum()) / len(y)
+    # Steps of several layers resume from the checkpoint as they were taken.
+    again = _search(lenet_gm, digits28, RateSearchConfig(mask="uniform", epsilon=0.02, layers_per_step=2),
+                    checkpoint=Checkpoint(tmp_path / "c.json", {"test": 2}))  # fmt: skip
+    assert again.candidates == 0 and [p.layers for p in again.points] == [p.layers for p in paired.points]
+
+
 def test_label_free_search_scores_agreement_with_the_dense_model(lenet_gm, digits28):
     result = _search(lenet_gm, digits28, RateSearchConfig(mask="uniform", epsilon=None, speedup=1.5), labels=False)
     assert result.dense_accuracy == 1.0 and result.dense_loss == pytest.approx(0.0, abs=1e-6)

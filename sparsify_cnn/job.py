@@ -6,6 +6,7 @@ can give it meaning) and how the rewritten model is saved."""
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,19 @@ class JobStart:
 
         return {"graph": graph_fingerprint(self.dense_gm), "weights": weights_digest(self.dense_gm),
                 "data": self.data.fingerprint()}  # fmt: skip
+
+    def search_checkpoint(self, path, identity: dict, record: dict, resume: bool, world: World = SINGLE, also=()):
+        """The search's checkpoint for ``identity`` (the model, data and the technique's options),
+        which every rank must hold alike; without ``resume`` the main rank first removes ``path``
+        and the files ``also`` names (a fine-tuning checkpoint beside it)."""
+        from .search.checkpoint import Checkpoint
+
+        world.check_same(json.dumps(identity, sort_keys=True), "models, data or options")
+        if not resume and world.is_main:
+            for file in (path, *also):
+                if file is not None and Path(file).exists():
+                    Path(file).unlink()
+        return Checkpoint(path, identity, record=record, world=world)
 
     @property
     def crossover_images(self) -> torch.Tensor:

@@ -5,7 +5,6 @@ return what the plan, the report and the compiler need."""
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ...job import start_job
 from ...pipeline import Prepared
 from ...plan import Plan
 from ...progress import PhaseTimes, Progress
-from ...search.checkpoint import STEP_RECORD, Checkpoint
+from ...search.checkpoint import STEP_RECORD
 from ...training import TrainConfig
 from ...transform.accounting import Accounting, account
 from ...transform.layers import find_layers, tensor_shape
@@ -103,12 +102,7 @@ def optimize_perforation(
     }
     # Fine-tuning checkpoints next to the search's, so an interrupted run loses neither.
     finetune_checkpoint = Path(checkpoint).with_name("finetune-checkpoint.pt") if checkpoint is not None else None
-    world.check_same(json.dumps(identity, sort_keys=True), "models, data or options")
-    if not resume and world.is_main:
-        for path in (checkpoint, finetune_checkpoint):
-            if path is not None and Path(path).exists():
-                Path(path).unlink()
-    store = Checkpoint(checkpoint, identity, record=STEP_RECORD, world=world)
+    store = job.search_checkpoint(checkpoint, identity, STEP_RECORD, resume, world, also=(finetune_checkpoint,))
     with times.span("greedy steps"):
         found = GreedyRateSearch(gm, data.calib.x, labels, masks, search, cost, store, progress, world).run()
     if not world.is_main:

@@ -5,7 +5,6 @@ rewritten model and the report."""
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ...job import start_job
 from ...pipeline import Prepared
 from ...plan import Plan
 from ...progress import PhaseTimes
-from ...search.checkpoint import SPATIAL_RECORD, Checkpoint
+from ...search.checkpoint import SPATIAL_RECORD
 from ...transform.accounting import Accounting, account
 from ...transform.suffix import record_op_inputs
 from .evaluator import Evaluator
@@ -85,10 +84,7 @@ def optimize_spatial(
         "search": search.to_dict(),
         "metric": metric,
     }
-    world.check_same(json.dumps(identity, sort_keys=True), "models, data or options")
-    if checkpoint is not None and not resume and Path(checkpoint).exists() and world.is_main:
-        Path(checkpoint).unlink()
-    store = Checkpoint(checkpoint, identity, record=SPATIAL_RECORD, world=world)
+    store = job.search_checkpoint(checkpoint, identity, SPATIAL_RECORD, resume, world)
     with times.span("dense cache"):
         evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world)
     time_saved = None

@@ -87,8 +87,7 @@ class World:
                 error = kind(message["message"])
             except TypeError:  # an error type built from more than its message
                 error = InputError(message["message"])
-            error.told_by_main = not self.is_main  # the main rank prints it; the others exit with its code
-            raise error
+            raise self._shared(error)
         return message["value"]
 
     def check_same(self, text: str, what: str) -> None:
@@ -103,9 +102,14 @@ class World:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         if int(low[0]) != int(high[0]):
-            error = InputError(f"the {self.size} ranks loaded different {what}: give every rank the same files and options")
-            error.told_by_main = not self.is_main
-            raise error
+            raise self._shared(InputError(f"the {self.size} ranks loaded different {what}: give every rank the same "
+                                          "files and options"))  # fmt: skip
+
+    def _shared(self, error: SparsifyError) -> SparsifyError:
+        """``error``, raised alike on every rank: the main rank prints it, the others exit with its
+        code without printing it again (``cli.main`` reads ``told_by_main``)."""
+        error.told_by_main = not self.is_main
+        return error
 
     def _broadcast_json(self, message) -> dict:
         import torch

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -315,14 +316,18 @@ def open_storage(path: str):
         # optuna 4.9 renamed the callback; heartbeats are "experimental" there (a warning each run).
         renamed = "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
         stale = {"heartbeat_stale_trial_callback" if renamed else "failed_trial_callback": _retry_stale}
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*heartbeat")
-                return optuna.storages.RDBStorage(path, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                                                  grace_period=GRACE_SECONDS, **stale)  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - a driver's error: one line, no password
-            first = shown(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
-            raise InputError(f"cannot open the study storage '{shown(path)}': {first}") from None
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, message=".*heartbeat")
+                    return optuna.storages.RDBStorage(path, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                      grace_period=GRACE_SECONDS, **stale)  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - a driver's error: one line, no password
+                if "already exists" in str(error) and attempt < 2:  # workers started together: another made the tables
+                    time.sleep(1.0)
+                    continue
+                first = shown(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
+                raise InputError(f"cannot open the study storage '{shown(path)}': {first}") from None
     file = Path(path)
     if file.parent and not file.parent.exists():
         raise InputError(f"the folder of the study storage '{path}' does not exist")

@@ -139,6 +139,14 @@ def environment_world() -> World:
     return World(rank, size)
 
 
+def ranks_on_this_machine() -> int:
+    """How many ranks torchrun started on this machine (``LOCAL_WORLD_SIZE``); 1 without it."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def join() -> World:
     """Join the process group ``torchrun`` set up (gloo), or stay one process without one."""
     world = environment_world()

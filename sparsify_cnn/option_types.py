@@ -4,8 +4,11 @@ own options): numbers checked against their range when the command line is read.
 from __future__ import annotations
 
 import math
+import re
 
 import click
+
+from .errors import InputError
 
 
 class Bounded(click.ParamType):
@@ -53,3 +56,43 @@ class Bounded(click.ParamType):
 
     def __repr__(self) -> str:
         return f"Bounded({self.kind.__name__} {self.range})"
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MB"``, ``"2GiB"``, ``"1.5g"`` or a plain number of bytes, as bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise InputError(f"'{text}' is not a memory size such as 512MB, 2GiB or 1000000 (bytes)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: int) -> str:
+    """``format_bytes(3 * 2**20)`` is ``'3.00 MiB'``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+class MemorySize(click.ParamType):
+    """A memory size (``512MB``, ``2GiB``, bytes) of at least one byte, as bytes."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            size = parse_bytes(value)
+        except InputError as error:
+            self.fail(str(error), param, ctx)
+        except OverflowError:  # digits beyond a float: "999...9GiB"
+            self.fail(f"'{str(value)[:20]}...' is beyond any memory size", param, ctx)
+        if size < 1:
+            self.fail(f"'{value}' must be at least 1 byte", param, ctx)
+        return size

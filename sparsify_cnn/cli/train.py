@@ -6,26 +6,12 @@ from __future__ import annotations
 
 import click
 
+from ..option_types import MemorySize
 from .options import OPTIMIZER_MAX, Bounded, data_option, model_options, seed_option
 
 STAN_VARIANTS = ("stan", "stan-lite")
 # sparsify_cnn.techniques.stan.conv.KERNELS (kept import-free)
 STAN_KERNELS = ("compiled", "positions", "channels", "dense", "auto")
-
-
-def _memory(ctx, param, value):
-    from ..errors import InputError
-    from ..techniques.stan.entry import parse_bytes
-
-    try:
-        size = parse_bytes(value)
-    except InputError as error:
-        raise click.BadParameter(str(error)) from None
-    except OverflowError:  # digits beyond a float: "999...9GiB"
-        raise click.BadParameter(f"'{value[:20]}...' is beyond any memory size") from None
-    if size < 1:
-        raise click.BadParameter(f"'{value}' must be at least 1 byte")
-    return size
 
 
 @click.command("train")
@@ -71,7 +57,7 @@ def _memory(ctx, param, value):
     "--max-entry-memory",
     default="2GiB",
     metavar="SIZE",
-    callback=_memory,
+    type=MemorySize(),
     help="Largest entry matrix to allocate (512MB, 2GiB, bytes); checked before training.",
 )
 @click.option(
@@ -248,8 +234,8 @@ def _setup(params: dict, given: set[str]):
 
 def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_file: str | None, checkpoint=None):
     from ..errors import InputError
+    from ..option_types import format_bytes
     from ..storage import write_json
-    from ..techniques.stan.entry import format_bytes
     from ..techniques.stan.hyperband import build_zoo
     from ..techniques.stan.trainer import fit
 

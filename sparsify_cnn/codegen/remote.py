@@ -10,12 +10,14 @@ one) and uploaded as shared libraries; nothing is run on this machine.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
 
+CONNECT_SECONDS = 10  # to reach the tracker at all
 SESSION_SECONDS = 600  # a session's lifetime on the server: one trial batch, or one kernel's timing
 
 
@@ -46,7 +48,8 @@ class RemoteDevice:
         when the tracker cannot be reached or has none."""
         from tvm import rpc
 
-        try:
+        try:  # TVM retries an unreachable tracker for a minute: a plain connection says it at once
+            socket.create_connection((self.host, self.port), timeout=CONNECT_SECONDS).close()
             summary = rpc.connect_tracker(self.host, self.port).summary()
         except (OSError, RuntimeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -7,23 +7,33 @@ import torch
 from torch import fx
 
 
-class Recorder(fx.Interpreter):
-    """Runs a graph module and returns the values of the nodes asked for (and the output)."""
+class _Reached(Exception):
+    """Raised once the last node a partial run needs has its value."""
 
-    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node]):
+
+class Recorder(fx.Interpreter):
+    """Runs a graph module and returns the values of the nodes asked for (and the output); with
+    ``until``, stops once that node has run (no output then)."""
+
+    def __init__(self, gm: fx.GraphModule, keep: set[fx.Node], until: fx.Node | None = None):
         super().__init__(gm)
-        self.keep = keep
+        self.keep, self.until = keep, until
         self.kept: dict[fx.Node, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node):
         value = super().run_node(n)
         if n in self.keep or n.op == "output":
             self.kept[n] = value
+        if n is self.until:
+            raise _Reached
         return value
 
     def run(self, *args):
         with torch.no_grad():
-            super().run(*args)
+            try:
+                super().run(*args)
+            except _Reached:
+                pass
         return self.kept
 
 

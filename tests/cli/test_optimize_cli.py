@@ -15,7 +15,7 @@ def run(*args):
 def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     out = tmp_path / "out"
     result = run(model_files["pt2"], "--mode", "uniform_filter", "--data", "digits", "--epsilon", "0.01",
-                 "--top-m", "2", "--out", out)  # fmt: skip
+                 "--top-m", "2", "--max-cache-memory", "17MB", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "of MACs saved on the test split" in result.output
     assert "compiled for llvm into" in result.output
@@ -35,6 +35,9 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9
     assert 0 < report["macs"]["saved_fraction_test"] < 1
     assert report["search"]["evaluated"] > 0 and report["search"]["seconds"] > 0
+    # 17 MB keeps conv1's maps (16.5 MB on 359 images) or conv2's, not both: two recording passes.
+    assert report["search"]["dense_cache"] == {"peak_bytes": 359 * 20 * 24 * 24 * 4, "groups": 2, "recording_passes": 2}
+    assert "layers in 2 groups, 2 recording passes" in (out / "report.md").read_text()
     # Where the time went, phase by phase: in the report (the job's) and phases.json (all of the command's).
     phases = json.loads((out / "phases.json").read_text())["seconds"]
     assert list(phases)[:4] == ["load and capture", "dense predictions", "dense cache", "first level"]
@@ -61,6 +64,8 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
         (("--ones-range", "4-4"), "leaves no 2x2 pattern"),
         (("--ones-range", "x"), "is not a range"),
         (("--channel-group", "3", "--mode", "uniform_patch"), "does not divide"),
+        (("--max-cache-memory", "1MB"), "--max-cache-memory 976.56 KiB is less than layer conv1 needs on 359"),
+        (("--max-cache-memory", "lots"), "'lots' is not a memory size"),
     ],
 )
 def test_invalid_options_exit_2(tmp_path, model_files, args, fragment):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ...option_types import Bounded
+from ...option_types import Bounded, MemorySize
 
 MODES = ("uniform_layer", "uniform_filter", "uniform_patch", "max_granularity")  # search_config.MODES
 
@@ -31,6 +31,10 @@ OPTIONS = (
     click.option("--top-m", type=Bounded(int, 1, 10**6), default=5, help="[spatial] Options kept per target between levels."),
     click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="[spatial] Edge patches: zero-pad the map (paper) or compute them fully."),
     click.option("--channel-group", type=Bounded(int, 1, 65536), default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree."),
+    click.option("--max-cache-memory", type=MemorySize(), metavar="SIZE",
+                 help="[spatial] Most memory the search's dense activations take at once, per rank (512MB, 4GiB). Beyond it "
+                 "layers are recorded in groups by extra partial passes; the plan is the same. [default: half of this "
+                 "machine's memory, shared by its ranks]"),
 )  # fmt: skip
 SHARED = ("epsilon", "epsilon_kind", "cost")  # the main job's options it takes besides the universal ones
 
@@ -51,7 +55,8 @@ def run(prepared, options: dict, context):
     measured = context.measured_timer(options["target"]) if options["cost"] == "measured" else None
     result = optimize_spatial(prepared, spatial, search, metric=options["metric"], checkpoint=context.checkpoint,
                               resume=context.resume, progress=context.progress, crossover=context.crossover,
-                              measured=measured, world=context.world)  # fmt: skip
+                              measured=measured, world=context.world,
+                              max_cache_bytes=options["max_cache_memory"])  # fmt: skip
     return result, write_report
 
 

@@ -27,8 +27,9 @@ from torch import fx
 from ...distributed import SINGLE, World
 from ...errors import check_finite
 from ...transform.accounting import account
+from ...transform.activation_cache import ActivationCache
 from ...transform.capture import set_eval
-from ...transform.suffix import Recorder, suffix_after
+from ...transform.suffix import suffix_after
 from .op import SpatialConv, predicted_zero
 from .rewrite import spatial_ops
 
@@ -52,12 +53,11 @@ class Candidate:
 
 
 @dataclass
-class _LayerCache:
+class _Layer:
     op: SpatialConv
     node: fx.Node
     suffix: fx.GraphModule
     frontier: list[fx.Node]  # values the suffix reads besides the op output, in placeholder order
-    dense: torch.Tensor  # the op's dense output on all calibration images
     suffix_share: float  # the suffix's share of the network's MACs
 
 
@@ -68,10 +68,12 @@ class Evaluator:
     ``suffix_images`` counts suffix images run, ``work`` image passes (suffixes weighted by
     their share of the MACs), both on this rank's images; ``full_passes`` counts whole-network
     passes. With ``world``, this rank keeps its share of ``x`` (``count`` is all of them).
+    ``max_cache_bytes`` bounds the dense values kept at once (``ActivationCache``); None keeps
+    every layer's.
     """
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, target: torch.Tensor, batch_size: int = 256,
-                 world: World = SINGLE):  # fmt: skip
+                 world: World = SINGLE, max_cache_bytes: int | None = None):  # fmt: skip
         self.gm = set_eval(gm)
         self.world = world
         self.count = len(x)
@@ -84,8 +86,11 @@ class Evaluator:
             op.track_stats = False
         self.node_of = {gm.get_submodule(n.target).layer_name: n for n in gm.graph.nodes if n.op == "call_module"
                         and isinstance(gm.get_submodule(n.target), SpatialConv)}  # fmt: skip
-        self.layers: dict[str, _LayerCache] = {}
-        self._build_caches()
+        self.layers = self._layers()
+        needs = {name: [layer.node, *layer.frontier] for name, layer in self.layers.items()}
+        self.cache = ActivationCache(self.gm, self.x, needs, batch_size, max_cache_bytes)
+        self._dense_logits = self.cache.logits
+        check_finite(self._dense_logits, f"the outputs of the dense model on the {len(self.x)} calibration images")
         self.dense_correct = self._correct(self._dense_logits)
         self._dense_hits = world.count(int(self.dense_correct.sum()))
         self.dense_accuracy = self._dense_hits / self.count
@@ -100,16 +105,28 @@ class Evaluator:
     # --- single-layer evaluation -------------------------------------------------------------
 
     def dense_output(self, layer: str) -> torch.Tensor:
-        return self.layers[layer].dense
+        """The layer's dense output on this rank's images."""
+        return self._dense_values(layer)[0]
+
+    def _dense_values(self, layer: str) -> list[torch.Tensor]:
+        """The layer's output and its suffix's frontier, dense. Recording them again (a group
+        the budget dropped) runs the network with every op dense; the masks then go back."""
+        if self.cache.holds(layer):
+            return self.cache.values(layer)
+        installed = {name: op.mask.clone() for name, op in self.ops.items()}
+        self.install({})
+        try:
+            return self.cache.values(layer)
+        finally:
+            self.install(installed)
 
     def evaluate(self, layer: str, candidates: Iterable[Candidate]) -> list[Outcome]:
         """Outcomes of candidates on ``layer`` alone (every other layer dense). Every rank gives
         the same candidates (their images are its own)."""
-        cache = self.layers[layer]
         candidates = list(candidates)
         jobs = [(k, c.images, c.predicted(c.images)) for k, c in enumerate(candidates) if len(c.images)]
         changed = torch.zeros(2, len(candidates), dtype=torch.int64)  # correct images gained; broken images
-        for k, images, correct, finite in self._run_suffix(cache, jobs):
+        for k, images, correct, finite in self._run_suffix(layer, jobs):
             changed[0, k] += correct - int(self.dense_correct[images].sum())
             changed[1, k] += not finite
         gained, broken = self.world.sum(changed).tolist()
@@ -127,15 +144,16 @@ class Evaluator:
 
     def candidate(self, layer: str, mask: torch.Tensor) -> Candidate:
         """The candidate that installs full ``mask`` (C, Hp, Wp) on ``layer``."""
-        cache = self.layers[layer]
-        op = cache.op
-        pred = predicted_zero(cache.dense, mask, op.patch_size, op.edge, op.channel_group)
-        wrong = (pred & (cache.dense > 0)).flatten(1).any(dim=1).nonzero().flatten()
+        op, dense = self.ops[layer], self.dense_output(layer)
+        pred = predicted_zero(dense, mask, op.patch_size, op.edge, op.channel_group)
+        wrong = (pred & (dense > 0)).flatten(1).any(dim=1).nonzero().flatten()
         return Candidate(self.saved_per_image(int(pred.sum()), op.macs_per_position), wrong, lambda images: pred[images])
 
     def totals(self) -> tuple[int, float]:
-        """Suffix images run and work done (image passes), over all ranks."""
-        both = self.world.sum(torch.tensor([float(self.suffix_images), self.work], dtype=torch.float64))
+        """Suffix images run and work done (image passes, a partial recording pass of the cache
+        counted whole), over all ranks."""
+        work = self.work + (self.cache.passes - 1) * len(self.x)
+        both = self.world.sum(torch.tensor([float(self.suffix_images), work], dtype=torch.float64))
         return int(both[0]), float(both[1])
 
     def evaluate_mask(self, layer: str, mask: torch.Tensor) -> Outcome:
@@ -182,10 +200,12 @@ class Evaluator:
                 outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
         return torch.cat(outputs)
 
-    def _run_suffix(self, cache: _LayerCache, jobs):
+    def _run_suffix(self, name: str, jobs):
         """(candidate, images, correct count, all outputs finite) for each job, running affected
         images in batches."""
-        pending = [(k, images, cache.dense[images].masked_fill(rows, 0.0)) for k, images, rows in jobs]
+        layer = self.layers[name]
+        dense, *frontier_values = self._dense_values(name)
+        pending = [(k, images, dense[images].masked_fill(rows, 0.0)) for k, images, rows in jobs]
         start = 0
         while start < len(pending):
             group, size = [], 0
@@ -195,41 +215,24 @@ class Evaluator:
                 start += 1
             images = torch.cat([g[1] for g in group])
             op_out = torch.cat([g[2] for g in group])
-            frontier = [self._frontier_values[cache.node][i][images] for i in range(len(cache.frontier))]
+            frontier = [values[images] for values in frontier_values]
             with torch.no_grad():
-                logits = self._forward(cache.suffix, (op_out, *frontier))
+                logits = self._forward(layer.suffix, (op_out, *frontier))
             correct = logits.argmax(dim=1) == self.target[images]
             finite = logits.isfinite().flatten(1).all(dim=1)
             self.suffix_images += len(images)
-            self.work += len(images) * cache.suffix_share
+            self.work += len(images) * layer.suffix_share
             offset = 0
             for k, imgs, _ in group:
                 rows = slice(offset, offset + len(imgs))
                 yield k, imgs, int(correct[rows].sum()), bool(finite[rows].all())
                 offset += len(imgs)
 
-    def _build_caches(self) -> None:
-        """One dense pass that keeps each op's output and every value its suffix reads."""
-        graph = self.gm.graph
-        plans = {}
+    def _layers(self) -> dict[str, _Layer]:
+        """Each op's suffix: the graph after it, and what that graph reads besides the op."""
+        total = account(self.gm).total_macs or 1
+        layers = {}
         for name, node in self.node_of.items():
             suffix, frontier = suffix_after(self.gm, node)
-            plans[name] = (node, suffix, frontier)
-        keep = {node for node, _, frontier in plans.values()} | {f for _, _, fr in plans.values() for f in fr}
-        values = {n: [] for n in keep}
-        output = next(n for n in reversed(graph.nodes) if n.op == "output")
-        logits = []
-        for start in range(0, len(self.x), self.batch_size):
-            env = Recorder(self.gm, keep).run(self.x[start : start + self.batch_size])
-            for n in keep:
-                values[n].append(env[n])
-            logits.append(env[output][0] if isinstance(env[output], (tuple, list)) else env[output])
-        values = {n: torch.cat(v) for n, v in values.items()}
-        self._dense_logits = torch.cat(logits)
-        check_finite(self._dense_logits, f"the outputs of the dense model on the {len(self.x)} calibration images")
-        self._frontier_values = {}
-        total = account(self.gm).total_macs or 1
-        for name, (node, suffix, frontier) in plans.items():
-            share = account(suffix).total_macs / total
-            self.layers[name] = _LayerCache(self.ops[name], node, suffix, frontier, values[node], share)
-            self._frontier_values[node] = [values[f] for f in frontier]
+            layers[name] = _Layer(self.ops[name], node, suffix, frontier, account(suffix).total_macs / total)
+        return layers

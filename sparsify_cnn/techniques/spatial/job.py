@@ -5,6 +5,7 @@ rewritten model and the report."""
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from torch import fx
 
 from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
-from ...distributed import SINGLE, World
+from ...distributed import SINGLE, World, ranks_on_this_machine
 from ...errors import InputError
 from ...evaluate import Score
 from ...job import start_job
@@ -59,12 +60,15 @@ def optimize_spatial(
     crossover: LayerTimer | None = None,
     measured: LayerTimer | None = None,
     world: World = SINGLE,
+    max_cache_bytes: int | None = None,
 ) -> OptimizeResult | None:
     """Search Spatial masks for ``prepared`` (a model with data) and verify them; with
     ``crossover``, leave dense every layer whose kernel is not faster than its dense layers
     (timed on calibration activations). ``search.cost == "measured"`` times layer options with
     ``measured`` (default: this CPU). With a ``world`` of several ranks, every rank searches on
-    its share of the images; the main rank verifies and gets the result, the others None. Example::
+    its share of the images; the main rank verifies and gets the result, the others None.
+    ``max_cache_bytes`` bounds the dense activations kept at once (default: half of this
+    machine's memory, shared by its ranks on it). Example::
 
         result = optimize_spatial(prepare("lenet.pt2", data="digits"), search=SearchConfig(epsilon=0.01))
         result.plan.save("plan.json")
@@ -86,7 +90,9 @@ def optimize_spatial(
     }
     store = job.search_checkpoint(checkpoint, identity, SPATIAL_RECORD, resume, world)
     with times.span("dense cache"):
-        evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world)
+        budget = max_cache_bytes or default_cache_bytes()
+        evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world,
+                              max_cache_bytes=budget)  # fmt: skip
     time_saved = None
     if search.cost == "measured":  # timed on the main rank alone: every rank takes its figures
         timed = _time_saved(gm, job.crossover_images, measured or LayerTimer()) if world.is_main else None
@@ -129,6 +135,12 @@ def optimize_spatial(
         warnings=job.warnings,
         phases=times.seconds,
     )
+
+
+def default_cache_bytes() -> int:
+    """Half of this machine's memory, shared by the ranks running on it."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return memory // 2 // ranks_on_this_machine()
 
 
 def _verify(job, gm: fx.GraphModule, dense: Accounting) -> tuple[dict[str, dict[str, Score]], float]:

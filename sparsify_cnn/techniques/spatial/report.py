@@ -11,6 +11,7 @@ from PIL import Image
 
 from ... import storage
 from ...evaluate import METRICS
+from ...option_types import format_bytes
 from ...progress import phases_line
 from ...report.budget import accuracy_checks, checks_markdown
 from ...report.render import crossover_markdown, on_ranks
@@ -76,6 +77,7 @@ def report_data(result) -> dict:
             "evaluated": search.candidates,
             "suffix_images": search.suffix_images,
             "full_passes": search.full_passes,
+            "dense_cache": search.cache,
             "work_passes": search.work,
             "work_ratio_vs_naive": search.work_ratio,
             "checkpoint_records_resumed": result.checkpoint_resumed,
@@ -131,7 +133,7 @@ def report_markdown(data: dict, title: str) -> str:
         f"Search: {search['seconds']:.1f} s{on_ranks(search)}, {search['evaluated']:,} of the seed's {search['options']:,} options "
         f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
         f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
-        f"Omega x F.",
+        f"Omega x F.{cache_sentence(search.get('dense_cache'))}",
         f"Time by phase: {phases_line(data['phases'])}.",
     ]
     if data["skipped"]:
@@ -139,6 +141,14 @@ def report_markdown(data: dict, title: str) -> str:
     lines += crossover_markdown(data.get("crossover"))
     lines += ["", "Masks: `masks/*.png` (white: computed first). Operating points: `operating_points.png`.", ""]
     return "\n".join(lines)
+
+
+def cache_sentence(cache: dict | None) -> str:
+    """What the report says of the dense cache when --max-cache-memory split it into groups."""
+    if not cache or cache["groups"] <= 1:
+        return ""
+    return (f" The dense cache took at most {format_bytes(cache['peak_bytes'])} a rank: layers in "
+            f"{cache['groups']} groups, {cache['recording_passes']} recording passes (--max-cache-memory).")  # fmt: skip
 
 
 def mask_picture(op: SpatialConv, scale: int = 6, columns: int = 8) -> Image.Image:

@@ -106,6 +106,8 @@ class SpatialSearch:
             work=work / self.ev.count,
             seconds=time.perf_counter() - start,
             ranks=self.ev.world.size,
+            cache={"peak_bytes": self.ev.cache.peak_bytes, "groups": len(self.ev.cache.groups),
+                   "recording_passes": self.ev.cache.passes},  # fmt: skip
             phases=dict(self.times.seconds),
         )
 
@@ -167,8 +169,7 @@ class SpatialSearch:
         a pair that could not meet epsilon even if every image it mispredicts came out right
         is dropped without running. Both shortcuts leave the kept options exactly as a full
         evaluation would."""
-        cache = self.ev.layers[layer]
-        op, dense = cache.op, cache.dense  # this rank's images
+        op, dense = self.ev.ops[layer], self.ev.dense_output(layer)  # this rank's images
         c, h, w = dense.shape[1:]
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
         masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
@@ -366,7 +367,7 @@ class SpatialSearch:
         return kept[: self.config.top_m]
 
     def _slots(self, layer: str) -> tuple[int, int, int]:
-        op = self.ev.layers[layer].op
+        op = self.ev.ops[layer]
         return op.mask.shape[0], op.mask.shape[1] // self.p, op.mask.shape[2] // self.p
 
     def _clusters(self, hb: int, wb: int) -> list[torch.Tensor]:

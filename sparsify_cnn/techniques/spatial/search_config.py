@@ -80,6 +80,7 @@ class SearchResult:
     work: float = 0.0  # image forward passes, suffixes weighted by their share of MACs
     seconds: float = 0.0
     ranks: int = 1  # processes the calibration images were shared by (torchrun)
+    cache: dict = field(default_factory=dict)  # the dense cache: peak bytes per rank, layer groups, recording passes
     phases: dict[str, float] = field(default_factory=dict)  # seconds per search level
 
     @property

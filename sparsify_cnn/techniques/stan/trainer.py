@@ -25,12 +25,13 @@ from ...data import Dataset
 from ...errors import InputError
 from ...evaluate import Score
 from ...models.caffe_cifar import WithinChannelLRN
+from ...option_types import format_bytes
 from ...training import Trainer, run_identity
 from ...transform.layers import find_layers
 from ...transform.rewrite import copy_graph_module
 from .baselines import MePropLinear
 from .conv import StanContext, StanConv
-from .entry import EntryStore, estimate_bytes, format_bytes
+from .entry import EntryStore, estimate_bytes
 from .rewrite import (
     InsertedDropout,
     StanConfig,

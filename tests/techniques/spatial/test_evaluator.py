@@ -36,16 +36,19 @@ class Shuffle(Residual):
         return self.head(torch.cat([y[:, :4], skip[:, 4:]], 1).view(n, -1))
 
 
-@pytest.mark.parametrize("method", ["fx", "export"])
+@pytest.mark.parametrize(("method", "max_cache_bytes", "groups"), [("fx", None, 1), ("export", None, 1), ("fx", 210_000, 2)])
 @pytest.mark.parametrize("model_class", [Residual, Shuffle])
-def test_suffix_evaluation_equals_the_whole_network(method, model_class):
+def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, groups, model_class):
+    """Also with a cache budget that splits the layers in two groups (40 images x 2 KiB a map:
+    'a' and 'b' each need two maps, their own output and the skip, which is 'stem's output)."""
     torch.manual_seed(0)
     model = model_class().eval()
     x = torch.randn(40, 1, 8, 8)
     target = model(x).argmax(1).roll(3)  # a target the model gets partly wrong
     gm = insert_spatial_ops(capture(model, (1, 1, 8, 8), method=method).graph_module).graph_module
-    ev = Evaluator(gm, x, target, batch_size=16)
+    ev = Evaluator(gm, x, target, batch_size=16, max_cache_bytes=max_cache_bytes)
     assert ev.layer_names == ["stem", "a", "b"]
+    assert len(ev.cache.groups) == groups
     generator = torch.Generator().manual_seed(1)
     for layer in ev.layer_names:
         op = ev.ops[layer]

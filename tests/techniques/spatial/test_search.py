@@ -37,6 +37,21 @@ def test_every_mode_meets_a_relative_epsilon_on_cq(mode, granularity, trained_cq
     assert result.macs_saved > 0
 
 
+def test_a_cache_budget_changes_the_passes_not_the_plan(trained_lenet, digits28):
+    """conv1's maps on 120 images take 5.5 MB, conv2's 1.5 MB: 6 MB keeps one layer at a time."""
+    config = SearchConfig(mode="uniform_patch", epsilon=0.01, top_m=2, ones_range=(1, 1))
+    gm = insert_spatial_ops(capture(trained_lenet, (1, 1, 28, 28)).graph_module).graph_module
+    x, y = digits28.calib.x[:120], digits28.calib.y[:120]
+    whole = SpatialSearch(Evaluator(gm, x, y), config).run()
+    split = SpatialSearch(Evaluator(gm, x, y, max_cache_bytes=6_000_000), config).run()
+    assert whole.masks.keys() == split.masks.keys() and whole.masks
+    assert all(torch.equal(whole.masks[name], split.masks[name]) for name in whole.masks)
+    assert (whole.accuracy, whole.macs_saved, whole.points) == (split.accuracy, split.macs_saved, split.points)
+    assert whole.cache["groups"] == 1 and split.cache == {"peak_bytes": 120 * 20 * 24 * 24 * 4, "groups": 2,
+                                                          "recording_passes": 2}  # fmt: skip
+    assert split.work == pytest.approx(whole.work + 1)  # the second group's pass, counted whole
+
+
 def test_lazy_first_level_keeps_what_a_full_evaluation_keeps(trained_lenet, digits28):
     ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=120)
     search = SpatialSearch(ev, SearchConfig(mode="uniform_patch", epsilon=0.01, top_m=3))

@@ -3,14 +3,11 @@ import math
 import pytest
 import torch
 
-from sparsify_cnn.errors import InputError
 from sparsify_cnn.techniques.stan.entry import (
     EntryStore,
     estimate_bytes,
-    format_bytes,
     pack_bits,
     pack_channels,
-    parse_bytes,
     unpack_bits,
 )
 
@@ -84,11 +81,3 @@ def test_write_counts_the_covered_entries_and_keeps_huge_negatives_covered():
     assert store.write("c", torch.tensor([1]), out, 1.0) == 2
     covered, values = store.read("c", torch.tensor([1]))
     assert covered.flatten().tolist() == [True, True, False] and values.flatten()[0] == -65504.0
-
-
-def test_sizes():
-    assert parse_bytes("512MB") == 512_000_000 and parse_bytes("2GiB") == 2 * 2**30
-    assert parse_bytes("1000") == 1000 and parse_bytes("1.5k") == 1500
-    with pytest.raises(InputError, match="not a memory size"):
-        parse_bytes("lots")
-    assert format_bytes(3 * 2**20) == "3.00 MiB" and format_bytes(12) == "12 B"

@@ -29,7 +29,7 @@ from ...errors import InputError
 from ...progress import PhaseTimes, Progress, silent
 from ...search.accuracy_budget import accuracy_loss, within
 from ...search.checkpoint import Checkpoint
-from .evaluator import Candidate, Evaluator, Outcome
+from .evaluator import WHOLE, Box, Candidate, Evaluator, Outcome, pixel_boxes
 from .op import all_patterns, padded_size, predicted_zero, tile
 from .search_config import MODES, OperatingPoint, SearchConfig, SearchResult
 
@@ -140,16 +140,16 @@ class SpatialSearch:
         clusters = self._clusters(hb, wb)
         mode = self.config.mode
         if mode == "uniform_layer":
-            targets = {"all": torch.ones(c, hb, wb, dtype=torch.bool)}
+            targets = {"all": WHOLE}
         elif mode == "uniform_filter":
-            targets = {f"k{i}": region.expand(c, hb, wb) for i, region in enumerate(clusters)}
+            targets = {f"k{i}": cluster for i, cluster in enumerate(clusters)}
         elif mode == "uniform_patch":
-            targets = {f"c{ch}": self._channel_region(ch, c, hb, wb) for ch in range(c)}
+            targets = {f"c{ch}": Box(slice(ch, ch + 1)) for ch in range(c)}
         else:
             targets = {
-                f"c{ch}k{i}": self._channel_region(ch, c, hb, wb) & region
+                f"c{ch}k{i}": Box(slice(ch, ch + 1), cluster.rows, cluster.cols)
                 for ch in range(c)
-                for i, region in enumerate(clusters)
+                for i, cluster in enumerate(clusters)
             }
         with self.times.span("first level"):
             first = self._first_level(layer, targets)
@@ -163,12 +163,13 @@ class SpatialSearch:
             return self._merge(layer, "cq", list(channels.values()))
         return self._merge(layer, "pq" if mode == "uniform_filter" else "cq", list(first.values()))
 
-    def _first_level(self, layer: str, targets: dict[str, torch.Tensor]) -> dict[str, list[_Option]]:
+    def _first_level(self, layer: str, targets: dict[str, Box]) -> dict[str, list[_Option]]:
         """Score (target, pattern) pairs with the rest of the network dense, lazily: per target,
         patterns go most-MACs-saved first and stop once the M best within epsilon are known;
         a pair that could not meet epsilon even if every image it mispredicts came out right
         is dropped without running. Both shortcuts leave the kept options exactly as a full
-        evaluation would."""
+        evaluation would. A target is a box of patch slots; its candidates predict within the
+        box alone (prediction is local to a patch)."""
         op, dense = self.ev.ops[layer], self.ev.dense_output(layer)  # this rank's images
         c, h, w = dense.shape[1:]
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
@@ -179,14 +180,14 @@ class SpatialSearch:
             pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
             per_slot = self.ev.world.sum(_per_slot(pred, self.p, hb, wb))  # predicted positions, every rank's images
             wrong_slot = _per_slot_any(pred & (dense > 0), self.p, hb, wb)  # this rank's images
-            for name, region in targets.items():
-                saved = float(per_slot[region].sum()) / self.ev.count * op.macs_per_position
+            for name, slots in targets.items():
+                saved = float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
                 if saved > 0:
-                    pending[name].append((saved, j, wrong_slot[:, region].any(dim=1).nonzero().flatten()))
+                    pending[name].append((saved, j, slots.of(wrong_slot).flatten(1).any(dim=1).nonzero().flatten()))
             self._report(f"statistics, pattern {j + 1} of {len(masks)}", 0.0)
         for queue in pending.values():
             queue.sort(key=lambda item: (-item[0], item[1]))
-        positions = {name: self._positions(region, h, w) for name, region in targets.items()}
+        pixels = {name: pixel_boxes(slots, self.p, h, w) for name, slots in targets.items()}
         records: dict[str, list[_Option]] = {name: [] for name in targets}
         done_targets = 0
         while pending:
@@ -207,11 +208,12 @@ class SpatialSearch:
                     self.checkpoint.put(key, [best_case, saved])
                     records[name].append(self._option(c, hb, wb, targets[name], j, best_case, saved))
                     continue
-                where, mask = positions[name], masks[j]
-                predicted = lambda imgs, mask=mask, where=where: where & predicted_zero(
-                    dense[imgs], mask, self.p, op.edge, op.channel_group
+                box, mask_box = pixels[name]
+                crop, mask_crop = box.of(dense), mask_box.of(masks[j])
+                predicted = lambda imgs, crop=crop, mask=mask_crop: predicted_zero(
+                    crop[imgs], mask, self.p, op.edge, op.channel_group
                 )
-                batch.append((name, j, key, Candidate(saved, images, predicted)))
+                batch.append((name, j, key, Candidate(saved, images, predicted, box)))
             for (name, j, key, _), outcome in zip(batch, self._evaluate(layer, [b[3] for b in batch])):
                 self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
                 records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved))
@@ -226,8 +228,9 @@ class SpatialSearch:
         return len(kept) == self.config.top_m and queue[0][0] < kept[-1].saved
 
     @staticmethod
-    def _option(c, hb, wb, region, j, accuracy, saved) -> _Option:
-        assignment = torch.full((c, hb, wb), NONE, dtype=torch.long).masked_fill(region, j)
+    def _option(c, hb, wb, slots: Box, j, accuracy, saved) -> _Option:
+        assignment = torch.full((c, hb, wb), NONE, dtype=torch.long)
+        slots.of(assignment).fill_(j)
         return _Option(assignment, accuracy, saved)
 
     def _merge(self, layer: str, level: str, children: list[list[_Option]]) -> list[_Option]:
@@ -370,26 +373,13 @@ class SpatialSearch:
         op = self.ev.ops[layer]
         return op.mask.shape[0], op.mask.shape[1] // self.p, op.mask.shape[2] // self.p
 
-    def _clusters(self, hb: int, wb: int) -> list[torch.Tensor]:
+    def _clusters(self, hb: int, wb: int) -> list[Box]:
+        """Blocks of granularity x granularity patch slots (every channel), row by row."""
         g = self.config.granularity
         if g == 0:
-            return [torch.ones(1, hb, wb, dtype=torch.bool)]
-        regions = []
-        for top in range(0, hb, g):
-            for left in range(0, wb, g):
-                region = torch.zeros(1, hb, wb, dtype=torch.bool)
-                region[:, top : top + g, left : left + g] = True
-                regions.append(region)
-        return regions
-
-    @staticmethod
-    def _channel_region(channel: int, c: int, hb: int, wb: int) -> torch.Tensor:
-        region = torch.zeros(c, hb, wb, dtype=torch.bool)
-        region[channel] = True
-        return region
-
-    def _positions(self, region: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return region.repeat_interleave(self.p, 1).repeat_interleave(self.p, 2)[:, :h, :w]
+            return [WHOLE]
+        return [Box(rows=slice(top, top + g), cols=slice(left, left + g))
+                for top in range(0, hb, g) for left in range(0, wb, g)]  # fmt: skip
 
     @staticmethod
     def _best(records: dict[str, list[_Option]]) -> float:

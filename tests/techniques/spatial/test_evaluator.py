@@ -36,11 +36,26 @@ class Shuffle(Residual):
         return self.head(torch.cat([y[:, :4], skip[:, 4:]], 1).view(n, -1))
 
 
-@pytest.mark.parametrize(("method", "max_cache_bytes", "groups"), [("fx", None, 1), ("export", None, 1), ("fx", 210_000, 2)])
-@pytest.mark.parametrize("model_class", [Residual, Shuffle])
-def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, groups, model_class):
-    """Also with a cache budget that splits the layers in two groups (40 images x 2 KiB a map:
-    'a' and 'b' each need two maps, their own output and the skip, which is 'stem's output)."""
+class Pooled(Residual):
+    """Convs that feed a max pool alone: the suffix starts after the pool, and images whose
+    pooled map a mask leaves as it was keep their dense output."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8 * 2 * 2, 4)
+
+    def forward(self, x):
+        y = torch.max_pool2d(torch.relu(self.stem(x)), 2)
+        y = nn.functional.max_pool2d(torch.relu(self.a(y)), 2)
+        return self.head(torch.relu(self.b(y)).flatten(1))
+
+
+@pytest.mark.parametrize(("method", "max_cache_bytes"), [("fx", None), ("export", None), ("fx", 210_000)])
+@pytest.mark.parametrize("model_class", [Residual, Shuffle, Pooled])
+def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, model_class):
+    """Also with a cache budget that splits Residual's and Shuffle's layers in two groups (40
+    images x 2 KiB a map: 'a' and 'b' each need two maps, their own output and the skip, which
+    is 'stem's output); Pooled's smaller maps all fit."""
     torch.manual_seed(0)
     model = model_class().eval()
     x = torch.randn(40, 1, 8, 8)
@@ -48,11 +63,13 @@ def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, gro
     gm = insert_spatial_ops(capture(model, (1, 1, 8, 8), method=method).graph_module).graph_module
     ev = Evaluator(gm, x, target, batch_size=16, max_cache_bytes=max_cache_bytes)
     assert ev.layer_names == ["stem", "a", "b"]
-    assert len(ev.cache.groups) == groups
+    assert len(ev.cache.groups) == (1 if max_cache_bytes is None or model_class is Pooled else 2)
+    if model_class is Pooled:  # torch.max_pool2d and F.max_pool2d, or aten.max_pool2d when exported
+        assert all(ev.layers[name].pool is not None for name in ("stem", "a"))
     generator = torch.Generator().manual_seed(1)
     for layer in ev.layer_names:
         op = ev.ops[layer]
-        for mask in (tile(diagonal(2), 8, 8, 8, 2), torch.rand(op.mask.shape, generator=generator) > 0.6):
+        for mask in (tile(diagonal(2), *op.mask.shape, 2), torch.rand(op.mask.shape, generator=generator) > 0.6):
             alone = ev.evaluate_mask(layer, mask)
             whole = ev.evaluate_network({layer: mask})
             assert alone.accuracy == pytest.approx(whole.accuracy, abs=1e-9)

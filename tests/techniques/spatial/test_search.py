@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sparsify_cnn.errors import InputError
-from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.evaluator import Box, Evaluator
 from sparsify_cnn.techniques.spatial.op import tile
 from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops
 from sparsify_cnn.techniques.spatial.search import MODES, SearchConfig, SpatialSearch
@@ -56,14 +56,16 @@ def test_lazy_first_level_keeps_what_a_full_evaluation_keeps(trained_lenet, digi
     ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=120)
     search = SpatialSearch(ev, SearchConfig(mode="uniform_patch", epsilon=0.01, top_m=3))
     c, hb, wb = 50, 4, 4
-    targets = {f"c{ch}": search._channel_region(ch, c, hb, wb) for ch in range(0, 50, 7)}
+    targets = {f"c{ch}": Box(slice(ch, ch + 1)) for ch in range(0, 50, 7)}
     lazy = search._first_level("conv2", targets)
-    for name, region in targets.items():  # brute force: every pattern on the channel
+    for name, slots in targets.items():  # brute force: every pattern on the channel, as a full mask
+        region = torch.zeros(c, hb, wb, dtype=torch.bool)
+        slots.of(region).fill_(True)
         full = []
         for j, pattern in enumerate(search.patterns):
             mask = torch.where(region.repeat_interleave(2, 1).repeat_interleave(2, 2), tile(pattern, c, 8, 8, 2), True)
             outcome = ev.evaluate_mask("conv2", mask)
-            full.append(search._option(c, hb, wb, region, j, outcome.accuracy, outcome.macs_saved))
+            full.append(search._option(c, hb, wb, slots, j, outcome.accuracy, outcome.macs_saved))
         expected = search._ranked(full)
         assert len(lazy[name]) == len(expected)
         for got, want in zip(lazy[name], expected):

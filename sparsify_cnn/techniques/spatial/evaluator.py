@@ -116,11 +116,16 @@ def _max_pool_after(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
     if len(node.users) != 1:
         return None
     user = next(iter(node.users))
-    if user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.MaxPool2d):
-        return user if user.args == (node,) and not user.kwargs else None
+    if user.op == "call_module":
+        module = gm.get_submodule(user.target)
+        pool = isinstance(module, nn.MaxPool2d) and not module.return_indices
+        return user if pool and user.args == (node,) and not user.kwargs else None
     if user.op == "call_function" and user.target in _MAX_POOLS and user.args[:1] == (node,):
         rest = [*user.args[1:], *user.kwargs.values()]
-        return user if not any(isinstance(a, fx.Node) for a in fx.node.map_aggregate(rest, lambda a: a)) else None
+        indices = user.kwargs.get("return_indices") or (len(user.args) > 6 and user.args[6])
+        found = []
+        fx.node.map_arg(rest, found.append)  # the nodes among the other arguments
+        return user if not found and not indices else None
     return None
 
 

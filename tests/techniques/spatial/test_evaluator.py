@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsify_cnn.techniques.spatial.evaluator import Evaluator
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator, _max_pool_after
 from sparsify_cnn.techniques.spatial.op import diagonal, tile
 from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
 from sparsify_cnn.transform.capture import capture
@@ -89,3 +89,29 @@ def test_unchanged_images_skip_the_suffix_and_bounds_hold(trained_lenet, digits2
     outcome = ev.evaluate("conv2", [candidate])[0]
     assert 0 < ev.suffix_images == len(candidate.images) < len(calib)  # only images it mispredicts on
     assert outcome.accuracy <= ev.best_case_accuracy(candidate.images) + 1e-12
+
+
+def test_only_a_max_pool_that_reads_the_op_alone_and_returns_values_starts_the_suffix():
+    class Net(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x):
+            return self.pool(torch.relu(x))
+
+    def found(module):
+        gm = torch.fx.symbolic_trace(module)
+        relu = next(n for n in gm.graph.nodes if n.target is torch.relu)
+        return _max_pool_after(gm, relu) is not None
+
+    assert found(Net(nn.MaxPool2d(2)))
+    assert not found(Net(nn.MaxPool2d(2, return_indices=True)))  # a tuple: nothing to compare
+    assert not found(Net(nn.AvgPool2d(2)))  # every input moves an average
+
+    class TwoReaders(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x)
+            return torch.max_pool2d(y, 2).sum() + y.sum()
+
+    assert not found(TwoReaders())

@@ -81,7 +81,7 @@ class ActivationCache:
 def _groups(needs: dict[str, list[fx.Node]], per_image: dict[fx.Node, int], images: int,
             max_bytes: int | None) -> list[list[str]]:  # fmt: skip
     """Consecutive keys whose values together fit ``max_bytes`` (all keys when None)."""
-    if max_bytes is None:
+    if max_bytes is None or not images:
         return [list(needs)] if needs else []
     groups: list[list[str]] = []
     held: set[fx.Node] = set()

@@ -137,9 +137,13 @@ def optimize_spatial(
     )
 
 
-def default_cache_bytes() -> int:
-    """Half of this machine's memory, shared by the ranks running on it."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def default_cache_bytes() -> int | None:
+    """Half of this machine's memory, shared by the ranks running on it (None, no bound, where
+    the system does not say how much memory there is)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
     return memory // 2 // ranks_on_this_machine()
 
 

@@ -78,7 +78,7 @@ def prepared_job(args) -> Prepared:
         data = load_data(args.data, (3, SIZE, SIZE))
         calib, test = data.calib.x[: args.images], data.test.x[: args.test_images]
     else:
-        images = photo_crops(args.images + args.test_images + 64, seed=1)
+        images = photo_crops(args.images + args.test_images, seed=1)
         calib, test = images[: args.images], images[args.images : args.images + args.test_images]
     if args.model:
         loaded = load_model(args.model)

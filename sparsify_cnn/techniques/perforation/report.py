@@ -139,10 +139,8 @@ def report_markdown(data: dict, title: str) -> str:
         "|" + "---|" * (len(header) + 2),
     ]
     for p in data["operating_points"]:
-        layers = p.get("layers", [p["layer"]] if p["layer"] else [])
-        cells = [", ".join(f"`{layer}`" for layer in layers) or "(dense)",
-                 ", ".join(f"{p['kept'][layer]:.3f}" for layer in layers) or "1"]
-        cells = [str(p["step"]), *cells, f"{p['macs_speedup']:.2f}x"]
+        cells = [str(p["step"]), ", ".join(f"`{layer}`" for layer in p["layers"]) or "(dense)",
+                 ", ".join(f"{p['kept'][layer]:.3f}" for layer in p["layers"]) or "1", f"{p['macs_speedup']:.2f}x"]  # fmt: skip
         if measured:
             cells.append(f"{p['speedup']:.2f}x")
         cells += [f"{p['loss']:.4f}", f"{100 * p['accuracy']:.2f}%"]

@@ -146,6 +146,20 @@ class JobStart:
         data = self.data
         return evaluate(model, data.split(split), reference=self.dense_gm, metric=self.metric, name=f"{name} on the {split} split")
 
+    def holds_budget(self, model: nn.Module, epsilon: float | None, kind: str = "absolute") -> bool:
+        """Whether ``model`` loses at most ``epsilon`` against the dense model on the calibration
+        split (always, without an epsilon)."""
+        if epsilon is None:
+            return True
+        from .search.accuracy_budget import within
+
+        accuracy = self.score(model, "calib", "the transformed model").value
+        return within(self._dense_calib_score.value, accuracy, epsilon, kind)
+
+    @functools.cached_property
+    def _dense_calib_score(self) -> Score:
+        return self.score(self.dense_gm, "calib", "the dense model")
+
     def score_splits(self, models: dict[str, tuple[nn.Module, str]]) -> dict[str, dict[str, Score]]:
         """split -> kind -> score, for calib and test, of ``models`` (kind -> (model, its name))."""
         return {split: {kind: self.score(model, split, name) for kind, (model, name) in models.items()}

@@ -5,7 +5,8 @@ Each transformed layer and its dense layer (``op.dense_layer()``) are compiled a
 on the activations that reach the layer in the model (zero prediction depends on them; a
 residual input is fed as the constant it was). Timings are cached on disk
 (``codegen.measure.TimingCache``), so a rerun pays for nothing twice. A job leaves a layer
-below the crossover dense and its report says so.
+below the crossover dense, unless the accuracy budget needs its kernel
+(:func:`leave_dense_within_budget`), and its report says so.
 
     timer = LayerTimer(target="llvm", cache="out/layer-timings.json")
     speeds = layer_speeds(gm, calib_images[:1], timer)
@@ -15,7 +16,8 @@ below the crossover dense and its report says so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -120,21 +122,49 @@ def time_layer(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTi
 
 @dataclass(frozen=True)
 class CrossoverResult:
-    """What the rule found: each transformed layer's speed, and which were left dense."""
+    """What the rule found: each transformed layer's speed, which were left dense, and which kept
+    their transformed kernel though not faster, because the plan lost too much accuracy without it."""
 
     target: str
     batch: int
     speeds: dict[str, LayerSpeed]
+    kept_for_budget: tuple[str, ...] = ()
+
+    @property
+    def below_crossover(self) -> list[str]:
+        return [name for name, speed in self.speeds.items() if speed.below_crossover]
 
     @property
     def left_dense(self) -> list[str]:
-        return [name for name, speed in self.speeds.items() if speed.below_crossover]
+        return [name for name in self.below_crossover if name not in self.kept_for_budget]
 
     def to_dict(self) -> dict:
         return {"target": self.target, "batch": self.batch, "left_dense": self.left_dense,
+                "kept_for_budget": list(self.kept_for_budget),
                 "layers": [speed.to_dict() for speed in self.speeds.values()]}  # fmt: skip
 
 
 def check_crossover(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) -> CrossoverResult:
     """``layer_speeds`` of ``gm`` on ``images`` (one compiled batch) as a ``CrossoverResult``."""
     return CrossoverResult(timer.target, len(images), layer_speeds(gm, images, timer))
+
+
+def leave_dense_within_budget(checked: CrossoverResult, make_dense: Callable[[str, bool], None],
+                              budget_holds: Callable[[], bool]) -> CrossoverResult:  # fmt: skip
+    """Leave dense the layers below the crossover, keeping the accuracy budget the search kept.
+
+    A plan is not monotone in its layers: making one dense can lose accuracy. So after
+    ``make_dense(layer, True)`` for every layer below the crossover, ``budget_holds()`` (a pass
+    over the calibration split) is asked; while it fails, the layer closest to the crossover
+    takes its transformed kernel back (``make_dense(layer, False)``, the cheapest in time) and
+    the budget is asked again. With every layer back it is the searched plan, which held."""
+    below = checked.below_crossover
+    for name in below:
+        make_dense(name, True)
+    kept: list[str] = []
+    for name in sorted(below, key=lambda n: -checked.speeds[n].speedup):  # closest to 1x first
+        if budget_holds():
+            break
+        make_dense(name, False)
+        kept.append(name)
+    return replace(checked, kept_for_budget=tuple(kept))

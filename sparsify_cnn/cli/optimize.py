@@ -121,8 +121,10 @@ def optimize_command(**options):
     if report.get("crossover"):
         checked = report["crossover"]
         left = ", ".join(checked["left_dense"]) or "none"
+        kept = checked.get("kept_for_budget")
         click.echo(f"crossover on {checked['target']}: {len(checked['layers'])} transformed layer(s) timed, "
-                   f"left dense as not faster: {left}")  # fmt: skip
+                   f"left dense as not faster: {left}" +
+                   (f"; kept though not faster, for the accuracy budget: {', '.join(kept)}" if kept else ""))  # fmt: skip
     click.echo(f"job {result.seconds:.1f} s; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")
     if target != "none":
         from ..codegen.compile import compile_graph

@@ -238,6 +238,7 @@ def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_f
     from ..storage import write_json
     from ..techniques.stan.hyperband import build_zoo
     from ..techniques.stan.trainer import fit
+    from .progress import ProgressDisplay
 
     gm = prepared.captured.graph_module
     if setup.model_options:
@@ -246,24 +247,28 @@ def _train_advanced(prepared, setup, max_entry_memory: int, model: str, report_f
         gm = build_zoo(prepared.loaded.metadata["zoo"], prepared.captured.input_shape[1:],
                        prepared.data.num_classes or 10, setup.model_options)  # fmt: skip
 
+    progress = ProgressDisplay()
+    echo = progress.echo  # below the progress line while it shows
+
     def rewritten(rewrites: dict, entry_bytes: int) -> None:
         for what, layers in rewrites.items():
-            click.echo(f"  {what.replace('_', ' ')}: {', '.join(layers) or 'no layer'}")
+            echo(f"  {what.replace('_', ' ')}: {', '.join(layers) or 'no layer'}")
         if setup.stan:
             stan = setup.stan
             rule = f"theta {stan.theta:g}" if stan.coverage is None else f"coverage {stan.coverage:g} per layer"
-            click.echo(f"  {stan.variant}: {rule}, p_t {stan.pre_epochs}, Z {stan.period}, kernel {stan.kernel}; "
-                       f"entry matrix {format_bytes(entry_bytes)}")  # fmt: skip
+            echo(f"  {stan.variant}: {rule}, p_t {stan.pre_epochs}, Z {stan.period}, kernel {stan.kernel}; "
+                 f"entry matrix {format_bytes(entry_bytes)}")  # fmt: skip
 
     def epoch(record) -> None:
         line = f"  epoch {record.epoch:3d}  {record.kind:5s}  loss {record.loss:.4f}  calib {record.calib}"
         line += f"  {record.seconds:.2f} s"
         if record.layers:
             line += "  coverage " + " ".join(f"{n} {100 * s['coverage']:.0f}%" for n, s in record.layers.items())
-        click.echo(line)
+        echo(line)
 
-    result = fit(gm, prepared.data, setup, max_entry_memory=max_entry_memory, on_epoch=epoch, on_rewrite=rewritten,
-                 checkpoint=checkpoint)  # fmt: skip
+    with progress:
+        result = fit(gm, prepared.data, setup, max_entry_memory=max_entry_memory, on_epoch=epoch,
+                     on_rewrite=rewritten, checkpoint=checkpoint, progress=progress)  # fmt: skip
     if result.resumed_from:
         click.echo(f"resumed from {checkpoint} (epoch {result.resumed_from})")
     if setup.stan:

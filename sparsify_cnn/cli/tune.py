@@ -58,6 +58,7 @@ def tune_command(
     from ..data import load_data
     from ..storage import claim_output
     from ..techniques.stan.hyperband import StudyConfig, is_shared, run_study, shown, write_config
+    from .progress import ProgressDisplay
 
     ctx = click.get_current_context()  # before any trial: both files writable and this run's alone
     ctx.with_resource(claim_output(out, inside=False))
@@ -69,15 +70,18 @@ def tune_command(
     click.echo(f"Hyperband: {model} on {dataset.name} ({len(dataset.train)} train / {len(dataset.calib)} calib), "
                f"preset {preset}, {trials} trials, {min_epochs}-{max_epochs} epochs, storage {shown(storage)}")  # fmt: skip
 
+    progress = ProgressDisplay()
+
     def on_trial(trial) -> None:
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         epochs = max(trial.intermediate_values, default=0)
         value = f"calib error {trial.value:.4f}" if trial.value is not None else "no value"
-        click.echo(
+        progress.echo(
             f"  trial {trial.number:3d} {trial.state.name.lower():8s} after {epochs} epochs: {value}  ({values})"
         )
 
-    result = run_study(entry.name, dataset, config, on_trial=on_trial)
+    with progress:
+        result = run_study(entry.name, dataset, config, on_trial=on_trial, progress=progress)
     if result.resumed:
         click.echo(f"resumed a study of {result.resumed} trials" +
                    (f"; re-ran interrupted trials {result.rerun}" if result.rerun else ""))  # fmt: skip

@@ -56,11 +56,16 @@ def crossover_markdown(crossover: dict | None) -> list[str]:
                 "without its device here, or `--no-crossover`)."]  # fmt: skip
     lines = ["", "## Crossover", "",
              f"Each transformed layer and its dense layer compiled alone for {crossover['target']} at batch "
-             f"{crossover['batch']}, timed on the activations that reach it; a layer that is not faster is left dense.",
+             f"{crossover['batch']}, timed on the activations that reach it; a layer that is not faster is left dense, "
+             "unless the plan then loses more accuracy on the calibration split than epsilon allows: the layers "
+             "closest to the crossover then keep their kernels.",
              "", "| layer | kind | dense ms | transformed ms | measured | theoretical | verdict |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    kept_for_budget = set(crossover.get("kept_for_budget", ()))
     for row in crossover["layers"]:
         verdict = "below crossover: left dense" if row["below_crossover"] else "kept"
+        if row["layer"] in kept_for_budget:
+            verdict = "below crossover: kept for the accuracy budget"
         lines.append(f"| `{row['layer']}` | {row['kind']} | {row['dense_ms']:.3f} | {row['transformed_ms']:.3f} | "
                      f"{row['speedup']:.2f}x | {_ratio(row['theoretical'])} | {verdict} |")  # fmt: skip
     if not crossover["layers"]:

@@ -6,8 +6,10 @@ dimension: the program guards ``x.size(0) == 1`` and its reshapes carry the lite
 such a program is generalised when it is loaded:
 
 - the input guards go (the ``_guards_fn`` node and the pre-forward shape check);
-- every reshape of a value that carries the batch in dim 0 gets ``-1`` there, and the other
-  sizes it had (a ``-1`` it already had is resolved from the recorded shape);
+- every reshape of a value that carries the batch gets ``-1`` in the dimension the batch goes
+  to, and the other sizes it had (a ``-1`` it already had is resolved from the recorded shape);
+  where one image's shapes allow several such dimensions (attention's heads and tokens), the
+  one under which the rest of the graph runs is kept;
 - an ``expand`` or a tensor factory whose first size is the batch takes the input's batch.
 
 The result is checked, not trusted: a batch of several random images must give what the
@@ -64,7 +66,8 @@ def generalize_batch(gm: fx.GraphModule, example: torch.Tensor, seed: int = 0) -
         expected = _image_by_image(gm, probe, batch)
     _drop_guards(gm)
     ShapeProp(gm).propagate(example)
-    _free_batch(gm, batch)
+    with torch.no_grad():
+        _free_batch(gm, batch, probe)
     gm.graph.lint()
     gm.recompile()
     try:
@@ -92,87 +95,142 @@ def _drop_guards(gm: fx.GraphModule) -> None:
             del gm._forward_pre_hooks[key]
 
 
-def _free_batch(gm: fx.GraphModule, batch: int) -> None:
-    """Replace the literal batch in the size arguments of the graph's nodes, following the
-    dimension that carries the batch through transposes and reshapes (attention folds it into
-    the heads: one image's [L, 1, E] becomes [L, 12, 64], a batch's [L, 12 * N, 64])."""
+Place = tuple[int, int]  # where a value carries the batch: its dimension, and the factor of that dimension outside it
+
+
+def _free_batch(gm: fx.GraphModule, batch: int, probe: torch.Tensor) -> None:
+    """Replace the literal batch in the size arguments of the graph's nodes, following where
+    the batch goes through transposes and reshapes (attention folds it into the heads: one
+    image's [L, 1, E] becomes [L, 12, 64], a batch's [L, 12 * N, 64]).
+
+    One image's shapes cannot always tell where a reshape puts the batch: [L, 1, 12, 64] to
+    [L, 768] reads as [L * N, 768] or [L, N * 768]. The graph is therefore run node by node on
+    ``probe`` while it is rewritten; where a node fails, the latest reshape with another reading
+    takes it, and the nodes after it are run again."""
     graph = gm.graph
     source = next(n for n in graph.nodes if n.op == "placeholder")
-    batch_dim: dict[fx.Node, int] = {source: 0}  # for each value that carries the batch: where
-    batch_size: fx.Node | None = None
-
-    def input_batch() -> fx.Node:
-        nonlocal batch_size
-        if batch_size is None:
-            with graph.inserting_after(source):
-                batch_size = graph.call_function(_aten.sym_size.int, (source, 0))
-        return batch_size
-
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node is batch_size:
+    with graph.inserting_after(source):
+        batch_size = graph.call_function(_aten.sym_size.int, (source, 0))
+    nodes = list(graph.nodes)
+    original = {node: node.args for node in nodes}
+    interpreter = fx.Interpreter(gm)
+    interpreter.env.update({source: probe, batch_size: len(probe)})
+    placed: dict[fx.Node, Place] = {source: (0, 1)}
+    chosen: dict[int, tuple[int, int]] = {}  # node index -> (reading taken, readings)
+    steps, i = 0, 0
+    while i < len(nodes):
+        node = nodes[i]
+        if node in (source, batch_size):
+            i += 1
             continue
-        carried = [n for n in node.all_input_nodes if n in batch_dim]
-        shape = _shape(node)
-        if carried:
-            dim = _follow_batch(node, carried[0], batch_dim[carried[0]], shape)
-            if dim is not None:
-                batch_dim[node] = dim
-                if node.target in _RESHAPES or node.target in _EXPANDS:
-                    node.args = (node.args[0], [-1 if i == dim else s for i, s in enumerate(shape)], *node.args[2:])
-            continue
-        if shape is None or not shape or shape[0] != batch:
-            continue
-        if node.target in _EXPANDS and node.args[1][0] == batch:  # a weight broadcast to the batch
-            node.args = (node.args[0], [input_batch(), *node.args[1][1:]], *node.args[2:])
-        elif node.target in _FACTORIES:
-            position = _FACTORIES[node.target]
-            sizes = list(node.args[position])
-            if sizes and sizes[0] == batch:
-                args = list(node.args)
-                args[position] = [input_batch(), *sizes[1:]]
-                node.args = tuple(args)
+        readings = _readings(node, original[node], placed, batch, batch_size)
+        error = None
+        for k in range(chosen.get(i, (0, 0))[0], len(readings)):
+            node.args, place = readings[k]
+            steps += 1
+            try:
+                interpreter.env[node] = interpreter.run_node(node)
+            except Exception as failure:  # noqa: BLE001 - a failing node means: another reading
+                error = failure
+                continue
+            chosen[i] = (k, len(readings))
+            if place is None:
+                placed.pop(node, None)
+            else:
+                placed[node] = place
+            i += 1
+            break
+        else:
+            chosen.pop(i, None)
+            earlier = [j for j, (k, n) in chosen.items() if j < i and k + 1 < n]
+            if not earlier or steps > 8 * len(nodes):
+                raise GeneralizationError(f"a batch of {len(probe)} fails at {node.name}: {first_line(error)}")
+            i = max(earlier)
+            chosen = {j: c for j, c in chosen.items() if j <= i}
+            chosen[i] = (chosen[i][0] + 1, chosen[i][1])
+    if not batch_size.users:
+        graph.erase_node(batch_size)
 
 
-def _follow_batch(node: fx.Node, source: fx.Node, dim: int, shape: tuple[int, ...] | None) -> int | None:
-    """The dimension of ``node``'s value that carries the batch, given that ``source`` (one of
-    its inputs) carries it in ``dim``; None when it cannot be told (the check then decides)."""
-    target, args = node.target, node.args
-    rank, source_shape = (len(shape) if shape is not None else None), _shape(source)
+def _readings(node: fx.Node, args: tuple, placed: dict[fx.Node, Place], batch: int, batch_size: fx.Node):
+    """The node's possible rewrites: (its arguments, where its value carries the batch or None)."""
+    if node.op != "call_function":
+        return [(args, None)]
+    shape = _shape(node)
+    carried = [n for n in node.all_input_nodes if n in placed]
+    if carried:
+        places = _follow_batch(node, carried[0], placed[carried[0]], shape, batch)
+        if not places:
+            return [(args, None)]
+        if node.target in _RESHAPES or node.target in _EXPANDS:
+            return [((args[0], [-1 if i == dim else s for i, s in enumerate(shape)], *args[2:]), (dim, outer))
+                    for dim, outer in places]  # fmt: skip
+        return [(args, places[0])]
+    if shape is None or not shape or shape[0] != batch:
+        return [(args, None)]
+    if node.target in _EXPANDS and args[1][0] == batch:  # a weight broadcast to the batch
+        return [((args[0], [batch_size, *args[1][1:]], *args[2:]), None)]
+    if node.target in _FACTORIES and args[_FACTORIES[node.target]][:1] == [batch]:
+        position, changed = _FACTORIES[node.target], list(args)
+        changed[position] = [batch_size, *args[position][1:]]
+        return [(tuple(changed), None)]
+    return [(args, None)]
+
+
+def _follow_batch(node: fx.Node, source: fx.Node, place: Place, shape: tuple[int, ...] | None, batch: int) -> list[Place]:
+    """Where ``node``'s value may carry the batch, given that ``source`` (one of its inputs)
+    carries it at ``place``, likeliest first; none when it cannot be told (the check decides)."""
+    target, args, (dim, outer) = node.target, node.args, place
+    source_shape = _shape(source)
     if shape is None or source_shape is None:  # tuples (chunks, pools with indices) and their items
-        return dim
+        return [place]
+    rank = len(shape)
+    before = math.prod(source_shape[:dim]) * outer  # elements of one image's value before the batch
     if target in _RESHAPES:
-        # Row-major: the batch lands in the first dimension after as many elements as came
-        # before it, as that dimension's outermost factor.
-        before = math.prod(source_shape[:dim]) if source_shape is not None else None
-        return next((j for j in range(rank) if math.prod(shape[:j]) == before), None)
+        return _reshaped(shape, before, batch, range(rank))
     if target in _EXPANDS:
-        return dim + rank - len(source_shape) if source_shape is not None else None
+        return [(dim + rank - len(source_shape), outer)]
     if target is _aten.permute.default:
-        return [d % rank for d in args[1]].index(dim)
+        return [([d % rank for d in args[1]].index(dim), outer)]
     if target is _aten.transpose.int:
         a, b = (d % rank for d in args[1:3])
-        return b if dim == a else a if dim == b else dim
+        return [(b if dim == a else a if dim == b else dim, outer)]
     if target is _aten.t.default:
-        return 1 - dim if rank == 2 else dim
-    if target is _aten.flatten.using_ints and source_shape is not None:
+        return [(1 - dim if rank == 2 else dim, outer)]
+    if target is _aten.flatten.using_ints:
         start, end = ((args[i] if len(args) > i else default) % len(source_shape) for i, default in ((1, 0), (2, -1)))
-        if dim == start or dim < start:
-            return dim
-        return dim - (end - start) if dim > end else None  # inside the range, but not outermost
-    if target is _aten.unflatten.int and source_shape is not None:
+        if dim < start:
+            return [place]
+        if dim > end:
+            return [(dim - (end - start), outer)]
+        return [(start, math.prod(source_shape[start:dim]) * outer)]
+    if target is _aten.unflatten.int:
         split = args[1] % len(source_shape)
-        return dim if dim < split else dim + len(args[2]) - 1 if dim > split else None
+        if dim != split:
+            return [(dim if dim < split else dim + len(args[2]) - 1, outer)]
+        return _reshaped(shape, before, batch, range(split, split + len(args[2])))
     if target in (_aten.unsqueeze.default, _aten.stack.default):
         inserted = (args[1] if target is _aten.unsqueeze.default else (args[1] if len(args) > 1 else 0)) % rank
-        return dim + (inserted <= dim)
-    if source_shape is not None and len(source_shape) == rank:
-        return dim  # elementwise, convs, pools, matmuls, cat, slices: the batch stays put
-    dims = args[1] if len(args) > 1 and target is not _aten.flatten.using_ints else None
-    if source_shape is not None and rank < len(source_shape) and isinstance(dims, (int, list, tuple)):
+        return [(dim + (inserted <= dim), outer)]
+    if len(source_shape) == rank:
+        return [place]  # elementwise, convs, pools, matmuls, cat, slices: the batch stays put
+    dims = args[1] if len(args) > 1 else None
+    if rank < len(source_shape) and isinstance(dims, (int, list, tuple)):
         # select, squeeze, and reductions without keepdim (mean, sum, amax): dimensions go
         removed = {d % len(source_shape) for d in ([dims] if isinstance(dims, int) else dims)}
-        return None if dim in removed else dim - sum(r < dim for r in removed)
-    return None
+        return [] if dim in removed else [(dim - sum(r < dim for r in removed), outer)]
+    return []
+
+
+def _reshaped(shape: tuple[int, ...], before: int, batch: int, dims) -> list[Place]:
+    """Where a row-major reshape to ``shape`` may put a batch that ``before`` elements precede:
+    any dimension it can be a factor of, as its outermost factor first."""
+    places = []
+    for dim in dims:
+        preceding = math.prod(shape[:dim])
+        if before % preceding == 0 and shape[dim] % (before // preceding * batch) == 0:
+            places.append((dim, before // preceding))
+    return sorted(places, key=lambda place: place[1])
 
 
 def _shape(node) -> tuple[int, ...] | None:

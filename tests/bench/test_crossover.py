@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from sparsify_cnn import models
-from sparsify_cnn.bench.crossover import LayerTimer, WithResidual, check_crossover, layer_speeds
+from sparsify_cnn.bench.crossover import (
+    CrossoverResult,
+    LayerSpeed,
+    LayerTimer,
+    WithResidual,
+    check_crossover,
+    layer_speeds,
+    leave_dense_within_budget,
+)
 from sparsify_cnn.codegen import measure
 from sparsify_cnn.techniques.perforation.op import PerforatedConv
 from sparsify_cnn.techniques.perforation.rewrite import PerforationConfig, insert_perforated_convs, perforated_ops
@@ -106,3 +114,33 @@ def test_a_layer_whose_whole_map_is_predicted_from_padding_is_all_skipped(monkey
     row = result.to_dict()["layers"][0]
     assert row["theoretical"] is None and json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert "all skipped" in "\n".join(crossover_markdown(result.to_dict()))
+
+
+def _result(**speedups):
+    """A crossover result whose layers run at the given speedups over their dense layers."""
+    speeds = {name: LayerSpeed(name, "conv", 1.0, 1.0 / s, 2.0) for name, s in speedups.items()}
+    return CrossoverResult("llvm", 1, speeds)
+
+
+@pytest.mark.parametrize("holds_after, kept", [(0, []), (1, ["c"]), (2, ["c", "a"]), (99, ["c", "a"])])
+def test_layers_below_the_crossover_go_dense_while_the_budget_holds(holds_after, kept):
+    """The budget is asked after all slow layers go dense; while it fails, the layer closest to
+    the crossover (the cheapest to keep) takes its kernel back."""
+    dense, checks = {}, []
+
+    def budget_holds():
+        checks.append(dict(dense))
+        return len(checks) > holds_after
+
+    checked = leave_dense_within_budget(_result(a=0.5, b=2.0, c=0.9), dense.__setitem__, budget_holds)
+    assert checked.kept_for_budget == tuple(kept)
+    assert checked.left_dense == [n for n in ("a", "c") if n not in kept]
+    assert dense == {"a": "a" not in kept, "c": "c" not in kept}  # b is faster: never touched
+    assert checks[0] == {"a": True, "c": True}
+    assert len(checks) == min(holds_after + 1, 2)  # with every slow layer back: the searched plan, not asked
+
+
+def test_the_budget_is_not_asked_when_no_layer_is_below_the_crossover():
+    checked = leave_dense_within_budget(_result(a=1.5), lambda *_: pytest.fail("no layer changes"),
+                                        lambda: pytest.fail("no pass"))  # fmt: skip
+    assert checked.left_dense == [] and checked.kept_for_budget == ()

@@ -119,3 +119,28 @@ def test_ssc_keeps_the_faster_layers_and_trains_the_others_as_dense_convs(tmp_pa
     assert rows["conv3"]["note"] == "below crossover: left dense"
     plan = Plan.load(out / "plan.json")
     assert [entry[0] for entry in plan.config["per_layer"]] == ["conv2"]
+
+
+def test_a_layer_the_budget_needs_keeps_its_kernel_though_not_faster(tmp_path, model_files, timings, monkeypatch):
+    """Leaving a layer dense can lose accuracy too (a plan is not monotone in its layers): the
+    plan is checked on calib after the rule, and a layer it needs takes its kernel back."""
+    from sparsify_cnn.job import JobStart
+
+    asked = []
+
+    def holds_budget(self, model, epsilon, kind="absolute"):
+        asked.append(epsilon)
+        return not spatial_ops(model)["conv2"].all_ones  # this plan needs conv2's mask
+
+    monkeypatch.setattr(JobStart, "holds_budget", holds_budget)
+    out = tmp_path / "k"
+    result = run(model_files["pt2"], "--mode", "uniform_filter", "--epsilon", "0.05", "--data", "digits",
+                 "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert asked == [0.05]  # conv2 back, then the searched plan: held when the search chose it
+    assert "kept though not faster, for the accuracy budget: conv2" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["crossover"]["left_dense"] == [] and report["crossover"]["kept_for_budget"] == ["conv2"]
+    assert "below crossover: kept for the accuracy budget" in (out / "report.md").read_text()
+    plan, gm = _check_plan_reapplies(out, model_files["pt2"])
+    assert not spatial_ops(gm)["conv2"].all_ones

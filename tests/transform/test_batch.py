@@ -48,6 +48,20 @@ class Token(nn.Module):
         return y + torch.zeros(x.shape[0], 1, 6)
 
 
+class Attention(nn.Module):
+    """Patches through ``nn.MultiheadAttention`` (batch first), as ViT has them: one image's
+    [T, 1, 2, 4] heads become [T, 8] (the batch folded into the tokens, not the features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, 8, 4, stride=4)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        y = self.patches(x).flatten(2).transpose(1, 2)
+        return self.attention(y, y, y, need_weights=False)[0].mean(1)
+
+
 class MixesImages(nn.Module):
     """Subtracts the batch mean: no generalisation can reproduce it image by image."""
 
@@ -60,7 +74,7 @@ def _exported(model: nn.Module, batch: int = 1):
     return torch.export.export(model.eval(), (example,)).module(), example
 
 
-@pytest.mark.parametrize("model", [Flatten(), Shuffle(), Token()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("model", [Flatten(), Shuffle(), Token(), Attention()], ids=lambda m: type(m).__name__)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_static_exports_take_any_batch(model, batch):
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover
+from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, leave_dense_within_budget
 from ...distributed import SINGLE, World
 from ...errors import InputError
 from ...evaluate import Score
@@ -112,8 +112,16 @@ def optimize_perforation(
         with times.span("crossover timing"):
             checked = check_crossover(gm, job.crossover_images, crossover)
         ops = perforated_ops(gm)
-        for name in checked.left_dense:
-            ops[name].set_kept(torch.ones(ops[name].out_hw, dtype=torch.bool))
+        searched = {name: op.kept.clone() for name, op in ops.items()}
+
+        def make_dense(name: str, dense: bool) -> None:
+            ops[name].set_kept(torch.ones(ops[name].out_hw, dtype=torch.bool) if dense else searched[name])
+
+        def holds() -> bool:
+            return job.holds_budget(gm, search.epsilon, search.epsilon_kind)
+
+        with times.span("crossover budget check") if checked.below_crossover else contextlib.nullcontext():
+            checked = leave_dense_within_budget(checked, make_dense, holds)
 
     with times.span("verification"):
         scores = job.score_splits({"dense": (dense_gm, "the dense model"), "perforated": (gm, "the perforated model")})

@@ -4,6 +4,7 @@ rewritten model and the report."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import fx
 
-from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, time_layer
+from ...bench.crossover import CrossoverResult, LayerTimer, check_crossover, leave_dense_within_budget, time_layer
 from ...distributed import SINGLE, World, ranks_on_this_machine
 from ...errors import InputError
 from ...evaluate import Score
@@ -107,8 +108,16 @@ def optimize_spatial(
         with times.span("crossover timing"):
             checked = check_crossover(gm, job.crossover_images, crossover)
         ops = spatial_ops(gm)
-        for name in checked.left_dense:
-            ops[name].set_mask(torch.ones_like(ops[name].mask))
+
+        def make_dense(name: str, dense: bool) -> None:
+            ones = torch.ones_like(ops[name].mask)
+            ops[name].set_mask(ones if dense else found.masks.get(name, ones))
+
+        def holds() -> bool:
+            return job.holds_budget(gm, search.epsilon, search.epsilon_kind)
+
+        with times.span("crossover budget check") if checked.below_crossover else contextlib.nullcontext():
+            checked = leave_dense_within_budget(checked, make_dense, holds)
     dense = account(dense_gm)
     with times.span("verification"):
         scores, calib_macs_saved = _verify(job, gm, dense)

@@ -29,6 +29,7 @@ import torch
 from ... import models
 from ...data import Dataset
 from ...errors import InputError, TrainingDiverged
+from ...progress import Progress, silent
 from ...transform.capture import capture
 from ...transform.layers import find_layers
 from .trainer import EpochRecord, TrainSetup, fit
@@ -189,9 +190,12 @@ def run_study(
     config: StudyConfig,
     on_trial: Callable[[object], None] | None = None,
     on_epoch: Callable[[int, EpochRecord], None] | None = None,
+    progress: Progress | None = None,
 ) -> StudyResult:
     """Run (or resume) a Hyperband study for the zoo ``model`` on ``data``; the best setup trains
-    for ``max_epochs``. Example::
+    for ``max_epochs``. ``progress`` (``sparsify_cnn.progress``) hears of the study in phase
+    "hyperband" (trials finished of the study's) and of each trial's training steps in phase
+    "trial N", which a pruned trial ends early. Example::
 
         result = run_study("cq", load_data("digits", (3, 32, 32)), StudyConfig("cq", "cq.db", trials=20))
         result.best_setup.to_dict()
@@ -202,6 +206,7 @@ def run_study(
     from .replay import SLOT, SlotHyperbandPruner, SlotSampler, slot_of
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    progress = progress or silent
     preset = get_preset(config.preset)
     name = models.get_entry(model).name
     if not data.labeled:
@@ -257,20 +262,33 @@ def run_study(
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
+        steps = _TrialSteps(progress, f"trial {trial.number}")
         try:
-            result = fit(gm, data, setup, on_epoch=report)
-        except TrainingDiverged as stop:  # its last finite epoch's error would flatter a setup that fails
+            result = fit(gm, data, setup, on_epoch=report, progress=steps)
+        except optuna.TrialPruned:
+            steps.end("pruned")
+            raise
+        except TrainingDiverged as stop:
+            steps.end("diverged")  # its last finite epoch's error would flatter a setup that fails
             trial.set_user_attr("diverged_at", stop.epoch)
             return 1.0
         return 1.0 - result.epochs[-1].calib.value if result.epochs else 1.0
 
-    done = sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.get_trials(deepcopy=False))
+    def finished_trials() -> int:
+        return sum(t.state.is_finished() and t.state.name != "FAIL" for t in study.get_trials(deepcopy=False))
+
+    def told(study, trial) -> None:
+        if on_trial is not None:
+            on_trial(trial)
+        done = min(finished_trials(), config.trials)
+        progress("hyperband", f"trial {trial.number} {trial.state.name.lower()}", done, config.trials, unit="trials")
+
+    done = finished_trials()
     remaining = config.trials - done
     # Several workers on one storage: each stops once the study as a whole has its trials.
-    callbacks = [optuna.study.MaxTrialsCallback(config.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
-    if on_trial is not None:
-        callbacks.append(lambda study, trial: on_trial(trial))
+    callbacks = [optuna.study.MaxTrialsCallback(config.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), told]
     if remaining > 0:
+        progress("hyperband", f"{done} trials done", done, config.trials, unit="trials")
         study.optimize(objective, n_trials=remaining, callbacks=callbacks)
     finished = study.get_trials(deepcopy=False)
     complete = [t for t in finished if t.state.name == "COMPLETE"]
@@ -289,6 +307,23 @@ def run_study(
         resumed=len(trials),
         rerun=rerun,
     )
+
+
+class _TrialSteps:
+    """A trial's training steps, told in the trial's own phase; a trial stopped early (pruned or
+    diverged) ends its phase with why."""
+
+    def __init__(self, progress: Progress, phase: str):
+        self.progress, self.phase, self.last = progress, phase, None
+
+    def __call__(self, phase: str, item: str, done: int, total: int | None, **extra) -> None:
+        self.last = (done, total, extra.get("unit"))
+        self.progress(self.phase, item, done, total, **extra)
+
+    def end(self, why: str) -> None:
+        if self.last is not None:
+            done, total, unit = self.last
+            self.progress(self.phase, why, done, total, unit=unit, end=True)
 
 
 def is_shared(storage: str) -> bool:

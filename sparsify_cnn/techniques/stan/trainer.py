@@ -26,6 +26,7 @@ from ...errors import InputError
 from ...evaluate import Score
 from ...models.caffe_cifar import WithinChannelLRN
 from ...option_types import format_bytes
+from ...progress import Progress
 from ...training import Trainer, run_identity
 from ...transform.layers import find_layers
 from ...transform.rewrite import copy_graph_module
@@ -211,6 +212,7 @@ def fit(
     on_rewrite: Callable[[dict[str, dict[str, str]], int], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     checkpoint: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> FitResult:
     """Train a copy of ``gm`` (a captured graph with shapes) on ``data.train`` with ``setup``.
     ``clock`` times epochs and layers (``time.thread_time`` measures CPU seconds, which other
@@ -218,6 +220,7 @@ def fit(
     With ``checkpoint``, everything the next epoch depends on (weights, optimizer, schedule,
     random states, the entry matrix) is saved there after every epoch; a later call with the
     same graph, data and setup resumes from it and ends with the weights of an uninterrupted run.
+    ``progress`` (``sparsify_cnn.progress``) hears of every step, in phase "training".
 
     Example::
 
@@ -241,7 +244,7 @@ def fit(
     steps = max(1, setup.epochs * -(-len(data.train) // setup.batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     trainer = StanTrainer(gm, data, setup, context, optimizer, schedule, checkpoint, identity, clock=clock,
-                          on_epoch=on_epoch)  # fmt: skip
+                          on_epoch=on_epoch, progress=progress)  # fmt: skip
     trainer.rewrites, trainer.entry_bytes, trainer.outputs = rewrites, entry_bytes, outputs  # for the report
     return trainer.run()
 

@@ -69,7 +69,16 @@ def test_a_study_resumes_and_reruns_an_interrupted_trial(tmp_path, toy_data):
     distributions = {t: d for t, d in study.get_trials()[0].distributions.items()}
     stale = study.ask(distributions)
 
-    second = run_study("mlp", toy_data, StudyConfig("mlp", str(storage), trials=4, max_epochs=2, seed=5))
+    calls = []
+    second = run_study("mlp", toy_data, StudyConfig("mlp", str(storage), trials=4, max_epochs=2, seed=5),
+                       progress=lambda phase, item, done, total, **extra: calls.append((phase, item, done, total, extra)))  # fmt: skip
+    # The study's count goes from the 2 trials it found to 4; each trial's steps end their phase.
+    study_calls = [(item, done, total) for phase, item, done, total, _ in calls if phase == "hyperband"]
+    assert study_calls[0] == ("2 trials done", 2, 4) and study_calls[-1][1:] == (4, 4)
+    last_call = {phase: (item, done, total, extra) for phase, item, done, total, extra in calls if phase != "hyperband"}
+    assert sorted(last_call) == ["trial 3", "trial 4"]  # the interrupted trial 2 re-runs as 3
+    for item, done, total, extra in last_call.values():
+        assert (done == total and extra["unit"] == "steps") or (item == "pruned" and extra["end"])
     assert second.resumed == 3 and second.rerun == [stale.number]
     trials = optuna.load_study(study_name="mlp-mlp-toy", storage=f"sqlite:///{storage}").get_trials()
     assert [(t.number, t.params, t.value) for t in trials[:2]] == before  # kept, not run again

@@ -81,10 +81,15 @@ def test_entry_memory_is_checked_before_training(toy_graph, toy_data):
     assert set(result.epochs[0].layers) == {"conv2"}
 
 
-def test_training_is_deterministic_and_baselines_rewrite_their_layers(toy_graph, toy_data):
+def test_training_is_deterministic_reports_its_steps_and_baselines_rewrite_their_layers(toy_graph, toy_data):
     setup = TrainSetup(epochs=2, batch_size=32, seed=3, conv_dropout=0.5, meprop_k=4, dropout_layers=("conv2",),
                        stan=StanConfig("stan-lite", theta=None, coverage=0.5, layers=("conv1",)))  # fmt: skip
-    first, second = fit(toy_graph, toy_data, setup), fit(toy_graph, toy_data, setup)
+    calls = []
+    first = fit(toy_graph, toy_data, setup, progress=lambda *args, **extra: calls.append(args))
+    second = fit(toy_graph, toy_data, setup)  # silent: the same weights
+    steps = -(-len(toy_data.train) // 32)
+    assert calls[0] == ("training", "epoch 1 of 2", 0, 2 * steps) and calls[-1][2:] == (2 * steps, 2 * steps)
+    assert [done for _, _, done, _ in calls] == list(range(2 * steps + 1))
     assert first.rewrites == {"conv_dropout": {"conv2": "dropout_conv2"}, "meprop": {"fc1": "meprop_fc1"},
                               "stan": {"conv1": "stan_conv1"}}  # fmt: skip
     for a, b in zip(first.graph_module.state_dict().values(), second.graph_module.state_dict().values()):

@@ -34,8 +34,9 @@ TECHNIQUES = {  # technique -> the options a user would give for a first try
     "ssc": ["--technique", "ssc", "--target-params", "0.5"],
 }
 # Models that cannot take 64x64 images as built: their size, or the option that fits them.
-SIZES = {"inception_v3": 80, "maxvit_t": 224}
-OPTIONS = {name: {"image_size": 64} for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")}
+SIZES = {"inception_v3": 80, "maxvit_t": 224, "vit_h_14": 56}  # ViT-H's patches are 14 pixels
+OPTIONS = {name: {"image_size": SIZES.get(name, 64)} for name in ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32",
+                                                                   "vit_h_14")}  # fmt: skip
 MAX_ERROR_LINE = 300
 
 

@@ -84,7 +84,8 @@ def block_channels():
     from tvm import relax
 
     return tvm.transform.Sequential([
-        clip_as_min_max(), merge_narrow_groups(), relax.transform.ConvertLayout({}, _desired), shuffle_in_blocks(),
+        clip_as_min_max(), positive_squeeze_axes(), merge_narrow_groups(), relax.transform.ConvertLayout({}, _desired),
+        shuffle_in_blocks(),
         relax.transform.DeadCodeElimination(),
     ])  # fmt: skip
 
@@ -297,6 +298,29 @@ def clip_as_min_max():
             return relax.op.minimum(relax.op.maximum(x, relax.const(low.value, dtype)), relax.const(high.value, dtype))
 
     return _function_pass("ClipAsMinMax", lambda mod, func: ClipAsMinMax(mod))
+
+
+def positive_squeeze_axes():
+    """``squeeze`` with its axes counted from the front: TVM 0.27's ConvertLayout fails with
+    ``std::bad_alloc`` on a negative squeeze axis (attention as ``nn.MultiheadAttention``
+    exports it squeezes ``axis=[-2]``), whatever the layouts."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    squeeze = tvm.ir.Op.get("relax.squeeze")
+
+    @mutator
+    class PositiveSqueezeAxes(PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            axes = call.attrs.axis if call.op.same_as(squeeze) else None
+            if axes is None or all(int(a) >= 0 for a in axes):
+                return call
+            rank = len(call.args[0].ty.shape)
+            return relax.op.squeeze(call.args[0], [int(a) % rank for a in axes])
+
+    return _function_pass("PositiveSqueezeAxes", lambda mod, func: PositiveSqueezeAxes(mod))
 
 
 def legalize_blocked_conv(bb, call):

@@ -15,8 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import SparsifyError, first_line
 from ..progress import PhaseTimes, Progress
 from .lowering import hand_scheduled
+
+
+class CompileFailed(SparsifyError):
+    """TVM stopped inside one of its own passes (a limitation or bug of TVM, not of the input)."""
 
 STEPS = ("decompose_for_inference", "legalize_and_fuse", "tune", "pack_weights", "build")
 TRANSFORM_PARAMS = "main_transform_params"
@@ -121,7 +126,13 @@ def compile_module(
         if name == "tune" and not (tune_trials > 0 or records is not None):
             continue  # default schedules: nothing to tune
         with times.span("tuning" if name == "tune" else "compile"):
-            mod = steps[name](mod)
+            try:
+                mod = steps[name](mod)
+            except tvm.error.InternalError as error:
+                raise CompileFailed(
+                    f"TVM failed in the {name} step of compiling ({first_line(error)}); "
+                    "`sparsify compile MODEL --dump-ir DIR` writes the IR before each step, to report it"
+                ) from error
         if dump and name != "build":
             (dump / f"{i:02d}_{name}_after.py").write_text(mod.script())
     return mod

@@ -110,6 +110,37 @@ def test_a_network_runs_blocked_end_to_end_and_matches_torch(tmp_path):
     assert _calls(tmp_path / "ir" / "04_build_before.py", "layout_transform") == 2
 
 
+class Attention(nn.Module):
+    """ViT's patches and attention: ``nn.MultiheadAttention`` squeezes a negative axis, which
+    TVM's layout conversion cannot take (``positive_squeeze_axes``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches = nn.Conv2d(3, 16, 4, stride=4)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        y = self.patches(x).flatten(2).transpose(1, 2)
+        return self.attention(y, y, y, need_weights=False)[0].mean(1)
+
+
+@pytest.mark.tvm
+def test_a_conv_before_attention_compiles_blocked_and_matches_torch(tmp_path):
+    from sparsify_cnn.codegen.compile import TOLERANCE, compile_graph
+    from sparsify_cnn.runtime import load
+    from sparsify_cnn.transform.capture import capture
+
+    torch.manual_seed(0)
+    model, shape = Attention().eval(), (2, 3, 16, 16)
+    x = torch.randn(*shape)
+    result = compile_graph(capture(model, shape, method="export").graph_module, shape, tmp_path / "out",
+                           check_inputs=x, dump_ir=tmp_path / "ir")  # fmt: skip
+    assert result.relative_diff <= TOLERANCE
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(load(tmp_path / "out")(x.numpy())), model(x), rtol=1e-4, atol=1e-5)
+    assert _calls(tmp_path / "ir" / "01_legalize_and_fuse_after.py", "conv2d_NCHWc") == 1
+
+
 class SSCNet(nn.Module):
     """SSC layers as the technique writes them: a k x k branch of narrow groups (4 channels a
     group, fewer than a block) and one of whole blocks, each with a pointwise branch reading the

@@ -60,6 +60,7 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         remote.check()
     records = Path(records)
     records.mkdir(parents=True, exist_ok=True)
+    mod = without_unknown_rules(mod, target)
     database = ms.database.JSONDatabase(
         path_workload=str(records / "database_workload.json"),
         path_tuning_record=str(records / "database_tuning_record.json"),
@@ -262,6 +263,34 @@ def _unnamed_handlers_detached(logger: logging.Logger):
     finally:
         for handler in unnamed:
             logger.addHandler(handler)
+
+
+def without_unknown_rules(mod, target):
+    """``mod`` without the ``schedule_rule`` annotations that no function implements for
+    ``target`` (TOPI's pools ask for ``meta_schedule.pool_max``, which some GPU targets have).
+    MetaSchedule drops such an annotation itself and schedules the block by its other rules, but
+    logs a warning for every one, each time it makes a search space: the schedules are the same."""
+    from tvm import s_tir
+
+    from .lowering import hand_scheduled
+
+    def implemented(rule: str) -> bool:
+        return rule == "None" or any(
+            tvm.get_global_func(f"meta_schedule.{key}.{rule}", allow_missing=True) for key in target.keys
+        )
+
+    for var, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or hand_scheduled(func):
+            continue
+        sch = s_tir.Schedule(func)
+        unknown = [block for block in sch.get_child_blocks(sch.get_sblock("root"))
+                   if "schedule_rule" in sch.get(block).annotations
+                   and not implemented(str(sch.get(block).annotations["schedule_rule"]))]  # fmt: skip
+        for block in unknown:
+            sch.unannotate(block, "schedule_rule")
+        if unknown:
+            mod = tvm.IRModule({**{v: f for v, f in mod.functions.items()}, var: sch.mod["main"]}, attrs=mod.attrs)
+    return mod
 
 
 def _scheduled(task) -> bool:

@@ -155,3 +155,40 @@ def test_a_record_slower_than_the_default_schedule_is_left_out(record_faster):
         assert restored[gvar].same_as(expected)  # the rest as tuning left it
     assert all(any(f.same_as(r) for r in records) for f in tuned.functions.values() if f.attrs
                and f.attrs.get("tirx.is_scheduled"))  # fmt: skip - tuned itself unchanged
+
+
+def test_schedule_rules_no_function_implements_are_dropped_before_tuning_without_a_warning(capfd):
+    """TOPI's max pool asks for ``meta_schedule.pool_max``; no CPU function implements it, so
+    MetaSchedule would drop it with a warning per block: it is dropped first, quietly."""
+    import tvm
+    from tvm import relax
+
+    from sparsify_cnn.codegen.tuning import without_unknown_rules
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.nn.max_pool2d(x, 2, 2)))
+        bb.emit_func_output(out)
+    mod = relax.transform.LegalizeOps()(bb.get())
+
+    def rules(module):
+        return [str(b.annotations["schedule_rule"]) for f in module.functions.values() if isinstance(f, tvm.tirx.PrimFunc)
+                for b in _blocks(f) if "schedule_rule" in b.annotations]  # fmt: skip
+
+    assert rules(mod) == ["meta_schedule.pool_max"]
+    assert rules(without_unknown_rules(mod, tvm.target.Target("llvm"))) == []
+    # A target whose key has the function keeps it (a key of its own: the function stays registered).
+    tvm.register_global_func("meta_schedule.sparsify_test.meta_schedule.pool_max", lambda sch, block: [sch],
+                             override=True)  # fmt: skip
+    target = tvm.target.Target({"kind": "llvm", "keys": ["sparsify_test"]})
+    assert rules(without_unknown_rules(mod, target)) == ["meta_schedule.pool_max"]
+    assert "Unknown schedule rule" not in capfd.readouterr().err
+
+
+def _blocks(func):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    return [sch.get(block) for block in sch.get_child_blocks(sch.get_sblock("root"))]

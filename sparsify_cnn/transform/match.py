@@ -420,6 +420,12 @@ def _pool_options(gm: fx.GraphModule, node: fx.Node) -> dict | None:
     return None
 
 
+def pooling_windows(gm: fx.GraphModule, node: fx.Node) -> PoolingWindows | None:
+    """The windows of the 2-D pooling ``node`` computes, or None when it is no such pooling."""
+    options = _pool_options(gm, node)
+    return _pooling_windows(options, _map_hw(node.args[0])) if options is not None else None
+
+
 def _pooling_windows(
     options: dict, map_hw: tuple[int, int] | None
 ) -> PoolingWindows | None:

@@ -30,6 +30,7 @@ from ...errors import check_finite
 from ...transform.accounting import account
 from ...transform.activation_cache import ActivationCache
 from ...transform.capture import set_eval
+from ...transform.match import PoolingWindows, pooling_windows
 from ...transform.suffix import suffix_after
 from .op import SpatialConv, padded_size, predicted_zero
 from .rewrite import spatial_ops
@@ -106,6 +107,7 @@ class _Layer:
     frontier: list[fx.Node]  # values the suffix reads besides its first input, in placeholder order
     suffix_share: float  # the suffix's share of the network's MACs
     pool: Callable[[torch.Tensor], torch.Tensor] | None = None  # the max pool the op feeds alone
+    windows: PoolingWindows | None = None  # that pool's windows
 
 
 _MAX_POOLS = {F.max_pool2d, torch.max_pool2d, torch.ops.aten.max_pool2d.default}
@@ -294,18 +296,57 @@ class Evaluator:
                 size += len(pending[start][1].images)
                 start += 1
             images = torch.cat([c.images for _, c in group])
-            op_out = dense[images]
-            offset = 0
-            for _, c in group:
-                part = op_out[offset : offset + len(c.images)]
-                c.box.of(part).masked_fill_(c.predicted(c.images), 0.0)
-                offset += len(c.images)
-            correct, finite = self._suffix_outcomes(name, layer, dense, images, op_out, frontier_values)
+            if layer.windows is not None:
+                correct, finite = self._pooled_outcomes(name, layer, dense, images, group, frontier_values)
+            else:
+                op_out = dense[images]
+                offset = 0
+                for _, c in group:
+                    part = op_out[offset : offset + len(c.images)]
+                    c.box.of(part).masked_fill_(c.predicted(c.images), 0.0)
+                    offset += len(c.images)
+                correct, finite = self._suffix_outcomes(name, layer, dense, images, op_out, frontier_values)
             offset = 0
             for k, c in group:
                 rows = slice(offset, offset + len(c.images))
                 yield k, c.images, int(correct[rows].sum()), bool(finite[rows].all())
                 offset += len(c.images)
+
+    def _pooled_outcomes(self, name, layer, dense, images, group, frontier_values):
+        """``_suffix_outcomes`` for a layer whose max pool alone reads it, pooling only where the
+        group's boxes reach: the window of the layer's output the pool reads there is gathered,
+        each candidate's box zeroed in it, and pooled; an image whose pooled window comes out as
+        it was keeps its dense output. A max is exact: the pooled values are those of the whole
+        map, and the plan the same."""
+        pooled = self._pooled_dense(name, dense)
+        spans = _span([c.box for _, c in group], dense.shape[-2:])
+        reach = [_pool_reach(layer.windows, axis, span, dense.shape[-2 + axis], pooled.shape[-2 + axis])
+                 for axis, span in enumerate(spans)]  # fmt: skip
+        (out_rows, in_rows, row_pads), (out_cols, in_cols, col_pads) = reach
+        correct, finite = self.dense_correct[images].clone(), torch.ones(len(images), dtype=torch.bool)
+        if out_rows.stop <= out_rows.start or out_cols.stop <= out_cols.start:
+            return correct, finite  # no window of the pool reads what changed
+        window = dense[images, :, in_rows, in_cols]
+        offset = 0
+        for _, c in group:
+            _zero_in_window(window[offset : offset + len(c.images)], c, (in_rows, in_cols), dense.shape[-2:])
+            offset += len(c.images)
+        with torch.no_grad():
+            padded = F.pad(window, (*col_pads, *row_pads), value=float("-inf")) if any(row_pads + col_pads) else window
+            w = layer.windows
+            changed = F.max_pool2d(padded, w.kernel, w.stride, 0, w.dilation, ceil_mode=False)
+        moved = (changed != pooled[images, :, out_rows, out_cols]).flatten(1).any(dim=1)
+        if not bool(moved.any()):
+            return correct, finite
+        rows, images = moved.nonzero().flatten(), images[moved]
+        start = pooled[images]
+        start[..., out_rows, out_cols] = changed[moved]
+        logits = self._forward(layer.suffix, (start, *(values[images] for values in frontier_values)))
+        self.suffix_images += len(images)
+        self.work += len(images) * layer.suffix_share
+        correct[rows] = logits.argmax(dim=1) == self.target[images]
+        finite[rows] = logits.isfinite().flatten(1).all(dim=1)
+        return correct, finite
 
     def _suffix_outcomes(self, name, layer, dense, images, op_out, frontier_values):
         """Per image: right, and all outputs finite, with ``op_out`` as the layer's output."""
@@ -339,7 +380,8 @@ class Evaluator:
             suffix, frontier = suffix_after(self.gm, pool or node)
             share = account(suffix).total_macs / total
             function = _pool_function(self.gm, pool) if pool is not None else None
-            layers[name] = _Layer(self.ops[name], node, suffix, frontier, share, function)
+            windows = pooling_windows(self.gm, pool) if pool is not None else None
+            layers[name] = _Layer(self.ops[name], node, suffix, frontier, share, function, windows)
         return layers
 
     def _pooled_dense(self, name: str, dense: torch.Tensor) -> torch.Tensor:
@@ -349,6 +391,42 @@ class Evaluator:
             with torch.no_grad():
                 self._pooled = (name, self.layers[name].pool(dense))
         return self._pooled[1]
+
+
+def _span(boxes: list[Box], hw) -> tuple[slice, slice]:
+    """The rows and columns of an H x W map that ``boxes`` cover together."""
+    spans = []
+    for axis, size in enumerate(hw):
+        parts = [(box.rows if axis == 0 else box.cols).indices(size)[:2] for box in boxes]
+        spans.append(slice(min(p[0] for p in parts), max(p[1] for p in parts)))
+    return spans[0], spans[1]
+
+
+def _pool_reach(windows: PoolingWindows, axis: int, span: slice, size: int, out_size: int):
+    """Along one axis: the pool's outputs whose windows read ``span`` of its input, the input
+    positions those outputs read, and the padding (before, after) they read beyond the map."""
+    k, s, p, d = windows.kernel[axis], windows.stride[axis], windows.padding[axis], windows.dilation[axis]
+    low = max(0, -(-(span.start + p - d * (k - 1)) // s))
+    high = min(out_size, (span.stop - 1 + p) // s + 1) if span.stop > span.start else low
+    if high <= low:
+        return slice(0, 0), slice(0, 0), (0, 0)
+    first, last = low * s - p, (high - 1) * s - p + d * (k - 1) + 1
+    return slice(low, high), slice(max(0, first), min(size, last)), (max(0, -first), max(0, last - size))
+
+
+def _zero_in_window(window: torch.Tensor, candidate: Candidate, at: tuple[slice, slice], hw) -> None:
+    """Zero what ``candidate`` predicts in ``window`` (its images' part of the map at ``at``):
+    the part of its box inside the window."""
+    box, predicted = candidate.box, candidate.predicted(candidate.images)
+    cut_box, cut_predicted = [], []
+    for axis, (part, inside) in enumerate(zip((box.rows, box.cols), at)):
+        start, stop, _ = part.indices(hw[axis])
+        low, high = max(start, inside.start), min(stop, inside.stop)
+        if high <= low:
+            return  # the box lies outside what the pool reads here
+        cut_box.append(slice(low - inside.start, high - inside.start))
+        cut_predicted.append(slice(low - start, high - start))
+    Box(box.channels, *cut_box).of(window).masked_fill_(predicted[..., cut_predicted[0], cut_predicted[1]], 0.0)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

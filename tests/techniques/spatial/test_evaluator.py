@@ -1,11 +1,14 @@
 import pytest
 import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from torch import nn
 
-from sparsify_cnn.techniques.spatial.evaluator import Evaluator, _max_pool_after
+from sparsify_cnn.techniques.spatial.evaluator import Evaluator, _max_pool_after, _pool_reach
 from sparsify_cnn.techniques.spatial.op import diagonal, tile
 from sparsify_cnn.techniques.spatial.rewrite import insert_spatial_ops
 from sparsify_cnn.transform.capture import capture
+from sparsify_cnn.transform.match import PoolingWindows
 
 
 class Residual(nn.Module):
@@ -50,8 +53,23 @@ class Pooled(Residual):
         return self.head(torch.relu(self.b(y)).flatten(1))
 
 
+class OddPools(Residual):
+    """Max pools with padding and ceil mode (CQ's 3/2), and with dilation: where a box's change
+    reaches a pool's output is worked out from its windows."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)  # 8x8 -> 5x5
+        self.head = nn.Linear(8 * 3 * 3, 4)
+
+    def forward(self, x):
+        y = self.pool(self.stem(x)).relu()
+        y = nn.functional.max_pool2d(torch.relu(self.a(y)), 2, 1, 0, 2)  # dilation 2: 5x5 -> 3x3
+        return self.head(torch.relu(self.b(y)).flatten(1))
+
+
 @pytest.mark.parametrize(("method", "max_cache_bytes"), [("fx", None), ("export", None), ("fx", 210_000)])
-@pytest.mark.parametrize("model_class", [Residual, Shuffle, Pooled])
+@pytest.mark.parametrize("model_class", [Residual, Shuffle, Pooled, OddPools])
 def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, model_class):
     """Also with a cache budget that splits Residual's and Shuffle's layers in two groups (40
     images x 2 KiB a map: 'a' and 'b' each need two maps, their own output and the skip, which
@@ -63,9 +81,9 @@ def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, mod
     gm = insert_spatial_ops(capture(model, (1, 1, 8, 8), method=method).graph_module).graph_module
     ev = Evaluator(gm, x, target, batch_size=16, max_cache_bytes=max_cache_bytes)
     assert ev.layer_names == ["stem", "a", "b"]
-    assert len(ev.cache.groups) == (1 if max_cache_bytes is None or model_class is Pooled else 2)
-    if model_class is Pooled:  # torch.max_pool2d and F.max_pool2d, or aten.max_pool2d when exported
-        assert all(ev.layers[name].pool is not None for name in ("stem", "a"))
+    assert len(ev.cache.groups) == (1 if max_cache_bytes is None or model_class in (Pooled, OddPools) else 2)
+    if model_class in (Pooled, OddPools):  # modules, torch.max_pool2d and F.max_pool2d; aten.max_pool2d exported
+        assert all(ev.layers[name].windows is not None for name in ("stem", "a"))
     generator = torch.Generator().manual_seed(1)
     for layer in ev.layer_names:
         op = ev.ops[layer]
@@ -115,3 +133,31 @@ def test_only_a_max_pool_that_reads_the_op_alone_and_returns_values_starts_the_s
             return torch.max_pool2d(y, 2).sum() + y.sum()
 
     assert not found(TwoReaders())
+
+
+@given(size=st.integers(1, 12), kernel=st.integers(1, 4), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+       padding=st.integers(0, 2), ceil_mode=st.booleans(), data=st.data())  # fmt: skip
+def test_a_pool_recomputed_where_a_change_reaches_equals_the_whole_pool(size, kernel, stride, dilation, padding,
+                                                                        ceil_mode, data):  # fmt: skip
+    """``_pool_reach``: every pool output whose window reads the changed span (and those whose
+    dilated taps step over it: the outputs from the first to the last window spanning it); the
+    input they read, with the padding beyond the map, pooled alone gives those outputs."""
+    assume(padding <= kernel // 2 and dilation * (kernel - 1) + 1 <= size + 2 * padding)
+    start = data.draw(st.integers(0, size - 1))
+    span = slice(start, data.draw(st.integers(start + 1, size)))
+    windows = PoolingWindows((1, kernel), (1, stride), (0, padding), (1, dilation), ceil_mode)
+    x = torch.randn(1, 1, 1, size)
+    whole = nn.functional.max_pool2d(x, (1, kernel), (1, stride), (0, padding), (1, dilation), ceil_mode)
+    changed = x.clone()
+    changed[..., span] += 100.0  # every output reading the span moves
+    moved = (nn.functional.max_pool2d(changed, (1, kernel), (1, stride), (0, padding), (1, dilation), ceil_mode)
+             != whole).flatten().nonzero().flatten().tolist()  # fmt: skip
+    outputs, inputs, pads = _pool_reach(windows, 1, span, size, whole.shape[-1])
+    assert set(moved) <= set(range(outputs.start, outputs.stop))
+    if dilation == 1:
+        assert list(range(outputs.start, outputs.stop)) == moved
+    if outputs.stop > outputs.start:
+        window = nn.functional.pad(changed[..., inputs], pads, value=float("-inf"))
+        alone = nn.functional.max_pool2d(window, (1, kernel), (1, stride), 0, (1, dilation))
+        assert torch.equal(alone, nn.functional.max_pool2d(changed, (1, kernel), (1, stride), (0, padding),
+                                                           (1, dilation), ceil_mode)[..., outputs])  # fmt: skip

@@ -9,6 +9,7 @@ Anything else (a traceback, another exit code, a mismatch, a time-out) is a fail
     python benchmarks/zoo.py                                  # every model, three techniques
     python benchmarks/zoo.py --families --techniques spatial  # the smallest model of each family
     python benchmarks/zoo.py --models resnet18,mobilenet_v2 --target none
+    python benchmarks/zoo.py --load-only                      # each export loaded, against eager
 
 Needs torchvision built for the installed torch. Prints one row per (model, technique) and a
 summary; ``--json`` keeps every row.
@@ -80,6 +81,30 @@ def export_static(name: str, folder: Path, seed: int = 0) -> tuple[Path, int]:
     return path, size
 
 
+def check_load(name: str, path: Path, size: int, seed: int = 0) -> dict:
+    """The static export loaded as the tool loads it (its batch freed), against the eager model
+    (the same seeded weights) on a batch of 3 images."""
+    import torchvision
+
+    from sparsify_cnn.errors import SparsifyError
+    from sparsify_cnn.model_io import load_model
+
+    start = time.perf_counter()
+    try:
+        loaded = load_model(str(path)).module
+    except SparsifyError as error:
+        return {"status": "refused", "detail": f"error: {error}"[:MAX_ERROR_LINE], "seconds": 0}
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, num_classes=10, **OPTIONS.get(name, {})).eval()
+    x = torch.randn((3, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        diff = float((loaded(x) - model(x)).abs().max())
+    seconds = round(time.perf_counter() - start, 1)
+    if not diff <= 1e-4:
+        return {"status": "FAIL", "detail": f"a batch of 3 differs from eager by {diff:.2e}", "seconds": seconds}
+    return {"status": "ok", "detail": f"a batch of 3 equals eager within {diff:.1e}", "seconds": seconds}
+
+
 def write_data(path: Path, size: int, images: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     np.savez(path, x=rng.standard_normal((images, 3, size, size)).astype(np.float32))
@@ -148,6 +173,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep models and outputs here")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--load-only", action="store_true", help="only load each export and check it against eager")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -164,6 +190,13 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 - a model the installed torch cannot export
             rows.append({"model": name, "technique": "-", "status": "no export", "detail": str(error)[:200]})
             print(f"{name:<22} {'-':<12} {'no export':<8} {'':>7}  {rows[-1]['detail']}", flush=True)
+            continue
+        if args.load_only:
+            rows.append({"model": name, "technique": "load", **check_load(name, model, size)})
+            print(f"{name:<22} {'load':<12} {rows[-1]['status']:<8} {rows[-1]['seconds']:>7}  {rows[-1]['detail']}",
+                  flush=True)  # fmt: skip
+            if args.keep is None:
+                model.unlink()
             continue
         data = write_data(root / f"x{size}.npz", size, args.images)
         for technique in args.techniques.split(","):

@@ -289,7 +289,8 @@ def without_unknown_rules(mod, target):
         for block in unknown:
             sch.unannotate(block, "schedule_rule")
         if unknown:
-            mod = tvm.IRModule({**{v: f for v, f in mod.functions.items()}, var: sch.mod["main"]}, attrs=mod.attrs)
+            mod = tvm.IRModule({**dict(mod.functions.items()), var: sch.mod["main"]}, attrs=mod.attrs,
+                               global_infos=mod.global_infos)  # fmt: skip
     return mod
 
 

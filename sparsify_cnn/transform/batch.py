@@ -170,7 +170,7 @@ def _readings(node: fx.Node, args: tuple, placed: dict[fx.Node, Place], batch: i
         return [(args, None)]
     if node.target in _EXPANDS and args[1][0] == batch:  # a weight broadcast to the batch
         return [((args[0], [batch_size, *args[1][1:]], *args[2:]), None)]
-    if node.target in _FACTORIES and args[_FACTORIES[node.target]][:1] == [batch]:
+    if node.target in _FACTORIES and list(args[_FACTORIES[node.target]][:1]) == [batch]:
         position, changed = _FACTORIES[node.target], list(args)
         changed[position] = [batch_size, *args[position][1:]]
         return [(tuple(changed), None)]

@@ -358,7 +358,9 @@ def open_storage(path: str):
                     return optuna.storages.RDBStorage(path, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                                       grace_period=GRACE_SECONDS, **stale)  # fmt: skip
             except Exception as error:  # noqa: BLE001 - a driver's error: one line, no password
-                if "already exists" in str(error) and attempt < 2:  # workers started together: another made the tables
+                # Workers started together: another made the tables, or stamped their version.
+                racing = "already exists" in str(error) or "UNIQUE constraint failed: alembic_version" in str(error)
+                if racing and attempt < 2:
                     time.sleep(1.0)
                     continue
                 first = shown(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__

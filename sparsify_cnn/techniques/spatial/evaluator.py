@@ -305,7 +305,7 @@ class Evaluator:
                     part = op_out[offset : offset + len(c.images)]
                     c.box.of(part).masked_fill_(c.predicted(c.images), 0.0)
                     offset += len(c.images)
-                correct, finite = self._suffix_outcomes(name, layer, dense, images, op_out, frontier_values)
+                correct, finite = self._suffix_outcomes(layer, images, op_out, frontier_values)
             offset = 0
             for k, c in group:
                 rows = slice(offset, offset + len(c.images))
@@ -348,26 +348,12 @@ class Evaluator:
         finite[rows] = logits.isfinite().flatten(1).all(dim=1)
         return correct, finite
 
-    def _suffix_outcomes(self, name, layer, dense, images, op_out, frontier_values):
+    def _suffix_outcomes(self, layer, images, op_out, frontier_values):
         """Per image: right, and all outputs finite, with ``op_out`` as the layer's output."""
-        start = op_out
-        if layer.pool is not None:
-            with torch.no_grad():
-                start = layer.pool(op_out)
-            moved = (start != self._pooled_dense(name, dense)[images]).flatten(1).any(dim=1)
-            correct, finite = self.dense_correct[images].clone(), torch.ones(len(images), dtype=torch.bool)
-            if not bool(moved.any()):
-                return correct, finite
-            rows, start, images = moved.nonzero().flatten(), start[moved], images[moved]
-        frontier = [values[images] for values in frontier_values]
-        logits = self._forward(layer.suffix, (start, *frontier))
+        logits = self._forward(layer.suffix, (op_out, *(values[images] for values in frontier_values)))
         self.suffix_images += len(images)
         self.work += len(images) * layer.suffix_share
-        hits, ok = logits.argmax(dim=1) == self.target[images], logits.isfinite().flatten(1).all(dim=1)
-        if layer.pool is None:
-            return hits, ok
-        correct[rows], finite[rows] = hits, ok
-        return correct, finite
+        return logits.argmax(dim=1) == self.target[images], logits.isfinite().flatten(1).all(dim=1)
 
     def _layers(self) -> dict[str, _Layer]:
         """Each op's suffix: the graph after it, and what that graph reads besides the op. An
@@ -377,10 +363,11 @@ class Evaluator:
         layers = {}
         for name, node in self.node_of.items():
             pool = _max_pool_after(self.gm, node)
+            windows = pooling_windows(self.gm, pool) if pool is not None else None
+            pool = pool if windows is not None else None  # the suffix starts after a pool whose windows are known
             suffix, frontier = suffix_after(self.gm, pool or node)
             share = account(suffix).total_macs / total
             function = _pool_function(self.gm, pool) if pool is not None else None
-            windows = pooling_windows(self.gm, pool) if pool is not None else None
             layers[name] = _Layer(self.ops[name], node, suffix, frontier, share, function, windows)
         return layers
 

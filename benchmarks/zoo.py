@@ -10,6 +10,7 @@ Anything else (a traceback, another exit code, a mismatch, a time-out) is a fail
     python benchmarks/zoo.py --families --techniques spatial  # the smallest model of each family
     python benchmarks/zoo.py --models resnet18,mobilenet_v2 --target none
     python benchmarks/zoo.py --load-only                      # each export loaded, against eager
+    python benchmarks/zoo.py --json zoo.json --resume         # go on where a stopped run left off
 
 Needs torchvision built for the installed torch. Prints one row per (model, technique) and a
 summary; ``--json`` keeps every row.
@@ -172,7 +173,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep models and outputs here")
-    parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--json", type=Path, help="write every row here (after each run)")
+    parser.add_argument("--resume", action="store_true", help="keep --json's rows and skip the runs they hold")
     parser.add_argument("--load-only", action="store_true", help="only load each export and check it against eager")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,9 +184,13 @@ def main() -> None:
         names = smallest_of_each_family(names)
     root = args.keep or Path(tempfile.mkdtemp(prefix="sparsify-zoo-"))
     root.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else []
+    done = {(row["model"], row["technique"]) for row in rows}
     print(f"{'model':<22} {'technique':<12} {'status':<8} {'s':>7}  detail", flush=True)
     for name in names:
+        techniques = [t for t in args.techniques.split(",") if (name, "load" if args.load_only else t) not in done]
+        if not techniques:
+            continue
         try:
             model, size = export_static(name, root)
         except Exception as error:  # noqa: BLE001 - a model the installed torch cannot export
@@ -199,10 +205,12 @@ def main() -> None:
                 model.unlink()
             continue
         data = write_data(root / f"x{size}.npz", size, args.images)
-        for technique in args.techniques.split(","):
+        for technique in techniques:
             row = {"model": name, "technique": technique,
                    **run_one(model, data, technique, root / name / technique, args.target, args.timeout)}  # fmt: skip
             rows.append(row)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
             print(f"{name:<22} {technique:<12} {row['status']:<8} {row.get('seconds', 0):>7}  {row['detail']}",
                   flush=True)  # fmt: skip
     counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "refused", "FAIL", "no export")}

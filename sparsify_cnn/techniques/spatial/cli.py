@@ -31,6 +31,9 @@ OPTIONS = (
     click.option("--top-m", type=Bounded(int, 1, 10**6), default=5, help="[spatial] Options kept per target between levels."),
     click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="[spatial] Edge patches: zero-pad the map (paper) or compute them fully."),
     click.option("--channel-group", type=Bounded(int, 1, 65536), default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree."),
+    click.option("--search-images", type=Bounded(int, 1, 10**9), metavar="N",
+                 help="[spatial] Score each layer's options on a seeded sample of N calibration images; combining "
+                 "layers and the final check use every image, so epsilon holds on all. [default: every image]"),
     click.option("--max-cache-memory", type=MemorySize(), metavar="SIZE",
                  help="[spatial] Most memory the search's dense activations take at once, per rank (512MB, 4GiB). Beyond it "
                  "layers are recorded in groups by extra partial passes; the plan is the same. [default: half of this "
@@ -51,6 +54,7 @@ def run(prepared, options: dict, context):
     search = SearchConfig(
         mode=options["mode"], epsilon=epsilon, epsilon_kind=options["epsilon_kind"], ones_range=options["ones_range"],
         granularity=options["granularity"], top_m=options["top_m"], batch_size=options["batch_size"], cost=options["cost"],
+        search_images=options["search_images"],
     )  # fmt: skip
     measured = context.measured_timer(options["target"]) if options["cost"] == "measured" else None
     result = optimize_spatial(prepared, spatial, search, metric=options["metric"], checkpoint=context.checkpoint,

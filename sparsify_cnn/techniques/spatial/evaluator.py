@@ -145,11 +145,12 @@ class Evaluator:
     their share of the MACs), both on this rank's images; ``full_passes`` counts whole-network
     passes. With ``world``, this rank keeps its share of ``x`` (``count`` is all of them).
     ``max_cache_bytes`` bounds the dense values kept at once (``ActivationCache``); None keeps
-    every layer's.
+    every layer's. With ``layers`` False it scores whole networks alone (``evaluate_network``):
+    no suffixes are built and no layer's values are kept.
     """
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, target: torch.Tensor, batch_size: int = 256,
-                 world: World = SINGLE, max_cache_bytes: int | None = None):  # fmt: skip
+                 world: World = SINGLE, max_cache_bytes: int | None = None, layers: bool = True):  # fmt: skip
         self.gm = set_eval(gm)
         self.world = world
         self.count = len(x)
@@ -162,7 +163,7 @@ class Evaluator:
             op.track_stats = False
         self.node_of = {gm.get_submodule(n.target).layer_name: n for n in gm.graph.nodes if n.op == "call_module"
                         and isinstance(gm.get_submodule(n.target), SpatialConv)}  # fmt: skip
-        self.layers = self._layers()
+        self.layers = self._layers() if layers else {}
         needs = {name: [layer.node, *layer.frontier] for name, layer in self.layers.items()}
         self._pooled: tuple[str, torch.Tensor] | None = None  # (layer, its max pool's dense output)
         self.cache = ActivationCache(self.gm, self.x, needs, batch_size, max_cache_bytes)

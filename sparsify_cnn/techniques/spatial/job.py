@@ -92,13 +92,17 @@ def optimize_spatial(
     store = job.search_checkpoint(checkpoint, identity, SPATIAL_RECORD, resume, world)
     with times.span("dense cache"):
         budget = max_cache_bytes or default_cache_bytes()
-        evaluator = Evaluator(gm, data.calib.x, target, batch_size=search.batch_size, world=world,
-                              max_cache_bytes=budget)  # fmt: skip
+        x, y, network = data.calib.x, target, None
+        sample = search_sample(len(x), search.search_images)
+        if len(sample) < len(x):  # layer options on the sample; whole networks on every image
+            network = Evaluator(gm, x, y, batch_size=search.batch_size, world=world, layers=False)
+            x, y = x[sample], y[sample]
+        evaluator = Evaluator(gm, x, y, batch_size=search.batch_size, world=world, max_cache_bytes=budget)
     time_saved = None
     if search.cost == "measured":  # timed on the main rank alone: every rank takes its figures
         timed = _time_saved(gm, job.crossover_images, measured or LayerTimer()) if world.is_main else None
         time_saved = lambda layer, mask: world.from_main(lambda: timed(layer, mask))  # noqa: E731
-    found = SpatialSearch(evaluator, search, store, progress, time_saved).run()
+    found = SpatialSearch(evaluator, search, store, progress, time_saved, network).run()
     times.update(found.phases)
     if not world.is_main:
         return None
@@ -144,6 +148,14 @@ def optimize_spatial(
         warnings=job.warnings,
         phases=times.seconds,
     )
+
+
+def search_sample(count: int, size: int | None, seed: int = 0) -> torch.Tensor:
+    """Indices of the calibration images the per-layer levels score on: ``size`` of ``count``,
+    drawn with ``seed``, in order; every image when ``size`` is None or not smaller."""
+    if size is None or size >= count:
+        return torch.arange(count)
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
 def default_cache_bytes() -> int | None:

@@ -73,6 +73,7 @@ def report_data(result) -> dict:
             "chosen": {"calib_accuracy": search.accuracy, "calib_macs_saved": search.macs_saved},
             "seconds": search.seconds,
             "ranks": search.ranks,
+            "search_images": search.search_images,  # the per-layer levels' images (a sample, or every calib image)
             "options": search.options,
             "evaluated": search.candidates,
             "suffix_images": search.suffix_images,
@@ -133,7 +134,7 @@ def report_markdown(data: dict, title: str) -> str:
         f"Search: {search['seconds']:.1f} s{on_ranks(search)}, {search['evaluated']:,} of the seed's {search['options']:,} options "
         f"evaluated, {search['suffix_images']:,} suffix image passes and {search['full_passes']} full passes: "
         f"{search['work_passes']:.1f} network passes of work, {search['work_ratio_vs_naive']:.3f} of the seed's "
-        f"Omega x F.{cache_sentence(search.get('dense_cache'))}",
+        f"Omega x F.{cache_sentence(search.get('dense_cache'))}{sample_sentence(search, data)}",
         f"Time by phase: {phases_line(data['phases'])}.",
     ]
     if data["skipped"]:
@@ -203,3 +204,10 @@ def _file_name(layer: str) -> str:
     return layer.replace("/", "_")
 
 
+def sample_sentence(search: dict, data: dict) -> str:
+    """Says when layer options were scored on a sample of the calibration images."""
+    calib, sampled = data["budget"]["splits"]["calib"]["images"], search["search_images"]
+    if not sampled or sampled >= calib:
+        return ""
+    return (f" Layer options were scored on a seeded sample of {sampled:,} of the {calib:,} calibration images; "
+            "layers were combined and the plan checked on all of them.")

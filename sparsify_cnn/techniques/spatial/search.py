@@ -14,6 +14,11 @@ first, until the whole network meets epsilon. What a target is depends on the mo
 
 Targets are not independent (the seed assumes they are), so every combination is evaluated on
 the real network and the final masks are verified on the whole calibration split.
+
+With a ``network`` evaluator, the per-layer levels run on the images of ``evaluator`` (a sample
+of the calibration split, ``SearchConfig.search_images``) and the layer level and final check
+on ``network``'s (all of them): the per-layer work then scales with the sample, and epsilon
+holds on every image.
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ class SpatialSearch:
         checkpoint: Checkpoint | None = None,
         progress: Progress | None = None,
         time_saved: Callable[[str, torch.Tensor], float] | None = None,
+        network: Evaluator | None = None,
     ):
-        self.ev = evaluator
+        self.ev = evaluator  # per-layer levels
+        self.net = network or evaluator  # whole networks: combining layers, the final check
         self.time_saved = time_saved  # (layer, mask) -> measured ms saved, for cost "measured"
         self.config = config
         self.checkpoint = checkpoint or Checkpoint(None)
@@ -91,31 +98,37 @@ class SpatialSearch:
         finally:
             self.checkpoint.flush()
         with self.times.span("whole-network check"):
-            final = self.ev.evaluate_network(masks)
+            final = self.net.evaluate_network(masks)
         suffix_images, work = self.ev.totals()
+        if self.net is not self.ev:
+            work += self.net.totals()[1]
         return SearchResult(
             masks=masks,
-            dense_accuracy=self.ev.dense_accuracy,
+            dense_accuracy=self.net.dense_accuracy,
             accuracy=final.accuracy,
             macs_saved=final.macs_saved,
             points=points,
             options=self.options,
             candidates=self.candidates,
             suffix_images=suffix_images,
-            full_passes=self.ev.full_passes,
-            work=work / self.ev.count,
+            full_passes=self.net.full_passes,
+            work=work / self.net.count,
             seconds=time.perf_counter() - start,
             ranks=self.ev.world.size,
+            search_images=self.ev.count,
             cache={"peak_bytes": self.ev.cache.peak_bytes, "groups": len(self.ev.cache.groups),
                    "recording_passes": self.ev.cache.passes},  # fmt: skip
             phases=dict(self.times.seconds),
         )
 
     def drop(self, accuracy: float) -> float:
+        """A layer option's loss (on the per-layer images)."""
         return accuracy_loss(self.ev.dense_accuracy, accuracy, self.config.epsilon_kind)
 
-    def within_budget(self, accuracy: float) -> bool:
-        return within(self.ev.dense_accuracy, accuracy, self.config.epsilon, self.config.epsilon_kind)
+    def within_budget(self, accuracy: float, on: Evaluator | None = None) -> bool:
+        """Whether ``accuracy`` on ``on``'s images (default: the per-layer images) keeps epsilon."""
+        dense = (on or self.ev).dense_accuracy
+        return within(dense, accuracy, self.config.epsilon, self.config.epsilon_kind)
 
     # --- per layer: first level and quantizer levels -------------------------------------------
 
@@ -284,7 +297,7 @@ class SpatialSearch:
             masks = self._masks(options, rank)
             outcome = self._network(f"lq/{step}", masks)
             points.append(self._point(f"layer level {step}", outcome, rank))
-            finished = self.within_budget(outcome.accuracy) or not rank
+            finished = self.within_budget(outcome.accuracy, self.net) or not rank
             item = f"step {step + 1}, {len(rank)} layers transformed"
             self._combined(item, step + 1, bound, "steps", finished, outcome)
             if finished:
@@ -315,7 +328,7 @@ class SpatialSearch:
             masks = self._masks(options, rank)
             outcome = self._network(f"exact/{step}", masks)
             points.append(self._point(f"exact {step}", outcome, rank))
-            finished = self.within_budget(outcome.accuracy)
+            finished = self.within_budget(outcome.accuracy, self.net)
             item = f"combination {step + 1}, {len(rank)} layers transformed"
             self._combined(item, step + 1, len(combos), "combinations", finished or step + 1 == len(combos), outcome)
             if finished:
@@ -332,7 +345,7 @@ class SpatialSearch:
         self.options += 1
         record = self.checkpoint.get(key)
         if record is None:
-            outcome = self.ev.evaluate_network(masks)
+            outcome = self.net.evaluate_network(masks)
             self.candidates += 1
             self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
             return outcome

@@ -28,6 +28,9 @@ class SearchConfig(Config):
     cost: what a layer option saves when layers are combined: "macs" (counted on the
         calibration data) or "measured" (the layer's compiled time, dense minus with the
         option's mask, on calibration activations; options that save no time are dropped).
+    search_images: score each layer's options (first level and quantizer levels) on this many
+        calibration images, a seeded sample; combining layers and the final check use every
+        image, so the plan keeps epsilon on all of them. None = every image (the exact search).
     """
 
     mode: str = "uniform_filter"
@@ -39,6 +42,7 @@ class SearchConfig(Config):
     exact_limit: int = 2048
     batch_size: int = 256
     cost: str = "macs"
+    search_images: int | None = None
     version: int = 1
 
     def __post_init__(self):
@@ -49,6 +53,8 @@ class SearchConfig(Config):
             raise InputError(f"cost must be macs or measured, got '{self.cost}'")
         if self.granularity < 0 or self.top_m < 1 or self.batch_size < 1:
             raise InputError("granularity must be >= 0, top-M and batch size >= 1")
+        if self.search_images is not None and self.search_images < 1:
+            raise InputError(f"search images must be >= 1, got {self.search_images}")
         if self.ones_range is not None:
             low, high = self.ones_range
             if low > high or high < 1:
@@ -80,6 +86,7 @@ class SearchResult:
     work: float = 0.0  # image forward passes, suffixes weighted by their share of MACs
     seconds: float = 0.0
     ranks: int = 1  # processes the calibration images were shared by (torchrun)
+    search_images: int = 0  # calibration images the per-layer levels were scored on
     cache: dict = field(default_factory=dict)  # the dense cache: peak bytes per rank, layer groups, recording passes
     phases: dict[str, float] = field(default_factory=dict)  # seconds per search level
 

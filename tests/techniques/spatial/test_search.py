@@ -3,6 +3,7 @@ import torch
 
 from sparsify_cnn.errors import InputError
 from sparsify_cnn.techniques.spatial.evaluator import Box, Evaluator
+from sparsify_cnn.techniques.spatial.job import search_sample
 from sparsify_cnn.techniques.spatial.op import tile
 from sparsify_cnn.techniques.spatial.rewrite import SpatialConfig, insert_spatial_ops
 from sparsify_cnn.techniques.spatial.search import MODES, SearchConfig, SpatialSearch
@@ -50,6 +51,35 @@ def test_a_cache_budget_changes_the_passes_not_the_plan(trained_lenet, digits28)
     assert whole.cache["groups"] == 1 and split.cache == {"peak_bytes": 120 * 20 * 24 * 24 * 4, "groups": 2,
                                                           "recording_passes": 2}  # fmt: skip
     assert split.work == pytest.approx(whole.work + 1)  # the second group's pass, counted whole
+
+
+def test_a_sample_scores_layer_options_and_every_image_keeps_epsilon(trained_lenet, digits28):
+    """Layer options on 40 images, whole networks on all 359: every network state the search
+    scored, and its plan, are counts over the 359 (k / 359, which no k / 40 is but 0 and 1)."""
+    gm = insert_spatial_ops(capture(trained_lenet, (1, 1, 28, 28)).graph_module).graph_module
+    x, y = digits28.calib.x, digits28.calib.y
+    sample = search_sample(len(x), 40)
+    network = Evaluator(gm, x, y, layers=False)
+    assert network.layers == {} and network.cache.peak_bytes == 0  # nothing kept for layers
+    ev = Evaluator(gm, x[sample], y[sample])
+    config = SearchConfig(mode="uniform_filter", epsilon=0.01, top_m=2, search_images=40)
+    result = SpatialSearch(ev, config, network=network).run()
+    assert result.search_images == 40 and result.dense_accuracy == network.dense_accuracy
+    assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9 and result.macs_saved > 0
+    assert result.points and all(abs(p.accuracy * 359 - round(p.accuracy * 359)) < 1e-9 for p in result.points)
+    final = network.evaluate_network(result.masks)
+    assert (final.accuracy, final.macs_saved) == (result.accuracy, result.macs_saved)
+    exact = SpatialSearch(Evaluator(gm, x, y), config).run()
+    assert result.work < exact.work  # passes over the 359 images, the sample's and the whole networks'
+
+
+def test_search_sample_is_seeded_sorted_and_whole_when_not_smaller():
+    sample = search_sample(100, 10)
+    assert torch.equal(sample, search_sample(100, 10)) and len(set(sample.tolist())) == 10
+    assert torch.equal(sample, sample.sort().values) and int(sample.max()) < 100
+    assert not torch.equal(sample, search_sample(100, 10, seed=1))
+    for size in (None, 100, 500):
+        assert torch.equal(search_sample(100, size), torch.arange(100))
 
 
 def test_lazy_first_level_keeps_what_a_full_evaluation_keeps(trained_lenet, digits28):

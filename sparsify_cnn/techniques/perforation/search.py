@@ -123,8 +123,11 @@ class RateSearchResult:
 
 
 class CostModel:
-    """T of a network state: its MACs per image (``measure=None``), or the dense network's
-    measured time minus what each layer's measured time at its rate saves."""
+    """T of a network state: its MACs per image (``measure=None``), or the measured time of the
+    rest of the network (the dense network's time less its layers' dense times) plus each
+    layer's measured time at its rate. Layers timed alone can add up to more than the network
+    timed whole (noise, a busy machine): the rest then counts as nothing, so T stays positive
+    and the dense T0 is the layers' sum."""
 
     def __init__(self, gm: fx.GraphModule, measure: Callable[[PerforatedConv, torch.Tensor], float] | None = None,
                  dense_ms: float | None = None):  # fmt: skip
@@ -134,7 +137,9 @@ class CostModel:
         self.unit = "MACs" if measure is None else "ms"
         if measure is not None:
             self._layer_dense = {name: measure(op, torch.ones(op.out_hw, dtype=torch.bool)) for name, op in self.ops.items()}
-            self.dense_total = dense_ms if dense_ms is not None else sum(self._layer_dense.values())
+            layers = sum(self._layer_dense.values())
+            self._rest = max(0.0, (dense_ms if dense_ms is not None else layers) - layers)
+            self.dense_total = self._rest + layers
         else:
             self.dense_total = float(self.dense_macs)
 
@@ -145,11 +150,11 @@ class CostModel:
     def total(self, kept: dict[str, torch.Tensor]) -> float:
         if self.measure is None:
             return float(self.macs(kept))
-        saved = 0.0
-        for name, mask in kept.items():
-            if not bool(mask.all()):
-                saved += self._layer_dense[name] - self.measure(self.ops[name], mask)
-        return self.dense_total - saved
+        total = self._rest
+        for name, dense in self._layer_dense.items():
+            mask = kept.get(name)
+            total += dense if mask is None or bool(mask.all()) else self.measure(self.ops[name], mask)
+        return total
 
 
 class FixedMasks:

@@ -119,6 +119,21 @@ def test_a_layer_that_is_not_faster_is_never_raised(lenet_gm, digits28):
     assert result.cost_unit == "ms"
 
 
+def test_layers_timed_slower_than_the_whole_network_keep_every_speedup_positive(lenet_gm, digits28):
+    """Timed alone on a busy machine, the layers add up to 12 ms and the network to 5 ms: the
+    rest of the network counts as nothing (a cost of dense - saved went below zero here)."""
+
+    def measure(op, kept):
+        return 6.0 * float(kept.float().mean())
+
+    cost = CostModel(lenet_gm, measure=measure, dense_ms=5.0)
+    assert cost.dense_total == 12.0
+    result = _search(lenet_gm, digits28, RateSearchConfig(mask="uniform", epsilon=None, speedup=2.0), cost=cost)
+    assert all(p.cost > 0 and p.speedup >= 1.0 for p in result.points)
+    kept = result.point.kept
+    assert result.point.speedup == pytest.approx(12.0 / (6.0 * kept["conv1"] + 6.0 * kept["conv2"]), rel=0.02)
+
+
 def test_an_interrupted_search_resumes_without_re_evaluating(lenet_gm, digits28, tmp_path):
     config = RateSearchConfig(mask="uniform", epsilon=None, speedup=2.0)
     identity = {"test": 1}

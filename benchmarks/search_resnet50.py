@@ -3,7 +3,7 @@ to end (dense predictions, dense cache, search, verification), with the time by 
 work as a multiple of one full pass over the calibration images.
 
     python benchmarks/search_resnet50.py --images 512 --max-cache-memory 8GiB --checkpoint /tmp/r50.json
-    python benchmarks/search_resnet50.py --images 512 --search-images 32   # layer options on a sample
+    python benchmarks/search_resnet50.py --images 512 --search-images 64 --first-level first_order
 
 No ImageNet and no pretrained weights are reachable offline. The network is torchvision's
 ResNet-50 at its seeded initialization, with BatchNorm statistics recomputed on other crops of
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--search-images", type=int, help="score layer options on this many of the images")
+    parser.add_argument("--first-level", default="exact", choices=["exact", "first_order"])
     parser.add_argument("--checkpoint", help="search checkpoint (resumed when present)")
     parser.add_argument("--model", help="a .pt2 to search instead of the initialized ResNet-50")
     parser.add_argument("--data", help="images (folder or .npz) instead of the photo crops")
@@ -114,7 +115,7 @@ def main() -> None:
     prepared = prepared_job(args)
     setup = time.perf_counter() - start
     config = SearchConfig(mode=args.mode, epsilon=args.epsilon, batch_size=args.batch_size,
-                          search_images=args.search_images)  # fmt: skip
+                          search_images=args.search_images, first_level=args.first_level)  # fmt: skip
     result = optimize_spatial(prepared, search=config, metric="agreement", checkpoint=args.checkpoint,
                               progress=progress, max_cache_bytes=parse_bytes(args.max_cache_memory))  # fmt: skip
     print(file=sys.stderr)
@@ -122,7 +123,7 @@ def main() -> None:
     one_pass = result.phases["dense predictions"]  # the dense model once over the calibration images
     search, cache = result.search, result.search.cache
     print(f"{prepared.loaded.source} at 224x224, {args.images} calibration images (layer options on "
-          f"{search.search_images}), {args.mode}, epsilon "
+          f"{search.search_images}), {args.mode}, {args.first_level} first level, epsilon "
           f"{args.epsilon} agreement, {args.threads} threads; setup (images, BatchNorm statistics, capture) {setup:.0f} s")  # fmt: skip
     print(f"end to end {total:.0f} s ({total / 60:.1f} min) = {total / one_pass:.0f} full passes of "
           f"{one_pass:.1f} s; work counted {search.work:.1f} passes, {search.candidates:,} of the seed's "

@@ -4,11 +4,13 @@ against the seed's naive cost (options x a full forward pass).
 
     python benchmarks/spatial_search.py --epochs 8 --epsilon 0.01
     python benchmarks/spatial_search.py --search-images all 90 --modes max_granularity  # a sample against exact
+    python benchmarks/spatial_search.py --first-levels exact first_order                 # estimates against exact
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
 from _setup import trained_zoo_model
 
@@ -25,6 +27,8 @@ def main() -> None:
     parser.add_argument("--top-m", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="*", default=list(MODES))
+    parser.add_argument("--first-levels", nargs="*", default=["exact"], choices=["exact", "first_order"],
+                        help="how the first level scores options, one row each")
     parser.add_argument("--search-images", nargs="*", default=["all"],
                         help="calibration images each layer's options are scored on, one row each ('all': exact)")
     args = parser.parse_args()
@@ -32,20 +36,20 @@ def main() -> None:
     print(f"{args.model} trained on digits {prepared.data.input_shape} in {seconds:.1f} s; "
           f"epsilon {args.epsilon} absolute, granularity {args.granularity}, top-M {args.top_m}, "
           f"{args.threads} threads")  # fmt: skip
-    print("| mode | layer images | MACs saved (test) | calib loss (pts) | test loss (pts) | search s "
+    print("| mode | first level | layer images | MACs saved (test) | calib loss (pts) | test loss (pts) | search s "
           "| options (seed's Omega) | evaluated | suffix images | work (passes) | work / (Omega x F) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
-        for images in args.search_images:
+        for first_level, images in itertools.product(args.first_levels, args.search_images):
             sample = None if images == "all" else int(images)
             config = SearchConfig(mode=mode, epsilon=args.epsilon, granularity=args.granularity, top_m=args.top_m,
-                                  search_images=sample)  # fmt: skip
+                                  search_images=sample, first_level=first_level)  # fmt: skip
             result = optimize_spatial(prepared, search=config)
             saved = 1 - result.sparse.total_performed_macs / result.dense.total_macs
             loss = {s: 100 * (result.scores[s]["dense"].value - result.scores[s]["sparse"].value)
                     for s in ("calib", "test")}  # fmt: skip
             found = result.search
-            print(f"| {mode} | {found.search_images} | {100 * saved:.1f}% | {loss['calib']:.2f} | {loss['test']:.2f} | "
+            print(f"| {mode} | {first_level} | {found.search_images} | {100 * saved:.1f}% | {loss['calib']:.2f} | {loss['test']:.2f} | "
                   f"{found.seconds:.1f} | {found.options:,} | {found.candidates:,} | {found.suffix_images:,} | "
                   f"{found.work:.1f} | {found.work_ratio:.3f} |", flush=True)  # fmt: skip
 

@@ -62,6 +62,18 @@ class World:
         dist.all_reduce(total)
         return total
 
+    def gather(self, share, count: int):
+        """Every rank's ``share`` (a tensor whose first dimension is this rank's ``shard`` of
+        ``count`` items) put together in order, on every rank; exact (the others' places are
+        zeros in the sum)."""
+        if not self.distributed:
+            return share
+        import torch
+
+        whole = torch.zeros((count, *share.shape[1:]), dtype=share.dtype)
+        whole[self.shard(count)] = share
+        return self.sum(whole)
+
     def count(self, value: int) -> int:
         """An integer summed over ranks."""
         import torch
@@ -87,7 +99,7 @@ class World:
                 error = kind(message["message"])
             except TypeError:  # an error type built from more than its message
                 error = InputError(message["message"])
-            raise self._shared(error)
+            raise self.shared(error)
         return message["value"]
 
     def check_same(self, text: str, what: str) -> None:
@@ -102,10 +114,10 @@ class World:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         if int(low[0]) != int(high[0]):
-            raise self._shared(InputError(f"the {self.size} ranks loaded different {what}: give every rank the same "
+            raise self.shared(InputError(f"the {self.size} ranks loaded different {what}: give every rank the same "
                                           "files and options"))  # fmt: skip
 
-    def _shared(self, error: SparsifyError) -> SparsifyError:
+    def shared(self, error: SparsifyError) -> SparsifyError:
         """``error``, raised alike on every rank: the main rank prints it, the others exit with its
         code without printing it again (``cli.main`` reads ``told_by_main``)."""
         error.told_by_main = not self.is_main

@@ -15,8 +15,8 @@ import torch
 from torch import fx, nn
 
 from .distributed import SINGLE, World
-from .errors import DataError, InputError
-from .evaluate import Score, evaluate, predict
+from .errors import DataError, InputError, NonFiniteError, count_nonfinite
+from .evaluate import Score, evaluate, logits, predict
 from .model_io import save_program
 
 METRIC_CHOICES = ("auto", "top1", "agreement")
@@ -191,9 +191,26 @@ class JobStart:
                     data={"name": self.data.name, "fingerprint": known["data"]}, versions=versions())  # fmt: skip
 
 
-def start_job(prepared, metric: str, what: str, finetune=None) -> JobStart:
+def calib_predictions(gm: fx.GraphModule, x: torch.Tensor, world: World = SINGLE) -> torch.Tensor:
+    """The dense model's top-1 class of every calibration image, on every rank: each rank
+    predicts its share. NaN or infinite outputs on any rank stop every rank with one error."""
+    name = "the dense model on the calib split"
+    if not world.distributed:
+        return predict(gm, x, name=name)
+    share = world.image_share(len(x))
+    with torch.no_grad():
+        out = logits(gm, x[share])
+    bad, total = world.sum(torch.tensor(count_nonfinite(out), dtype=torch.int64)).tolist()
+    if bad:
+        raise world.shared(NonFiniteError(f"the outputs of {name} ({len(x)} images): {bad:,} of {total:,} values "
+                                          "are NaN or infinite"))  # fmt: skip
+    return world.gather(out.argmax(dim=1), len(x))
+
+
+def start_job(prepared, metric: str, what: str, finetune=None, world: World = SINGLE) -> JobStart:
     """Check that ``prepared`` has the data ``what`` (the job, for the error) needs, settle the
-    metric, and predict with the dense model (a model that predicts one class is warned of)."""
+    metric, and predict with the dense model (a model that predicts one class is warned of);
+    with several ranks, each predicts its share of the images."""
     data = prepared.data
     if data is None:
         raise InputError(f"{what} needs data (--data)")
@@ -201,6 +218,6 @@ def start_job(prepared, metric: str, what: str, finetune=None) -> JobStart:
     if finetune is not None and finetune.epochs > 0 and not data.labeled:
         raise InputError("fine-tuning needs labelled data; this data has none")
     dense_gm = prepared.captured.graph_module
-    predictions = predict(dense_gm, data.calib.x, name="the dense model on the calib split")
+    predictions = calib_predictions(dense_gm, data.calib.x, world)
     warning = one_class_warning(predictions, metric)
     return JobStart(prepared, metric, predictions, [warning] if warning else [])

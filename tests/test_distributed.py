@@ -96,6 +96,7 @@ PROBE = textwrap.dedent("""
     result = {"rank": world.rank, "shard": [world.shard(5).start, world.shard(5).stop]}
     result["sum"] = world.sum(torch.tensor([world.rank + 1, 10], dtype=torch.int64)).tolist()
     result["count"] = world.count(3)
+    result["gathered"] = world.gather(torch.arange(5)[world.shard(5)] * 10, 5).tolist()
     result["main_value"] = world.from_main(lambda: {"picked by": world.rank, "x": [1.5, 2.25]})
     world.check_same("same text", "probes")
     try:
@@ -108,6 +109,18 @@ PROBE = textwrap.dedent("""
         world.from_main(fails)
     except InputError as error:
         result["error"] = str(error)
+    from sparsify_cnn.job import calib_predictions
+    x = torch.arange(10, dtype=torch.float32).reshape(5, 2)
+    model = torch.nn.Linear(2, 3)
+    torch.nn.init.constant_(model.weight, 0.5)
+    torch.nn.init.zeros_(model.bias)
+    model.weight.data[1] = torch.tensor([-1.0, 2.0])
+    result["predictions"] = calib_predictions(model, x, world).tolist()
+    x[4, 0] = float("nan")  # rank 1's share alone
+    try:
+        calib_predictions(model, x, world)
+    except InputError as error:
+        result["nan"] = str(error)
     with open(f"{sys.argv[1]}/rank{world.rank}.json", "w") as out:  # one file each: printed lines interleave
         json.dump(result, out)
     leave()
@@ -121,10 +134,12 @@ def test_collectives_sum_exactly_and_carry_the_main_ranks_values_and_errors(tmp_
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [r["shard"] for r in results] == [[0, 2], [2, 5]]
     for result in results:
-        assert result["sum"] == [3, 20] and result["count"] == 6
+        assert result["sum"] == [3, 20] and result["count"] == 6 and result["gathered"] == [0, 10, 20, 30, 40]
         assert result["main_value"] == {"picked by": 0, "x": [1.5, 2.25]}
         assert "ranks loaded different probes" in result["differ"]
         assert result["error"] == "only the main rank can see this"
+        assert result["predictions"] == [1] * 5  # class 1 scores 1.5 (x1 - x0) more: x1 = x0 + 1
+        assert result["nan"].startswith("the outputs of the dense model on the calib split (5 images): 3 of 15 values")
 
 
 @given(st.integers(0, 10_000), st.integers(1, 64))

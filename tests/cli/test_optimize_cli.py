@@ -55,13 +55,14 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
     assert loaded.module(__import__("torch").zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_search_images_scores_layer_options_on_a_sample(tmp_path, model_files):
+def test_layer_options_on_a_sample_with_a_first_order_first_level(tmp_path, model_files):
     out = tmp_path / "out"
     result = run(model_files["pt2"], "--mode", "uniform_layer", "--data", "digits", "--search-images", "60",
-                 "--target", "none", "--out", out)  # fmt: skip
+                 "--first-level", "first-order", "--target", "none", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["search_images"] == 60 and report["plan"]["search"]["search_images"] == 60
+    assert report["plan"]["search"]["first_level"] == "first_order"
     assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9
     assert "scored on a seeded sample of 60 of the 359 calibration images" in (out / "report.md").read_text()
 
@@ -78,6 +79,7 @@ def test_search_images_scores_layer_options_on_a_sample(tmp_path, model_files):
         (("--max-cache-memory", "1MB"), "--max-cache-memory 976.56 KiB is less than layer conv1 needs on 359"),
         (("--max-cache-memory", "lots"), "'lots' is not a memory size"),
         (("--search-images", "0"), "'--search-images': must be in 1.."),
+        (("--first-level", "taylor"), "Invalid value for '--first-level'"),
     ],
 )
 def test_invalid_options_exit_2(tmp_path, model_files, args, fragment):

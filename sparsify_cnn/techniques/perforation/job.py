@@ -81,7 +81,7 @@ def optimize_perforation(
     """
     times = PhaseTimes()
     with times.span("dense predictions"):
-        job = start_job(prepared, metric, "a rate search", finetune)
+        job = start_job(prepared, metric, "a rate search", finetune, world)
     data, metric, dense_gm = job.data, job.metric, job.dense_gm
     result = insert_perforated_convs(dense_gm, perforation)
     if not result.inserted:

@@ -31,6 +31,10 @@ OPTIONS = (
     click.option("--top-m", type=Bounded(int, 1, 10**6), default=5, help="[spatial] Options kept per target between levels."),
     click.option("--edge", type=click.Choice(["pad", "compute"]), default="pad", help="[spatial] Edge patches: zero-pad the map (paper) or compute them fully."),
     click.option("--channel-group", type=Bounded(int, 1, 65536), default=1, help="[spatial] Predict a patch zero only when this many consecutive channels agree."),
+    click.option("--first-level", type=click.Choice(["exact", "first-order"]), default="exact",
+                 help="[spatial] How the first level scores each option: exact (the network runs it) or first-order "
+                 "(each image's margin estimated from one gradient pass per layer). Later levels and combining "
+                 "layers run the network either way, so epsilon holds."),
     click.option("--search-images", type=Bounded(int, 1, 10**9), metavar="N",
                  help="[spatial] Score each layer's options on a seeded sample of N calibration images; combining "
                  "layers and the final check use every image, so epsilon holds on all. [default: every image]"),
@@ -54,7 +58,7 @@ def run(prepared, options: dict, context):
     search = SearchConfig(
         mode=options["mode"], epsilon=epsilon, epsilon_kind=options["epsilon_kind"], ones_range=options["ones_range"],
         granularity=options["granularity"], top_m=options["top_m"], batch_size=options["batch_size"], cost=options["cost"],
-        search_images=options["search_images"],
+        search_images=options["search_images"], first_level=options["first_level"].replace("-", "_"),
     )  # fmt: skip
     measured = context.measured_timer(options["target"]) if options["cost"] == "measured" else None
     result = optimize_spatial(prepared, spatial, search, metric=options["metric"], checkpoint=context.checkpoint,

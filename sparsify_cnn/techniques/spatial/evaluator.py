@@ -230,6 +230,33 @@ class Evaluator:
         saved = self.saved_per_image(int(pred.sum()), op.macs_per_position)
         return Candidate(saved, wrong, lambda images: pred[images], box)
 
+    def dense_margins(self) -> torch.Tensor:
+        """Per image (this rank's): the target's dense logit less the highest other one; an
+        image is right while it is positive."""
+        return _margins(self._dense_logits, self.target)
+
+    def margin_gradient(self, layer: str) -> torch.Tensor:
+        """d margin / d output of ``layer``, dense, per image (this rank's): one forward and
+        backward pass of the layer's suffix (through its max pool, when it has one), the other
+        class of each margin held at its dense value. Changing the output by ``delta`` moves
+        the margin by about ``(gradient * delta).sum()``."""
+        spec = self.layers[layer]
+        dense, *frontier_values = self._dense_values(layer)
+        grads = []
+        for start in range(0, len(dense), self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            with torch.enable_grad():
+                out = dense[rows].detach().requires_grad_(True)
+                first = spec.pool(out) if spec.pool is not None else out
+                logits = spec.suffix(first, *(values[rows] for values in frontier_values))
+                logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+                runner_up = _runner_up(self._dense_logits[rows], self.target[rows])
+                margins = logits.gather(1, self.target[rows, None]) - logits.gather(1, runner_up[:, None])
+                (grad,) = torch.autograd.grad(margins.sum(), out)
+            grads.append(grad)
+        self.work += len(dense) * spec.suffix_share * 3  # a backward pass costs about two forward ones
+        return torch.cat(grads)
+
     def totals(self) -> tuple[int, float]:
         """Suffix images run and work done (image passes, a partial recording pass of the cache
         counted whole), over all ranks."""
@@ -379,6 +406,18 @@ class Evaluator:
             with torch.no_grad():
                 self._pooled = (name, self.layers[name].pool(dense))
         return self._pooled[1]
+
+
+def _runner_up(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, the class other than the target with the highest logit."""
+    others = logits.detach().clone()
+    others.scatter_(1, target[:, None], float("-inf"))
+    return others.argmax(dim=1)
+
+
+def _margins(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    runner_up = _runner_up(logits, target)
+    return (logits.gather(1, target[:, None]) - logits.gather(1, runner_up[:, None])).flatten()
 
 
 def _span(boxes: list[Box], hw) -> tuple[slice, slice]:

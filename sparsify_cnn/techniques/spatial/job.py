@@ -76,7 +76,7 @@ def optimize_spatial(
     """
     times = PhaseTimes()
     with times.span("dense predictions"):
-        job = start_job(prepared, metric, "a search")
+        job = start_job(prepared, metric, "a search", world=world)
     data, metric, dense_gm = job.data, job.metric, job.dense_gm
     result = insert_spatial_ops(dense_gm, spatial)
     if not result.inserted:

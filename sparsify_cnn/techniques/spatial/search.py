@@ -165,9 +165,12 @@ class SpatialSearch:
                 for i, cluster in enumerate(clusters)
             }
         with self.times.span("first level"):
-            first = self._first_level(layer, targets)
+            if self.config.first_level == "first_order":
+                first = self._first_order_level(layer, targets)
+            else:
+                first = self._first_level(layer, targets)
         if mode == "uniform_layer":
-            return first["all"]
+            return self._rescored(layer, first["all"]) if self.config.first_level == "first_order" else first["all"]
         if mode == "max_granularity":  # patch level: clusters -> channel options
             channels = {
                 f"c{ch}": self._merge(layer, f"pq/c{ch}", [first[f"c{ch}k{i}"] for i in range(len(clusters))])
@@ -232,6 +235,46 @@ class SpatialSearch:
                 records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved))
             self._report(f"first level, {done_targets} of {len(targets)} targets settled", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
+
+    def _first_order_level(self, layer: str, targets: dict[str, Box]) -> dict[str, list[_Option]]:
+        """The first level estimated, with no network run per option: zeroing an activation
+        moves an image's margin by about minus the margin's gradient times the activation
+        (``Evaluator.margin_gradient``), so a (target, pattern) moves it by the sum over the
+        positions it predicts zero in the target's box (those already zero add nothing), and
+        the image counts as right while the moved margin stays positive."""
+        op, dense = self.ev.ops[layer], self.ev.dense_output(layer)
+        c, h, w = dense.shape[1:]
+        hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
+        self._report("margin gradients", 0.0)
+        move = -(self.ev.margin_gradient(layer) * dense)  # each activation's share, were it zeroed
+        margins = self.ev.dense_margins()
+        masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
+        self.options += len(masks) * len(targets)
+        records: dict[str, list[_Option]] = {name: [] for name in targets}
+        for j, mask in enumerate(masks):
+            pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
+            per_slot = self.ev.world.sum(_per_slot(pred, self.p, hb, wb))
+            moved = _per_slot_total(torch.where(pred, move, 0.0), self.p, hb, wb)
+            for name, slots in targets.items():
+                saved = float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
+                if saved > 0:
+                    right = int((margins + slots.of(moved).sum(dim=(1, 2, 3)) > 0).sum())
+                    accuracy = self.ev.world.count(right) / self.ev.count
+                    records[name].append(self._option(c, hb, wb, targets[name], j, accuracy, saved))
+            self._report(f"first-order estimates, pattern {j + 1} of {len(masks)}", self._best(records))
+        return {name: self._ranked(options) for name, options in records.items()}
+
+    def _rescored(self, layer: str, options: list[_Option]) -> list[_Option]:
+        """A layer's estimated options scored on the network (its images), those within
+        epsilon kept: uniform_layer's first level is its last before layers are combined."""
+        keys = [f"rescored/{layer}/{int(o.assignment.max())}" for o in options]
+        records = [self.checkpoint.get(key) for key in keys]
+        todo = [i for i, record in enumerate(records) if record is None]
+        outcomes = self._evaluate(layer, [self.ev.candidate(layer, self._mask(options[i].assignment)) for i in todo])
+        for i, outcome in zip(todo, outcomes):
+            records[i] = [outcome.accuracy, outcome.macs_saved]
+            self.checkpoint.put(keys[i], records[i])
+        return self._ranked([_Option(o.assignment, *record) for o, record in zip(options, records)])
 
     def _settled(self, options: list[_Option], queue: list) -> bool:
         """True when no queued pattern can enter this target's top M within epsilon."""
@@ -407,6 +450,12 @@ def _padded(t: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
 def _per_slot(pred: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
     n, c = pred.shape[:2]
     return _padded(pred.to(torch.int32), p, hb, wb).view(n, c, hb, p, wb, p).sum(dim=(0, 3, 5))
+
+
+def _per_slot_total(values: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:
+    """Per image, channel and patch slot: the sum of ``values`` (N, C, H, W) in the patch."""
+    n, c = values.shape[:2]
+    return _padded(values, p, hb, wb).reshape(n, c, hb, p, wb, p).sum(dim=(3, 5))
 
 
 def _per_slot_any(flags: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:

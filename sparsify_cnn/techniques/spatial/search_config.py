@@ -11,6 +11,7 @@ from ...errors import InputError
 from ...search.accuracy_budget import check_epsilon
 
 MODES = ("uniform_layer", "uniform_filter", "uniform_patch", "max_granularity")
+FIRST_LEVELS = ("exact", "first_order")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class SearchConfig(Config):
     search_images: score each layer's options (first level and quantizer levels) on this many
         calibration images, a seeded sample; combining layers and the final check use every
         image, so the plan keeps epsilon on all of them. None = every image (the exact search).
+    first_level: how the first level scores a (target, pattern): "exact" runs the network on
+        the images it changes; "first_order" estimates each image's margin (its target logit
+        less the highest other) to first order, from one gradient pass per layer, with no
+        network run per option. The levels after it (for uniform_layer: the kept options,
+        scored again) and combining layers run the network.
     """
 
     mode: str = "uniform_filter"
@@ -43,6 +49,7 @@ class SearchConfig(Config):
     batch_size: int = 256
     cost: str = "macs"
     search_images: int | None = None
+    first_level: str = "exact"
     version: int = 1
 
     def __post_init__(self):
@@ -53,6 +60,8 @@ class SearchConfig(Config):
             raise InputError(f"cost must be macs or measured, got '{self.cost}'")
         if self.granularity < 0 or self.top_m < 1 or self.batch_size < 1:
             raise InputError("granularity must be >= 0, top-M and batch size >= 1")
+        if self.first_level not in FIRST_LEVELS:
+            raise InputError(f"first level must be one of {', '.join(FIRST_LEVELS)}, got '{self.first_level}'")
         if self.search_images is not None and self.search_images < 1:
             raise InputError(f"search images must be >= 1, got {self.search_images}")
         if self.ones_range is not None:

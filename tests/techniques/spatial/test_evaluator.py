@@ -95,6 +95,35 @@ def test_suffix_evaluation_equals_the_whole_network(method, max_cache_bytes, mod
     assert ev.suffix_images > 0 and ev.full_passes == 1 + 6
 
 
+@pytest.mark.parametrize("model_class", [Residual, Shuffle, Pooled, OddPools])
+def test_margin_gradients_through_suffixes_equal_the_whole_networks(model_class):
+    """Oracle: the gradient of the margins with respect to an op's output, taken through the
+    whole network (the output swapped for a leaf by a forward hook)."""
+    torch.manual_seed(0)
+    model = model_class().eval()
+    x = torch.randn(20, 1, 8, 8)
+    target = model(x).argmax(1).roll(3)
+    gm = insert_spatial_ops(capture(model, (1, 1, 8, 8)).graph_module).graph_module
+    ev = Evaluator(gm, x, target, batch_size=8)
+    for layer in ev.layer_names:
+        leaf = {}
+
+        def swap(module, args, out):
+            leaf["out"] = out.detach().requires_grad_(True)
+            return leaf["out"]
+
+        handle = ev.ops[layer].register_forward_hook(swap)
+        try:
+            logits = gm(x)
+        finally:
+            handle.remove()
+        others = logits.detach().scatter(1, target[:, None], float("-inf")).argmax(1)
+        margins = logits.gather(1, target[:, None]) - logits.gather(1, others[:, None])
+        (expected,) = torch.autograd.grad(margins.sum(), leaf["out"])
+        assert torch.allclose(ev.margin_gradient(layer), expected, atol=1e-5), layer
+        assert torch.allclose(ev.dense_margins(), margins.detach().flatten(), atol=1e-5)
+
+
 def test_unchanged_images_skip_the_suffix_and_bounds_hold(trained_lenet, digits28):
     gm = insert_spatial_ops(capture(trained_lenet, (1, 1, 28, 28)).graph_module).graph_module
     calib = digits28.calib

@@ -73,6 +73,60 @@ def test_a_sample_scores_layer_options_and_every_image_keeps_epsilon(trained_len
     assert result.work < exact.work  # passes over the 359 images, the sample's and the whole networks'
 
 
+class LinearHead(torch.nn.Module):
+    """A Spatial op whose suffix is linear, into two classes: a margin moves exactly by its
+    first-order change, so the estimated first level must equal the exact one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("mode", ["uniform_filter", "max_granularity"])
+def test_first_order_estimates_are_exact_where_the_suffix_is_linear(mode):
+    torch.manual_seed(0)
+    model = LinearHead().eval()
+    x = torch.randn(60, 1, 8, 8)
+    target = model(x).argmax(1) ^ (torch.arange(60) % 7 == 0)  # a few images wrong
+    gm = insert_spatial_ops(capture(model, (1, 1, 8, 8)).graph_module).graph_module
+    ev = Evaluator(gm, x, target)
+    levels = {}
+    for first_level in ("exact", "first_order"):
+        config = SearchConfig(mode=mode, epsilon=0.05, granularity=2, top_m=20, first_level=first_level)
+        search = SpatialSearch(ev, config)
+        targets = {f"k{i}": cluster for i, cluster in enumerate(search._clusters(2, 2))} if mode == "uniform_filter" \
+            else {f"c{ch}": Box(slice(ch, ch + 1)) for ch in range(4)}  # fmt: skip
+        level = search._first_order_level if first_level == "first_order" else search._first_level
+        levels[first_level] = level("conv", targets)
+    assert levels["exact"].keys() == levels["first_order"].keys()
+    for name, exact in levels["exact"].items():
+        estimated = levels["first_order"][name]
+        scores = [[value for o in options for value in (o.accuracy, o.saved)] for options in (estimated, exact)]
+        assert exact and scores[0] == pytest.approx(scores[1])
+        assert all(torch.equal(a.assignment, b.assignment) for a, b in zip(estimated, exact))
+    assert any(o.accuracy < ev.dense_accuracy for options in levels["exact"].values() for o in options)  # some move
+
+
+@pytest.mark.parametrize("mode", ["uniform_layer", "uniform_filter"])
+def test_a_first_order_first_level_keeps_epsilon_with_fewer_network_runs(mode, trained_lenet, digits28):
+    exact = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib),
+                          SearchConfig(mode=mode, epsilon=0.01, top_m=3)).run()  # fmt: skip
+    ev = _evaluator(trained_lenet, (1, 28, 28), digits28.calib)
+    estimated = SpatialSearch(ev, SearchConfig(mode=mode, epsilon=0.01, top_m=3, first_level="first_order")).run()
+    assert estimated.dense_accuracy - estimated.accuracy <= 0.01 + 1e-9
+    assert estimated.macs_saved > 0.9 * exact.macs_saved  # here: the same
+    if mode == "uniform_layer":  # the kept options, scored again: the lazy exact level ran as many
+        assert (estimated.candidates, estimated.suffix_images) == (exact.candidates, exact.suffix_images)
+    else:  # 7 networks' suffixes against 37, 2,154 suffix images against 12,918
+        assert estimated.candidates < exact.candidates / 3 and estimated.suffix_images < exact.suffix_images / 3
+    final = ev.evaluate_network(estimated.masks)
+    assert (final.accuracy, final.macs_saved) == (estimated.accuracy, estimated.macs_saved)
+
+
 def test_search_sample_is_seeded_sorted_and_whole_when_not_smaller():
     sample = search_sample(100, 10)
     assert torch.equal(sample, search_sample(100, 10)) and len(set(sample.tolist())) == 10

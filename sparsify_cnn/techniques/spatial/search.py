@@ -255,12 +255,13 @@ class SpatialSearch:
             pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
             per_slot = self.ev.world.sum(_per_slot(pred, self.p, hb, wb))
             moved = _per_slot_total(torch.where(pred, move, 0.0), self.p, hb, wb)
-            for name, slots in targets.items():
-                saved = float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
-                if saved > 0:
-                    right = int((margins + slots.of(moved).sum(dim=(1, 2, 3)) > 0).sum())
-                    accuracy = self.ev.world.count(right) / self.ev.count
-                    records[name].append(self._option(c, hb, wb, targets[name], j, accuracy, saved))
+            saved = {name: float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
+                     for name, slots in targets.items()}  # fmt: skip
+            scored = [name for name in targets if saved[name] > 0]
+            right = torch.tensor([int((margins + targets[name].of(moved).sum(dim=(1, 2, 3)) > 0).sum())
+                                  for name in scored], dtype=torch.int64)  # fmt: skip
+            for name, count in zip(scored, self.ev.world.sum(right).tolist()):  # one collective per pattern
+                records[name].append(self._option(c, hb, wb, targets[name], j, count / self.ev.count, saved[name]))
             self._report(f"first-order estimates, pattern {j + 1} of {len(masks)}", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
 

@@ -75,6 +75,17 @@ def test_two_ranks_choose_the_perforation_rates_one_process_chooses(tmp_path, mo
     assert reports[1]["ranks"] == 2 and "on 2 ranks" in (tmp_path / "two" / "report.md").read_text()
 
 
+def test_two_ranks_find_the_plan_one_process_finds_with_a_sample_and_first_order_estimates(tmp_path, model_files):
+    extra = ("--search-images", "120", "--first-level", "first-order")
+    search(model_files["pt2"], tmp_path / "one", *extra)
+    search(model_files["pt2"], tmp_path / "two", *extra, ranks=2)
+    one, two = (json.loads((tmp_path / name / "plan.json").read_text()) for name in ("one", "two"))
+    assert one["masks"] == two["masks"] and one["masks"] and one["results"] == two["results"]
+    reports = [json.loads((tmp_path / name / "report.json").read_text())["search"] for name in ("one", "two")]
+    assert reports[0]["search_images"] == reports[1]["search_images"] == 120
+    assert reports[0]["evaluated"] == reports[1]["evaluated"]
+
+
 def test_a_checkpoint_the_main_rank_refuses_stops_every_rank_with_its_error(tmp_path, model_files):
     checkpoint = tmp_path / "corrupt.json"
     checkpoint.write_text("{not json")

@@ -180,8 +180,14 @@ def join() -> World:
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank is leaving: a rank
+    that tore gloo down while the main rank still verified aborted at exit now and then
+    (``terminate called without an active exception``)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # another rank is gone already: nothing to wait for
+            pass
         dist.destroy_process_group()

@@ -139,7 +139,7 @@ class CostModel:
             self._layer_dense = {name: measure(op, torch.ones(op.out_hw, dtype=torch.bool)) for name, op in self.ops.items()}
             layers = sum(self._layer_dense.values())
             self._rest = max(0.0, (dense_ms if dense_ms is not None else layers) - layers)
-            self.dense_total = self._rest + layers
+            self.dense_total = self.total({})  # summed as every state is, so T0 / T is exactly 1 at dense
         else:
             self.dense_total = float(self.dense_macs)
 

@@ -134,6 +134,15 @@ def test_layers_timed_slower_than_the_whole_network_keep_every_speedup_positive(
     assert result.point.speedup == pytest.approx(12.0 / (6.0 * kept["conv1"] + 6.0 * kept["conv2"]), rel=0.02)
 
 
+def test_the_dense_network_is_exactly_as_fast_as_itself(lenet_gm):
+    """Times whose sums round differently by order (rest + (0.1 + 0.1) != rest + 0.1 + 0.1 here):
+    the dense state's speedup is exactly 1, so a search that takes nothing reports no loss of
+    speed (it read 0.9999999999999998)."""
+    cost = CostModel(lenet_gm, measure=lambda op, kept: 0.1, dense_ms=1.7)
+    assert cost.total({}) / cost.dense_total == 1.0
+    assert cost.dense_total / cost.total({name: torch.ones(op.out_hw, dtype=torch.bool) for name, op in cost.ops.items()}) == 1.0
+
+
 def test_an_interrupted_search_resumes_without_re_evaluating(lenet_gm, digits28, tmp_path):
     config = RateSearchConfig(mask="uniform", epsilon=None, speedup=2.0)
     identity = {"test": 1}

@@ -72,6 +72,30 @@ def initialized_resnet50(statistics: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
+def cluster_head(model: torch.nn.Module, images: torch.Tensor, classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    """``model`` with its classifier refit to ``classes`` k-means clusters of its own pooled
+    features on ``images``: a head that separates what the backbone tells apart, so most images
+    sit well inside their class, as in a trained network (the seeded head's logits lie close
+    together, and any change to an activation flips some of them)."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+
+    features = []
+    model.fc, head = torch.nn.Identity(), model.fc
+    with torch.no_grad():
+        for batch in images.split(32):
+            features.append(model(batch))
+    pooled = torch.cat(features).double().numpy()
+    clusters = KMeans(classes, n_init=10, random_state=seed).fit_predict(pooled)
+    fit = LogisticRegression(max_iter=2000).fit(pooled, clusters)
+    head = torch.nn.Linear(head.in_features, classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(fit.coef_))
+        head.bias.copy_(torch.from_numpy(fit.intercept_))
+    model.fc = head
+    return model
+
+
 def prepared_job(args) -> Prepared:
     if args.data:
         from sparsify_cnn.data import load_data
@@ -84,8 +108,10 @@ def prepared_job(args) -> Prepared:
     if args.model:
         loaded = load_model(args.model)
     else:
-        statistics = photo_crops(64, seed=2)
-        loaded = LoadedModel(initialized_resnet50(statistics), "torchvision:resnet50", "zoo", (3, SIZE, SIZE))
+        model = initialized_resnet50(photo_crops(64, seed=2))
+        if args.head == "clusters":
+            model = cluster_head(model, photo_crops(args.head_images, seed=3))
+        loaded = LoadedModel(model, f"torchvision:resnet50 ({args.head} head)", "zoo", (3, SIZE, SIZE))
     label_free = Split(calib[:0], None)
     data = Dataset("photo crops", label_free, Split(calib, None), Split(test, None), None)
     return Prepared(loaded, capture(loaded.module, (1, 3, SIZE, SIZE)), data)
@@ -107,6 +133,9 @@ def main() -> None:
     parser.add_argument("--search-images", type=int, help="score layer options on this many of the images")
     parser.add_argument("--first-level", default="exact", choices=["exact", "first_order"])
     parser.add_argument("--checkpoint", help="search checkpoint (resumed when present)")
+    parser.add_argument("--head", default="clusters", choices=["clusters", "seeded"],
+                        help="the initialized ResNet-50's classifier: refit to clusters of its features, or as seeded")
+    parser.add_argument("--head-images", type=int, default=512, help="photo crops the clusters are fitted on")
     parser.add_argument("--model", help="a .pt2 to search instead of the initialized ResNet-50")
     parser.add_argument("--data", help="images (folder or .npz) instead of the photo crops")
     args = parser.parse_args()

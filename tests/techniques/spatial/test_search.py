@@ -169,6 +169,51 @@ def test_uniform_layer_exact_search_beats_or_ties_greedy(trained_lenet, digits28
     assert results[10_000].macs_saved >= 0.9 * results[0].macs_saved
 
 
+def _back_off_search(trained_lenet, digits28, layers: int, meets):
+    """A search whose layer level runs on ``layers`` made-up layers (each with two options) and a
+    made-up network that meets epsilon at the back-off states ``meets`` says; and the states."""
+    from sparsify_cnn.techniques.spatial.evaluator import Outcome
+    from sparsify_cnn.techniques.spatial.search import _Option
+
+    calls = []
+    progress = lambda phase, item, done, total, **extra: calls.append((done, extra))  # noqa: E731
+    search = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=40), SearchConfig(),
+                           progress=progress)  # fmt: skip
+    dense = search.net.dense_accuracy
+    options = {f"l{i}": [_Option(None, dense - 0.001 * (1 + i % 5), 10.0 + i), _Option(None, dense, 1.0)] for i in range(layers)}
+    states = search._back_off_states(options, list(options))
+    runs = []
+
+    def network(key, rank):
+        runs.append(states.index(rank))
+        return Outcome(dense if meets(runs[-1]) else 0.0, float(len(rank)))
+
+    search._masks, search._network = (lambda options, rank: dict(rank)), network
+    return search, options, states, runs, calls
+
+
+@pytest.mark.parametrize("first", [0, 1, 2, 5, 13, 30, 40])
+def test_combining_layers_finds_the_first_state_that_meets_epsilon_in_a_few_passes(first, trained_lenet, digits28):
+    """Along a back-off sequence where accuracy only rises, the state found is the first that
+    meets epsilon (what stepping one state at a time finds), in about 2 log2 of its index runs."""
+    search, options, states, runs, calls = _back_off_search(trained_lenet, digits28, 20, lambda i: i >= first)
+    assert len(states) == 41 and states[0] == {f"l{i}": 0 for i in range(20)} and states[-1] == {}
+    masks, points = search._greedy(options, list(options))
+    assert masks == states[first] and len(set(runs)) == len(runs)
+    assert len(runs) <= 2 * (first + 1).bit_length() + 1 and (first < 6 or len(runs) < first + 1)
+    assert [p.step for p in points] == [f"layer level {i}" for i in sorted(runs)]
+    ends = [extra for _, extra in calls if extra.get("end")]  # one end, the last call, with the plan's figures
+    assert len(ends) == 1 and calls[-1][1] is ends[0] and ends[0]["saved"] == len(states[first])
+    dones = [done for done, _ in calls]  # one per run, and a closing one when the last run failed
+    assert dones[: len(runs) + 1] == list(range(len(runs) + 1)) and dones[len(runs) :] in ([len(runs)], [len(runs)] * 2)
+
+
+def test_combining_layers_ends_at_a_state_that_meets_epsilon_when_accuracy_is_not_monotone(trained_lenet, digits28):
+    search, options, states, runs, _ = _back_off_search(trained_lenet, digits28, 20, lambda i: i in (3, 9) or i >= 30)
+    masks, _ = search._greedy(options, list(options))
+    assert masks in (states[3], states[9], *states[30:]) and masks != states[0]
+
+
 def test_invalid_search_options(trained_lenet, digits28):
     with pytest.raises(InputError, match="unknown mode 'uniform'"):
         SearchConfig(mode="uniform")

@@ -62,7 +62,7 @@ def main() -> None:
         job += ["--mode", args.mode]
     rows = [run(ranks, args.cores, job, folder / f"ranks{ranks}") for ranks in args.ranks]
     base = rows[0]
-    search = {"spatial": ("first level", "patch level", "channel level", "combining layers", "whole-network check"),
+    search = {"spatial": ("first level", "patch level", "channel level", "combining layers"),
               "perforation": ("impact masks", "greedy steps")}[args.technique]  # fmt: skip
     print(f"{args.technique} on {model.name}, data {args.data}, {args.cores} cores in all")
     print(f"{'ranks':>5} {'threads':>7} {'search s':>9} {'speedup':>8} {'same plan':>9}  phases")

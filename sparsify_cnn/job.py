@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from torch import fx, nn
 
 from .distributed import SINGLE, World
 from .errors import DataError, InputError, NonFiniteError, count_nonfinite
-from .evaluate import Score, evaluate, logits, predict
+from .evaluate import Score, logits, predict
 from .model_io import save_program
 
 METRIC_CHOICES = ("auto", "top1", "agreement")
@@ -102,8 +102,9 @@ class JobStart:
 
     prepared: Any  # pipeline.Prepared
     metric: str
-    dense_predictions: torch.Tensor
+    dense_predictions: torch.Tensor  # on the calibration split
     warnings: list[str]
+    _dense_by_split: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # other splits, as scored
 
     @property
     def data(self):
@@ -142,9 +143,23 @@ class JobStart:
 
     def score(self, model: nn.Module, split: str, name: str) -> Score:
         """``model``'s metric on ``split`` (agreement is with the dense model); ``name`` says which
-        model an error is about."""
-        data = self.data
-        return evaluate(model, data.split(split), reference=self.dense_gm, metric=self.metric, name=f"{name} on the {split} split")
+        model an error is about. The dense model's predictions are made once per split (on calib,
+        by ``start_job``), not again for each score."""
+        images = self.data.split(split)
+        target = images.y if self.metric == "top1" else self._dense_predictions(split)
+        if model is self.dense_gm:
+            predictions = self._dense_predictions(split)
+        else:
+            predictions = predict(model, images.x, name=f"{name} on the {split} split")
+        return Score(self.metric, (predictions == target).sum().item() / len(images), len(images))
+
+    def _dense_predictions(self, split: str) -> torch.Tensor:
+        if split == "calib":
+            return self.dense_predictions
+        if split not in self._dense_by_split:
+            self._dense_by_split[split] = predict(self.dense_gm, self.data.split(split).x,
+                                                  name=f"the dense model on the {split} split")  # fmt: skip
+        return self._dense_by_split[split]
 
     def holds_budget(self, model: nn.Module, epsilon: float | None, kind: str = "absolute") -> bool:
         """Whether ``model`` loses at most ``epsilon`` against the dense model on the calibration

@@ -29,3 +29,31 @@ def test_threshold_is_95_percent_of_the_images(others, warns):
 
 def test_balanced_predictions_do_not_warn():
     assert one_class_warning(torch.arange(100) % 10, "agreement") is None
+
+
+@pytest.mark.parametrize("metric", ["top1", "agreement"])
+def test_scores_run_the_dense_model_once_per_split_and_equal_a_fresh_evaluation(metric, trained_lenet, digits28):
+    """Verification scores the dense and the transformed model on calib and test: the dense model
+    runs on calib once (for the search) and on test once, whatever is scored."""
+    import copy
+
+    from sparsify_cnn.evaluate import evaluate
+    from sparsify_cnn.job import start_job
+    from sparsify_cnn.model_io import LoadedModel
+    from sparsify_cnn.pipeline import Prepared
+    from sparsify_cnn.transform.capture import capture
+
+    loaded = LoadedModel(trained_lenet, "zoo:lenet", "zoo", (1, 28, 28))
+    job = start_job(Prepared(loaded, capture(trained_lenet, (1, 1, 28, 28)), digits28), metric, "a test")
+    other = copy.deepcopy(trained_lenet)
+    with torch.no_grad():
+        other.conv1.weight.mul_(0.5)  # another model, which disagrees on some images
+    images = []
+    job.dense_gm.register_forward_hook(lambda module, args, out: images.append(len(args[0])))
+    scores = job.score_splits({"dense": (job.dense_gm, "the dense model"), "other": (other, "another model")})
+    assert sum(images) == len(digits28.test)
+    for split in ("calib", "test"):
+        for kind, model in (("dense", trained_lenet), ("other", other)):
+            reference = trained_lenet if metric == "agreement" else None
+            assert scores[split][kind] == evaluate(model, digits28.split(split), reference, metric)
+    assert scores["calib"]["other"].value < scores["calib"]["dense"].value

@@ -146,11 +146,13 @@ class Evaluator:
     passes. With ``world``, this rank keeps its share of ``x`` (``count`` is all of them).
     ``max_cache_bytes`` bounds the dense values kept at once (``ActivationCache``); None keeps
     every layer's. With ``layers`` False it scores whole networks alone (``evaluate_network``):
-    no suffixes are built and no layer's values are kept.
+    no suffixes are built and no layer's values are kept; given the dense model's
+    ``dense_predictions`` on ``x`` (made once by the job), it does not run the dense model again.
     """
 
     def __init__(self, gm: fx.GraphModule, x: torch.Tensor, target: torch.Tensor, batch_size: int = 256,
-                 world: World = SINGLE, max_cache_bytes: int | None = None, layers: bool = True):  # fmt: skip
+                 world: World = SINGLE, max_cache_bytes: int | None = None, layers: bool = True,
+                 dense_predictions: torch.Tensor | None = None):  # fmt: skip
         self.gm = set_eval(gm)
         self.world = world
         self.count = len(x)
@@ -166,10 +168,14 @@ class Evaluator:
         self.layers = self._layers() if layers else {}
         needs = {name: [layer.node, *layer.frontier] for name, layer in self.layers.items()}
         self._pooled: tuple[str, torch.Tensor] | None = None  # (layer, its max pool's dense output)
-        self.cache = ActivationCache(self.gm, self.x, needs, batch_size, max_cache_bytes)
-        self._dense_logits = self.cache.logits
-        check_finite(self._dense_logits, f"the outputs of the dense model on the {len(self.x)} calibration images")
-        self.dense_correct = self._correct(self._dense_logits)
+        if layers or dense_predictions is None:
+            self.cache = ActivationCache(self.gm, self.x, needs, batch_size, max_cache_bytes)
+            self._dense_logits = self.cache.logits
+            check_finite(self._dense_logits, f"the outputs of the dense model on the {len(self.x)} calibration images")
+            self.dense_correct = self._correct(self._dense_logits)
+        else:
+            self.cache, self._dense_logits = None, None
+            self.dense_correct = dense_predictions[share] == self.target
         self._dense_hits = world.count(int(self.dense_correct.sum()))
         self.dense_accuracy = self._dense_hits / self.count
         self.suffix_images = 0
@@ -260,7 +266,7 @@ class Evaluator:
     def totals(self) -> tuple[int, float]:
         """Suffix images run and work done (image passes, a partial recording pass of the cache
         counted whole), over all ranks."""
-        work = self.work + (self.cache.passes - 1) * len(self.x)
+        work = self.work + (self.cache.passes - 1 if self.cache else 0) * len(self.x)
         both = self.world.sum(torch.tensor([float(self.suffix_images), work], dtype=torch.float64))
         return int(both[0]), float(both[1])
 

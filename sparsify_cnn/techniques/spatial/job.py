@@ -95,7 +95,8 @@ def optimize_spatial(
         x, y, network = data.calib.x, target, None
         sample = search_sample(len(x), search.search_images)
         if len(sample) < len(x):  # layer options on the sample; whole networks on every image
-            network = Evaluator(gm, x, y, batch_size=search.batch_size, world=world, layers=False)
+            network = Evaluator(gm, x, y, batch_size=search.batch_size, world=world, layers=False,
+                                dense_predictions=job.dense_predictions)  # fmt: skip
             x, y = x[sample], y[sample]
         evaluator = Evaluator(gm, x, y, batch_size=search.batch_size, world=world, max_cache_bytes=budget)
     time_saved = None

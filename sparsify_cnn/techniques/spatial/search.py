@@ -82,7 +82,7 @@ class SpatialSearch:
         self._padded_patterns = torch.cat([self.patterns, torch.ones(1, self.p, self.p, dtype=torch.bool)])
         self.candidates = 0
         self.options = 0
-        self.times = PhaseTimes()  # first level, patch level, channel level, combining layers, whole-network check
+        self.times = PhaseTimes()  # first level, patch level, channel level, combining layers
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -94,11 +94,12 @@ class SpatialSearch:
                 with self.times.span("layer timing"):
                     options = {layer: self._by_time_saved(layer, options) for layer, options in options.items()}
             with self.times.span(COMBINE_PHASE):
-                masks, points = self._combine_layers(options)
+                masks, points, final = self._combine_layers(options)
         finally:
             self.checkpoint.flush()
-        with self.times.span("whole-network check"):
-            final = self.net.evaluate_network(masks)
+        if final is None:  # no combination met epsilon: the plan is the dense network
+            with self.times.span("whole-network check"):
+                final = self.net.evaluate_network(masks)
         suffix_images, work = self.ev.totals()
         if self.net is not self.ev:
             work += self.net.totals()[1]
@@ -323,6 +324,8 @@ class SpatialSearch:
     # --- layer level: combine layers, back off until the network meets epsilon ------------------
 
     def _combine_layers(self, options: dict[str, list[_Option]]):
+        """The plan's masks, the network states run, and the plan's outcome on the whole network
+        (None when no state met epsilon)."""
         layers = [layer for layer in options if options[layer]]
         combos = 1
         for layer in layers:
@@ -368,7 +371,7 @@ class SpatialSearch:
             self._combined(f"back-off ends at state {met}, {len(states[met])} layers transformed",
                            len(outcomes), bound, "steps", True, outcomes[met])  # fmt: skip
         points = [self._point(f"layer level {i}", outcomes[i], states[i]) for i in sorted(outcomes)]
-        return self._masks(options, states[met]), points
+        return self._masks(options, states[met]), points, outcomes[met]
 
     def _back_off_states(self, options, layers) -> list[dict[str, int]]:
         """Every layer at its best option, then one layer backed off per step (the layer whose
@@ -407,8 +410,8 @@ class SpatialSearch:
             item = f"combination {step + 1}, {len(rank)} layers transformed"
             self._combined(item, step + 1, len(combos), "combinations", finished or step + 1 == len(combos), outcome)
             if finished:
-                return masks, points
-        return {}, points
+                return masks, points, outcome
+        return {}, points, None
 
     def _combined(self, item: str, done: int, bound: int, unit: str, finished: bool, outcome: Outcome) -> None:
         self.progress(COMBINE_PHASE, item, done, bound, unit=unit, at_most=True, end=finished,

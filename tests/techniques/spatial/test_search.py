@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sparsify_cnn.errors import InputError
+from sparsify_cnn.evaluate import predict
 from sparsify_cnn.techniques.spatial.evaluator import Box, Evaluator
 from sparsify_cnn.techniques.spatial.job import search_sample
 from sparsify_cnn.techniques.spatial.op import tile
@@ -71,6 +72,15 @@ def test_a_sample_scores_layer_options_and_every_image_keeps_epsilon(trained_len
     assert (final.accuracy, final.macs_saved) == (result.accuracy, result.macs_saved)
     exact = SpatialSearch(Evaluator(gm, x, y), config).run()
     assert result.work < exact.work  # passes over the 359 images, the sample's and the whole networks'
+
+    # Given the dense predictions the job made, the whole-image evaluator does not run the dense model again.
+    calls = []
+    hook = gm.register_forward_hook(lambda *_: calls.append(1))
+    given = Evaluator(gm, x, y, layers=False, dense_predictions=predict(trained_lenet, x))
+    hook.remove()
+    assert calls == [] and given.dense_accuracy == network.dense_accuracy
+    again = SpatialSearch(Evaluator(gm, x[sample], y[sample]), config, network=given).run()
+    assert (again.accuracy, again.macs_saved, again.points) == (result.accuracy, result.macs_saved, result.points)
 
 
 class LinearHead(torch.nn.Module):
@@ -198,8 +208,8 @@ def test_combining_layers_finds_the_first_state_that_meets_epsilon_in_a_few_pass
     meets epsilon (what stepping one state at a time finds), in about 2 log2 of its index runs."""
     search, options, states, runs, calls = _back_off_search(trained_lenet, digits28, 20, lambda i: i >= first)
     assert len(states) == 41 and states[0] == {f"l{i}": 0 for i in range(20)} and states[-1] == {}
-    masks, points = search._greedy(options, list(options))
-    assert masks == states[first] and len(set(runs)) == len(runs)
+    masks, points, outcome = search._greedy(options, list(options))
+    assert masks == states[first] and len(set(runs)) == len(runs) and outcome.macs_saved == len(states[first])
     assert len(runs) <= 2 * (first + 1).bit_length() + 1 and (first < 6 or len(runs) < first + 1)
     assert [p.step for p in points] == [f"layer level {i}" for i in sorted(runs)]
     ends = [extra for _, extra in calls if extra.get("end")]  # one end, the last call, with the plan's figures
@@ -210,7 +220,7 @@ def test_combining_layers_finds_the_first_state_that_meets_epsilon_in_a_few_pass
 
 def test_combining_layers_ends_at_a_state_that_meets_epsilon_when_accuracy_is_not_monotone(trained_lenet, digits28):
     search, options, states, runs, _ = _back_off_search(trained_lenet, digits28, 20, lambda i: i in (3, 9) or i >= 30)
-    masks, _ = search._greedy(options, list(options))
+    masks, _, _ = search._greedy(options, list(options))
     assert masks in (states[3], states[9], *states[30:]) and masks != states[0]
 
 

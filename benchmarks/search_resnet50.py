@@ -7,7 +7,9 @@ work as a multiple of one full pass over the calibration images.
 
 No ImageNet and no pretrained weights are reachable offline. The network is torchvision's
 ResNet-50 at its seeded initialization, with BatchNorm statistics recomputed on other crops of
-the same photos (so each ReLU zeroes about half its inputs, as in a trained network), scored by
+the same photos (so each ReLU zeroes about half its inputs, as in a trained network) and, by
+default, its classifier refit to 10 k-means clusters of its pooled features (``--head
+clusters``: logits with real margins; ``--head seeded`` keeps torchvision's), scored by
 agreement with its own dense predictions. The images are 224x224 crops, at random places,
 scales and flips, of scikit-learn's two sample photographs. ``--model`` takes a user's own
 .pt2 and ``--data`` their images (a folder or .npz; its calib split is used) instead.

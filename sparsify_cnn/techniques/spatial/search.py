@@ -350,7 +350,11 @@ class SpatialSearch:
 
         def meets(index: int, last_if_met: bool) -> bool:
             rank = states[index]
-            outcome = outcomes[index] = self._network(f"lq/{index}", self._masks(options, rank))
+            if rank:
+                outcome = self._network(f"lq/{index}", self._masks(options, rank))
+            else:  # no layer transformed: the dense network, known without running it
+                outcome = Outcome(self.net.dense_accuracy, 0.0)
+            outcomes[index] = outcome
             met = self.within_budget(outcome.accuracy, self.net) or not rank
             self._combined(f"step {len(outcomes)}: state {index}, {len(rank)} layers transformed",
                            len(outcomes), bound, "steps", met and last_if_met, outcome)  # fmt: skip

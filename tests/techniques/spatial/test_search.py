@@ -211,11 +211,13 @@ def test_combining_layers_finds_the_first_state_that_meets_epsilon_in_a_few_pass
     masks, points, outcome = search._greedy(options, list(options))
     assert masks == states[first] and len(set(runs)) == len(runs) and outcome.macs_saved == len(states[first])
     assert len(runs) <= 2 * (first + 1).bit_length() + 1 and (first < 6 or len(runs) < first + 1)
-    assert [p.step for p in points] == [f"layer level {i}" for i in sorted(runs)]
+    assert 40 not in runs  # the last state transforms nothing: the dense network, not run
+    assert [p.step for p in points] == [f"layer level {i}" for i in sorted(runs + [40] * (first == 40))]
     ends = [extra for _, extra in calls if extra.get("end")]  # one end, the last call, with the plan's figures
     assert len(ends) == 1 and calls[-1][1] is ends[0] and ends[0]["saved"] == len(states[first])
-    dones = [done for done, _ in calls]  # one per run, and a closing one when the last run failed
-    assert dones[: len(runs) + 1] == list(range(len(runs) + 1)) and dones[len(runs) :] in ([len(runs)], [len(runs)] * 2)
+    dones = [done for done, _ in calls]  # one per state probed, and a closing one when the last failed
+    probed = len(points)
+    assert dones[: probed + 1] == list(range(probed + 1)) and dones[probed:] in ([probed], [probed] * 2)
 
 
 def test_combining_layers_ends_at_a_state_that_meets_epsilon_when_accuracy_is_not_monotone(trained_lenet, digits28):

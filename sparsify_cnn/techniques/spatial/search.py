@@ -100,6 +100,7 @@ class SpatialSearch:
         if final is None:  # no combination met epsilon: the plan is the dense network
             with self.times.span("whole-network check"):
                 final = self.net.evaluate_network(masks)
+        self.net.install(masks)  # the plan's, not the last state the back-off ran
         suffix_images, work = self.ev.totals()
         if self.net is not self.ev:
             work += self.net.totals()[1]

@@ -25,6 +25,8 @@ def test_every_mode_meets_epsilon_on_lenet(mode, trained_lenet, digits28):
     assert result.dense_accuracy - result.accuracy <= 0.01 + 1e-9
     assert result.macs_saved > 0.15 * 1_888_000  # of the two convs' MACs: prediction pays off
     assert set(result.masks) <= {"conv1", "conv2"}
+    installed = {name: op.mask for name, op in ev.ops.items()}  # the plan's masks are left installed
+    assert all(torch.equal(mask, result.masks.get(name, torch.ones_like(mask))) for name, mask in installed.items())
     final = ev.evaluate_network(result.masks)  # the verification is the whole network's
     assert (final.accuracy, final.macs_saved) == (result.accuracy, result.macs_saved)
     assert 0 < result.work_ratio < 1  # cheaper than the seed's options x full passes

@@ -8,6 +8,11 @@ residual input is fed as the constant it was). Timings are cached on disk
 below the crossover dense, unless the accuracy budget needs its kernel
 (:func:`leave_dense_within_budget`), and its report says so.
 
+The rule chooses between the two kernels the artifact can hold. Beside them each layer's dense
+form also runs on eager PyTorch (on the target's device, where it is here), and the report sets
+the transformed kernel against the faster of the two dense times: a layer that beats this tool's
+dense code but not PyTorch's makes the artifact no faster than the model a user started with.
+
     timer = LayerTimer(target="llvm", cache="out/layer-timings.json")
     speeds = layer_speeds(gm, calib_images[:1], timer)
     slower = [name for name, speed in speeds.items() if speed.below_crossover]
@@ -16,6 +21,8 @@ below the crossover dense, unless the accuracy budget needs its kernel
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,9 +30,11 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from ..codegen.measure import NUMBER, REPEAT
 from ..ops.base import CostedOp
 from ..transform.layers import tensor_shape
 from ..transform.suffix import record_op_inputs
+from .runners import BackendUnavailable, TVMSettings, make_runner
 
 
 @dataclass(frozen=True)
@@ -53,10 +62,20 @@ class LayerSpeed:
     dense_ms: float
     transformed_ms: float
     theoretical: float  # dense MACs / performed MACs (inf: all of the layer's work is skipped)
+    eager_ms: float | None = None  # the dense layer on eager PyTorch; None: not timed here
 
     @property
     def speedup(self) -> float:
         return self.dense_ms / self.transformed_ms
+
+    @property
+    def fastest_dense_ms(self) -> float:
+        """The dense layer's time on the faster of this tool's code and eager PyTorch."""
+        return self.dense_ms if self.eager_ms is None else min(self.dense_ms, self.eager_ms)
+
+    @property
+    def speedup_vs_fastest(self) -> float:
+        return self.fastest_dense_ms / self.transformed_ms
 
     @property
     def below_crossover(self) -> bool:
@@ -65,7 +84,8 @@ class LayerSpeed:
     def to_dict(self) -> dict:
         return {"layer": self.layer, "kind": self.kind, "dense_ms": self.dense_ms, "transformed_ms": self.transformed_ms,
                 "speedup": self.speedup, "theoretical": self.theoretical if math.isfinite(self.theoretical) else None,
-                "below_crossover": self.below_crossover}  # fmt: skip
+                "below_crossover": self.below_crossover, "eager_ms": self.eager_ms,
+                "speedup_vs_fastest": self.speedup_vs_fastest}  # fmt: skip
 
 
 class WithResidual(nn.Module):
@@ -98,11 +118,35 @@ def layer_speeds(gm: fx.GraphModule, images: torch.Tensor, timer: LayerTimer) ->
         cost = op.cost(tuple(args[0].shape), (len(args[0]), *tensor_shape(nodes[node_name])[1:]))
         if cost.performed_macs >= cost.dense_macs:
             continue  # saves nothing: runs as the dense layer already
-        timed = [time_layer(module, args, timer, cache) for module in (op.dense_layer(), op)]
+        dense = op.dense_layer()
+        timed = [time_layer(module, args, timer, cache) for module in (dense, op)]
         # A map smaller than a patch may be predicted zero from padding alone: nothing is computed.
         theoretical = cost.dense_macs / cost.performed_macs if cost.performed_macs else math.inf
-        speeds[op.layer_name] = LayerSpeed(op.layer_name, op.kind, *timed, theoretical)
+        speeds[op.layer_name] = LayerSpeed(
+            op.layer_name, op.kind, *timed, theoretical, eager_layer_ms(dense, args, timer)
+        )
     return speeds
+
+
+def eager_layer_ms(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTimer,
+                   number: int = NUMBER, repeat: int = REPEAT) -> float | None:  # fmt: skip
+    """Median milliseconds of ``module`` on eager PyTorch on ``args`` (as ``time_layer`` feeds
+    them), on the target's device, over ``repeat`` timings of ``number`` runs each after a
+    warm-up; None where PyTorch has no such device here."""
+    timed = WithResidual(module, args[1]) if len(args) > 1 else module
+    try:
+        run = make_runner("eager", timed, args[0], TVMSettings(timer.target))
+    except BackendUnavailable:
+        return None
+    for _ in range(number):
+        run()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            run()
+        samples.append((time.perf_counter() - start) / number)
+    return 1e3 * statistics.median(samples)
 
 
 def time_layer(module: nn.Module, args: tuple[torch.Tensor, ...], timer: LayerTimer, cache) -> float:

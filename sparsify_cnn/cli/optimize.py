@@ -122,7 +122,9 @@ def optimize_command(**options):
         checked = report["crossover"]
         left = ", ".join(checked["left_dense"]) or "none"
         kept = checked.get("kept_for_budget")
+        beat_eager = sum(row.get("speedup_vs_fastest", row["speedup"]) > 1 for row in checked["layers"])
         click.echo(f"crossover on {checked['target']}: {len(checked['layers'])} transformed layer(s) timed, "
+                   f"{beat_eager} faster than the faster of this tool's and eager PyTorch's dense layer; "
                    f"left dense as not faster: {left}" +
                    (f"; kept though not faster, for the accuracy budget: {', '.join(kept)}" if kept else ""))  # fmt: skip
     click.echo(f"job {result.seconds:.1f} s; wrote plan.json, model.pt2, report.md, report.json to {out_dir}")

@@ -11,6 +11,7 @@ from sparsify_cnn.bench.crossover import (
     LayerTimer,
     WithResidual,
     check_crossover,
+    eager_layer_ms,
     layer_speeds,
     leave_dense_within_budget,
 )
@@ -69,6 +70,36 @@ def test_a_kernel_that_is_not_faster_is_below_the_crossover(perforated, monkeypa
     assert result.to_dict()["layers"][0]["below_crossover"] is True
 
 
+def test_each_layer_is_set_against_the_faster_of_tvm_dense_and_eager(perforated, monkeypatch):
+    """The verdict stays this tool's dense kernel against the transformed one (what the artifact
+    can hold); the report also sets the kernel against eager PyTorch's dense layer when faster."""
+    from sparsify_cnn.bench import crossover
+    from sparsify_cnn.report.render import crossover_markdown
+
+    monkeypatch.setattr(measure, "measure_ms", fake_times({nn.Conv2d: 2.0, PerforatedConv: 0.5}, []))
+    timed = []
+    monkeypatch.setattr(crossover, "eager_layer_ms", lambda module, args, timer: timed.append(module) or 0.8)
+    result = check_crossover(perforated, torch.randn(1, 1, 28, 28), LayerTimer())
+    speed = result.speeds["conv2"]
+    assert [type(m) for m in timed] == [nn.Conv2d]  # the dense layer, not the perforated one
+    assert (speed.eager_ms, speed.fastest_dense_ms, speed.speedup, speed.speedup_vs_fastest) == (0.8, 0.8, 4.0, 1.6)
+    assert not speed.below_crossover
+    [row] = [line for line in crossover_markdown(result.to_dict()) if line.startswith("| `conv2`")]
+    assert "| 2.000 | 0.800 | 0.500 | 4.00x | 1.60x |" in row
+    slower = LayerSpeed("a", "conv", 2.0, 1.0, 2.0, eager_ms=None)
+    assert slower.speedup_vs_fastest == slower.speedup == 2.0  # eager not timed: this tool's dense only
+
+
+def test_eager_layer_time_runs_the_layer_on_its_recorded_input():
+    conv, calls = nn.Conv2d(2, 3, 3), []
+    conv.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    ms = eager_layer_ms(conv, (torch.randn(1, 2, 8, 8),), LayerTimer(), number=2, repeat=3)
+    assert ms > 0 and set(calls) == {torch.Size([1, 2, 8, 8])} and len(calls) >= 2 + 2 * 3
+    assert (
+        eager_layer_ms(conv, (torch.randn(1, 2, 8, 8),), LayerTimer(target="cuda")) is None or torch.cuda.is_available()
+    )
+
+
 def test_real_compiled_timings_of_a_perforated_layer():
     gm = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1))
     gm = insert_perforated_convs(capture(gm, (1, 8, 16, 16)).graph_module, PerforationConfig()).graph_module
@@ -78,6 +109,7 @@ def test_real_compiled_timings_of_a_perforated_layer():
     op.set_kept(kept)
     [speed] = layer_speeds(gm, torch.randn(1, 8, 16, 16), LayerTimer()).values()
     assert speed.dense_ms > 0 and speed.transformed_ms > 0 and speed.theoretical == pytest.approx(4.0)
+    assert speed.eager_ms > 0
 
 
 def test_a_layer_with_a_residual_input_is_timed_with_that_input_fixed():

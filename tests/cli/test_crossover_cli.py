@@ -57,6 +57,8 @@ def test_perforated_layers_that_are_not_faster_are_left_dense(tmp_path, model_fi
     assert report["crossover"]["left_dense"] == ["conv2"]
     layers = {row["layer"]: row for row in report["crossover"]["layers"]}
     assert layers["conv2"]["speedup"] == 0.5 and layers["conv1"]["below_crossover"] is False
+    assert layers["conv1"]["eager_ms"] > 0  # timed for real: the report sets each layer against eager too
+    assert "faster than the faster of this tool's and eager PyTorch's dense layer" in result.output
     rows = {row["name"]: row for row in report["layers"]}
     assert rows["conv2"]["kept"] == 1 and rows["conv2"]["performed_macs"] == rows["conv2"]["dense_macs"]
     assert "below crossover: left dense" in (out / "report.md").read_text()

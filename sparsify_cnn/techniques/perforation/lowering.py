@@ -11,7 +11,10 @@ tuning):
    compact output is blocked, (groups, C_out/groups/b, columns, b): the register-tiled
    microkernel of a blocked conv (``cpu_schedules.BlockedMatmul``), a vector of weights times a
    broadcast input value. Its columns (N*K, images stacked) are padded to a whole number of
-   register tiles (``blocked_columns``).
+   register tiles (``blocked_columns``). Where a group's input channels come in whole blocks
+   too, the input is taken in the blocked layout of the dense convs (NCHW{b}c) and the windows
+   are read with the channels' block innermost (``implicit_gemm_blocked``); the interpolation
+   then writes blocks, unblocked after it.
 3. Otherwise (CUDA, odd channel counts): ``im2col`` of the kept positions, a
    (groups, C_in/groups*kh*kw, N*K) matrix gathered from the flat padded map, then one GEMM per
    group, the bias fused in: (groups, C_out/groups, N*K). On CPU the weights are read in place,
@@ -77,14 +80,16 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     """Emit the steps into ``bb``; return the (N, C_out, H', W') output."""
     g = geometry
     (ph, pw), (hp, wp) = g.padding, g.padded_hw
+    target = tvm.target.Target.current(allow_none=True)
+    kind = target.kind.name if target is not None else None
+    block = SIMD if kind == "llvm" and (g.out_channels // g.groups) % SIMD == 0 else None
+    if block and (g.in_channels // g.groups) % block == 0:
+        return _emit_blocked(bb, g, target, x, weight, bias, kept_index, interp_index, interp_weight, block)
     if ph or pw:  # padded once, densely: the gather then needs no bounds checks
         x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw]))
     flat = bb.emit(relax.op.memory.view(x, (g.batch, g.in_channels, hp * wp)))
     # Where each kept window starts in the flat padded map; constant-folded when the table is.
     starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
-    target = tvm.target.Target.current(allow_none=True)
-    kind = target.kind.name if target is not None else None
-    block = SIMD if kind == "llvm" and (g.out_channels // g.groups) % SIMD == 0 else None
     if block:  # packed from the weights alone: moved to compile time (build.pack_weights)
         packed = bb.emit_te(lambda w: pack_filters(w, g, block), weight, primfunc_name_hint="perforated_pack_filters")
         columns = blocked_columns(g.batch * g.kept, accumulator_registers(target))
@@ -104,13 +109,45 @@ def emit_perforated_conv(bb, geometry: PerforatedGeometry, x, weight, bias, kept
     return _emit_interpolation(bb, g, compact, interp_index, interp_weight)
 
 
-def _emit_interpolation(bb, g: PerforatedGeometry, compact, interp_index, interp_weight):
-    """Emit step 4; return the (N, C_out, H', W') output."""
-    # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
-    index = bb.emit_te(
+def _emit_blocked(bb, g: PerforatedGeometry, target, x, weight, bias, kept_index, interp_index, interp_weight,
+                  block: int):  # fmt: skip
+    """Emit the CPU steps in the channel-blocked layout (NCHW{b}c) of the dense convs: the input
+    blocked and padded (one copy, as the padding alone was), its windows read in place with the
+    input channels' block innermost, so that a window row of a block is one contiguous run
+    rather than one short run a channel, and the output interpolated into blocks, then unblocked
+    (the elementwise ops after it fuse with both). Return the (N, C_out, H', W') output."""
+    (ph, pw), (hp, wp) = g.padding, g.padded_hw
+    x = bb.emit(relax.op.layout_transform(x, index_map=lambda n, c, h, w: (n, c // block, h, w, c % block)))
+    if ph or pw:
+        x = bb.emit(relax.op.nn.pad(x, [0, 0, 0, 0, ph, ph, pw, pw, 0, 0]))
+    flat = bb.emit(relax.op.memory.view(x, (g.batch, g.in_channels // block, hp * wp, block)))
+    starts = bb.emit_te(lambda kept: window_starts(kept, g), kept_index, primfunc_name_hint="perforated_window_starts")
+    packed = bb.emit_te(
+        lambda w: pack_filters_blocked(w, g, block), weight, primfunc_name_hint="perforated_pack_filters"
+    )
+    columns = blocked_columns(g.batch * g.kept, accumulator_registers(target))
+    compact = bb.emit_te(lambda w, x, s, b: implicit_gemm_blocked(w, x, s, b, g, columns), packed, flat, starts, bias,
+                         primfunc_name_hint="perforated_gemm")  # fmt: skip
+    index = _emit_index32(bb, g, interp_index)
+    out = bb.emit_te(
+        lambda compact, index, weight: interpolate_blocked(compact, index, weight, g),
+        compact, index, interp_weight, primfunc_name_hint="perforated_interpolate",
+    )  # fmt: skip
+    _mark_injective(bb, out)
+    return bb.emit(relax.op.layout_transform(out, index_map=lambda n, c, h, w, i: (n, c * block + i, h, w)))
+
+
+def _emit_index32(bb, g: PerforatedGeometry, interp_index):
+    """An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise."""
+    return bb.emit_te(
         lambda index: te.compute(index.shape, lambda p, j: _clamp_index(index[p, j], g.kept), name="index32"),
         interp_index, primfunc_name_hint="perforated_index32",
     )  # fmt: skip
+
+
+def _emit_interpolation(bb, g: PerforatedGeometry, compact, interp_index, interp_weight):
+    """Emit step 4; return the (N, C_out, H', W') output."""
+    index = _emit_index32(bb, g, interp_index)
     out = bb.emit_te(
         lambda compact, index, weight: interpolate(compact, index, weight, g),
         compact, index, interp_weight, primfunc_name_hint="perforated_interpolate",
@@ -220,6 +257,60 @@ def implicit_gemm(packed: te.Tensor, flat: te.Tensor, starts: te.Tensor, bias: t
         acc.shape, lambda grp, chunk, col, lane: acc[grp, chunk, col, lane] + bias[grp * per_out + chunk * block + lane],
         name="gemm_bias",
     )  # fmt: skip
+
+
+def pack_filters_blocked(weight: te.Tensor, g: PerforatedGeometry, block: int) -> te.Tensor:
+    """(groups, C_out/groups/b, C_in/groups*kh*kw, b) as ``pack_filters``, the rows in the order
+    ``implicit_gemm_blocked`` reduces: (input channel block, ky, kx, channel within the block)."""
+    (kh, kw), per_out = g.kernel, g.out_channels // g.groups
+
+    def value(grp, chunk, row, lane):
+        channel = row // (kh * kw * block) * block + row % block
+        tap = row // block % (kh * kw)
+        return weight[grp * per_out + chunk * block + lane, channel, tap // kw, tap % kw]
+
+    return te.compute((g.groups, per_out // block, g.reduction, block), value, name="packed_filters")
+
+
+def implicit_gemm_blocked(packed: te.Tensor, flat: te.Tensor, starts: te.Tensor, bias: te.Tensor,
+                          g: PerforatedGeometry, columns: int) -> te.Tensor:  # fmt: skip
+    """``implicit_gemm`` on a blocked flat padded input (N, C_in/b, Hp*Wp, b): the reduction
+    runs over (input channel block, ky, kx, channel within the block), so that consecutive steps
+    read consecutive floats of one window row, and ``packed`` is ``pack_filters_blocked``'s."""
+    groups, chunks, _, block = (int(d) for d in packed.shape)
+    (kh, kw), (hp, wp), (dh, dw) = g.kernel, g.padded_hw, g.dilation
+    per_in_blocks, per_out, count = g.in_channels // g.groups // block, chunks * block, g.batch * g.kept
+    last_start = hp * wp - 1 - (kh - 1) * dh * wp - (kw - 1) * dw
+    cb, ky = te.reduce_axis((0, per_in_blocks), "cb"), te.reduce_axis((0, kh), "ky")
+    kx, ci = te.reduce_axis((0, kw), "kx"), te.reduce_axis((0, block), "ci")
+
+    def value(grp, chunk, col, lane):
+        column = tirx.min(col, count - 1) if columns > count else col
+        start = tirx.min(tirx.max(starts[column % g.kept], 0), last_start).astype("int64")
+        window = flat[column // g.kept, grp * per_in_blocks + cb, start + ky * dh * wp + kx * dw, ci]
+        row = ((cb * kh + ky) * kw + kx) * block + ci
+        return te.sum(packed[grp, chunk, row, lane] * window, axis=[cb, ky, kx, ci])
+
+    acc = te.compute((groups, chunks, columns, block), value, name="gemm")
+    return te.compute(
+        acc.shape, lambda grp, chunk, col, lane: acc[grp, chunk, col, lane] + bias[grp * per_out + chunk * block + lane],
+        name="gemm_bias",
+    )  # fmt: skip
+
+
+def interpolate_blocked(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:
+    """(N, C_out/b, H', W', b) from the blocked compact values (``implicit_gemm_blocked``) through
+    the (P, J) table: each output position's block of channels is one vector of a compact column."""
+    _, chunks, _, block = (int(d) for d in compact.shape)
+    out_w, columns = g.out_hw[1], int(index.shape[1])
+
+    def value(n, c, y, xx, lane):
+        p = y * out_w + xx
+        terms = [compact[c // chunks, c % chunks, n * g.kept + _clamp_index(index[p, j], g.kept), lane] * weight[p, j]
+                 for j in range(columns)]  # fmt: skip
+        return sum(terms[1:], terms[0])
+
+    return te.compute((g.batch, g.out_channels // block, *g.out_hw, block), value, name="interpolate")
 
 
 def interpolate(compact: te.Tensor, index: te.Tensor, weight: te.Tensor, g: PerforatedGeometry) -> te.Tensor:

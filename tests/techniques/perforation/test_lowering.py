@@ -77,6 +77,14 @@ CONVS = {
     # whole SIMD blocks of output channels a group: the packed, blocked GEMM on CPU
     "blocked, 16 channels": (lambda: nn.Conv2d(5, 16, 3, padding=1), (5, 9, 9), "barycentric"),
     "blocked, groups 2, stride 2": (lambda: nn.Conv2d(4, 16, 3, stride=2, padding=1, groups=2), (4, 11, 11), "nearest"),
+    # and whole blocks of input channels a group: input and output in the blocked layout
+    "blocked in and out": (lambda: nn.Conv2d(16, 8, 3, padding=1), (16, 9, 9), "barycentric"),
+    "blocked in, groups 2, dilated": (
+        lambda: nn.Conv2d(16, 16, 3, padding=2, dilation=2, groups=2),
+        (16, 8, 8),
+        "zero",
+    ),
+    "blocked in, 2x3 kernel, stride 2": (lambda: nn.Conv2d(8, 8, (2, 3), stride=2), (8, 9, 10), "nearest"),
 }
 
 
@@ -160,6 +168,20 @@ def test_a_blocked_gemm_computes_the_kept_positions_and_a_few_padding_columns():
     groups, chunks, columns, block = (int(s) for s in gemm.params[-1].shape)
     assert (groups, chunks, block) == (1, 2, 8) and batch * op.kept_count <= columns < batch * op.kept_count + REGISTERS
     assert _reduction_macs(mod) == 16 * 8 * 9 * columns
+
+
+def test_whole_input_blocks_are_read_and_written_in_the_blocked_layout():
+    """With whole blocks of input channels, the GEMM reads the windows from the blocked input
+    (the channels' block innermost) and the interpolation writes blocks: the dense blocked convs
+    around the layer need no layout change of their own."""
+    op = _perforated(lambda: nn.Conv2d(16, 8, 3, padding=1), (16, 10, 10), "grid", "nearest")
+    mod = _lowered(op, (2, 16, 10, 10))
+    _, flat, *_ = (tuple(int(d) for d in p.shape) for p in mod["perforated_gemm"].params)
+    assert flat == (2, 2, 12 * 12, 8)  # (N, C/b, padded map, b)
+    assert tuple(int(d) for d in mod["perforated_interpolate"].params[-1].shape) == (2, 1, 10, 10, 8)
+    cost = op.cost((2, 16, 10, 10), None)
+    columns = int(mod["perforated_gemm"].params[-1].shape[2])
+    assert _reduction_macs(mod) == 8 * 16 * 9 * columns >= 2 * cost.performed_macs
 
 
 def test_the_blocked_gemm_is_register_tiled():

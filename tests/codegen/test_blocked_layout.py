@@ -214,3 +214,46 @@ def test_narrow_groups_merge_into_whole_blocks_only_where_the_channels_allow():
     assert groups_after(64, 4) == 4  # 16 a group: whole blocks already
     assert groups_after(64, 64) == 64  # depthwise has its own kernel
     assert groups_after(24, 8) == 8  # 3 a group: no whole block
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("blocking", [True, False])
+def test_layout_changes_legalize_as_injective_gathers_that_fuse(blocking):
+    """A layout change without padding legalizes as a gather, which TVM's pattern analysis
+    calls injective (its own scatter form is opaque: nothing fused with it), and it computes
+    the same values; a change that pads keeps TVM's legalization."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from sparsify_cnn.codegen.blocked_layout import LAYOUT_TRANSFORM, legalize_layout_gather
+
+    shape, padded = ((1, 16, 3, 5), (1, 12, 3, 5)) if blocking else ((1, 2, 3, 5, 8), None)
+    forward = (
+        (lambda n, c, h, w: (n, c // 8, h, w, c % 8)) if blocking else (lambda n, c, h, w, i: (n, c * 8 + i, h, w))
+    )
+    for in_shape in [s for s in (shape, padded) if s]:
+        x = relax.Var("x", relax.TensorType(in_shape, "float32"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            out = bb.emit(
+                relax.op.layout_transform(x, index_map=forward, pad_value=0.0 if in_shape == padded else None)
+            )
+            bb.emit_func_output(out)
+        patterns = {}
+        for name, custom in (("tvm", {}), ("ours", {LAYOUT_TRANSFORM: legalize_layout_gather})):
+            mod = relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps(custom)(bb.get()))
+            [(gvar, kernel)] = [(g, f) for g, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+            patterns[name] = (gvar.name_hint, int(kernel.attrs["op_pattern"]))
+        if in_shape == padded:
+            assert patterns["ours"] == patterns["tvm"] and patterns["ours"][0] == "te_layout_transform_with_pad"
+        else:
+            assert patterns["tvm"][1] == 8 and patterns["ours"][1] == 2  # opaque; injective
+        values = np.arange(np.prod(in_shape), dtype="float32").reshape(in_shape)
+        vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+        got = vm["main"](tvm.runtime.tensor(values)).numpy()
+        if in_shape == padded:
+            values = np.concatenate([values, np.zeros((1, 4, 3, 5), "float32")], axis=1)
+        expected = values.reshape(1, 2, 8, 3, 5).transpose(0, 1, 3, 4, 2) if blocking else values.transpose(
+            0, 1, 4, 2, 3).reshape(1, 16, 3, 5)  # fmt: skip
+        np.testing.assert_array_equal(got, expected)

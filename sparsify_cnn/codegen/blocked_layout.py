@@ -23,16 +23,13 @@ Which layout a conv gets:
 
 ReLU6 is rewritten first so that the layout flows through it (``clip_as_min_max``); SSC's
 channel shuffle before a blocked conv is read by the conv in place (``shuffle_in_blocks``);
-linear layers take their weights in column blocks (``pack_dense_weights``); layout changes
-legalize as gathers, which fuse with the padding and elementwise ops beside them
-(``legalize_layout_gather``)."""
+linear layers take their weights in column blocks (``pack_dense_weights``)."""
 
 from __future__ import annotations
 
 from .lowering.dots import SIMD
 
 CONV2D = "relax.nn.conv2d"
-LAYOUT_TRANSFORM = "relax.layout_transform"
 OUT_ELEMWISE_FUSABLE = 4  # TVM's OpPatternKind kOutEWiseFusable: a conv, its epilogue fused in
 
 
@@ -78,7 +75,7 @@ def to_blocked_layout(mod):
     from tvm import relax
 
     mod = pack_dense_weights()(block_channels()(mod))
-    return relax.transform.LegalizeOps({CONV2D: legalize_blocked_conv, LAYOUT_TRANSFORM: legalize_layout_gather})(mod)
+    return relax.transform.LegalizeOps({CONV2D: legalize_blocked_conv})(mod)
 
 
 def block_channels():
@@ -326,31 +323,6 @@ def positive_squeeze_axes():
     return _function_pass("PositiveSqueezeAxes", lambda mod, func: PositiveSqueezeAxes(mod))
 
 
-def legalize_layout_gather(bb, call):
-    """``relax.layout_transform`` without padding as a gather: each output element read from
-    the input through the inverse index map. TVM writes it as a scatter (the input's loops, the
-    output's indices remapped), which its pattern analysis calls opaque, so nothing fuses with
-    it: a perforated conv's blocking and unblocking each ran as a kernel of their own. As a
-    gather it is injective and fuses with the padding and the elementwise ops beside it."""
-    import tvm
-    from tvm import te
-    from tvm.relax.transform.legalize_ops.manipulate import _layout_transform
-
-    shape = call.args[0].ty.shape
-    try:
-        inverse, padding = call.attrs.index_map.non_surjective_inverse([int(d) for d in shape])
-    except Exception:  # noqa: BLE001 - a symbolic shape or a map TVM cannot invert: TVM's own form
-        return _layout_transform(bb, call)
-    if not (isinstance(padding, tvm.tirx.IntImm) and int(padding) == 0):
-        return _layout_transform(bb, call)  # pads: the gather would need a predicate
-    out_shape = call.attrs.index_map.map_shape(list(shape))
-
-    def gather(data):
-        return te.compute(out_shape, lambda *index: data[tuple(inverse.map_indices(list(index)))], name="layout_gather")
-
-    return bb.call_te(gather, call.args[0], primfunc_name_hint="te_layout_transform")
-
-
 def legalize_blocked_conv(bb, call):
     """``relax.nn.conv2d`` in a blocked layout as a TE compute; any other layout as TVM does it."""
     from tvm import topi
@@ -458,3 +430,4 @@ def _weight_vars(func) -> set:
             if used and all(v in known for v in used):
                 known.add(binding.var)
     return known
+

@@ -128,28 +128,20 @@ def _emit_blocked(bb, g: PerforatedGeometry, target, x, weight, bias, kept_index
     columns = blocked_columns(g.batch * g.kept, accumulator_registers(target))
     compact = bb.emit_te(lambda w, x, s, b: implicit_gemm_blocked(w, x, s, b, g, columns), packed, flat, starts, bias,
                          primfunc_name_hint="perforated_gemm")  # fmt: skip
-    index = _emit_index32(bb, g, interp_index)
-    out = bb.emit_te(
-        lambda compact, index, weight: interpolate_blocked(compact, index, weight, g),
-        compact, index, interp_weight, primfunc_name_hint="perforated_interpolate",
-    )  # fmt: skip
-    _mark_injective(bb, out)
+    out = _emit_interpolation(bb, g, compact, interp_index, interp_weight, interpolate_blocked)
     return bb.emit(relax.op.layout_transform(out, index_map=lambda n, c, h, w, i: (n, c * block + i, h, w)))
 
 
-def _emit_index32(bb, g: PerforatedGeometry, interp_index):
-    """An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise."""
-    return bb.emit_te(
+def _emit_interpolation(bb, g: PerforatedGeometry, compact, interp_index, interp_weight, compute=None):
+    """Emit step 4 with ``compute`` (``interpolate``, or ``interpolate_blocked``); return its output."""
+    compute = compute or interpolate
+    # An int32 copy of the interpolation table (folded at compile time): int32 clamps vectorise.
+    index = bb.emit_te(
         lambda index: te.compute(index.shape, lambda p, j: _clamp_index(index[p, j], g.kept), name="index32"),
         interp_index, primfunc_name_hint="perforated_index32",
     )  # fmt: skip
-
-
-def _emit_interpolation(bb, g: PerforatedGeometry, compact, interp_index, interp_weight):
-    """Emit step 4; return the (N, C_out, H', W') output."""
-    index = _emit_index32(bb, g, interp_index)
     out = bb.emit_te(
-        lambda compact, index, weight: interpolate(compact, index, weight, g),
+        lambda compact, index, weight: compute(compact, index, weight, g),
         compact, index, interp_weight, primfunc_name_hint="perforated_interpolate",
     )  # fmt: skip
     _mark_injective(bb, out)

@@ -49,6 +49,7 @@ class _Option:
     assignment: torch.Tensor  # (C, Hb, Wb) pattern index per slot, NONE = no prediction
     accuracy: float
     saved: float
+    risk: float = 0.0  # the share of the images' margins it uses up, to first order (see _with_risk)
 
 
 class SpatialSearch:
@@ -80,6 +81,7 @@ class SpatialSearch:
         if not len(self.patterns):
             raise InputError(f"ones range {config.ones_range} leaves no {self.p}x{self.p} pattern")
         self._padded_patterns = torch.cat([self.patterns, torch.ones(1, self.p, self.p, dtype=torch.bool)])
+        self._moves: tuple[str, torch.Tensor] | None = None  # (layer, its margin moves), see _margin_moves
         self.candidates = 0
         self.options = 0
         self.times = PhaseTimes()  # first level, patch level, channel level, combining layers
@@ -140,7 +142,8 @@ class SpatialSearch:
         for i, layer in enumerate(layers):
             self._at = (i, len(layers), layer)
             self._report("starting", 0.0)
-            options[layer] = self._layer_options(layer)
+            options[layer] = self._with_risk(layer, self._layer_options(layer))
+        self._moves = None
         best = max((o.saved for layer_options in options.values() for o in layer_options), default=0.0)
         self.progress(LAYERS_PHASE, "every layer", len(layers), len(layers), unit="layers", best_saved=best)
         return options
@@ -248,7 +251,7 @@ class SpatialSearch:
         c, h, w = dense.shape[1:]
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
         self._report("margin gradients", 0.0)
-        move = -(self.ev.margin_gradient(layer) * dense)  # each activation's share, were it zeroed
+        move = self._margin_moves(layer)
         margins = self.ev.dense_margins()
         masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
         self.options += len(masks) * len(targets)
@@ -266,6 +269,33 @@ class SpatialSearch:
                 records[name].append(self._option(c, hb, wb, targets[name], j, count / self.ev.count, saved[name]))
             self._report(f"first-order estimates, pattern {j + 1} of {len(masks)}", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
+
+    def _margin_moves(self, layer: str) -> torch.Tensor:
+        """Per activation of the layer's dense output (this rank's images): how much zeroing it
+        moves its image's margin, to first order. Kept for the layer searched now."""
+        if self._moves is None or self._moves[0] != layer:
+            self._moves = None  # freed before the next is made
+            self._moves = (layer, -(self.ev.margin_gradient(layer) * self.ev.dense_output(layer)))
+        return self._moves[1]
+
+    def _with_risk(self, layer: str, options: list[_Option]) -> list[_Option]:
+        """The layer's options with their risk: per image right in the dense network, the share
+        of its margin the option uses up to first order (1 where it is estimated to flip), the
+        mean over the images. Options whose images all stay right have the same accuracy (a
+        sample of fewer than 1 / epsilon images tells no option apart that changes under one
+        image in 1 / epsilon); their risk still orders them for the back-off."""
+        if not options:
+            return options
+        moves, margins = self._margin_moves(layer), self.ev.dense_margins()
+        every = torch.arange(len(margins))
+        shares = []
+        for option in options:
+            candidate = self.ev.candidate(layer, self._mask(option.assignment))
+            moved = torch.where(candidate.predicted(every), candidate.box.of(moves), 0.0).flatten(1).sum(dim=1)
+            used = (-moved / margins.clamp(min=torch.finfo(margins.dtype).tiny)).clamp(0.0, 1.0)
+            shares.append(float(torch.where(margins > 0, used, 0.0).sum()))
+        totals = self.ev.world.sum(torch.tensor(shares, dtype=torch.float64)).tolist()
+        return [_Option(o.assignment, o.accuracy, o.saved, total / self.ev.count) for o, total in zip(options, totals)]
 
     def _rescored(self, layer: str, options: list[_Option]) -> list[_Option]:
         """A layer's estimated options scored on the network (its images), those within
@@ -380,14 +410,18 @@ class SpatialSearch:
 
     def _back_off_states(self, options, layers) -> list[dict[str, int]]:
         """Every layer at its best option, then one layer backed off per step (the layer whose
-        option costs the most accuracy on its own moves to its next option with a smaller
-        error, or is dropped), down to no layer transformed."""
+        option costs the most on its own, in accuracy on the per-layer images and then in risk,
+        moves to its next option that costs less, or is dropped), down to no layer transformed."""
+
+        def cost(layer: str, i: int) -> tuple[float, float]:
+            return self.drop(options[layer][i].accuracy), options[layer][i].risk
+
         rank = {layer: 0 for layer in layers}
         states = [dict(rank)]
         while rank:
-            worst = max(rank, key=lambda l: (self.drop(options[l][rank[l]].accuracy), -options[l][rank[l]].saved))
-            current = self.drop(options[worst][rank[worst]].accuracy)
-            better = [i for i in range(rank[worst] + 1, len(options[worst])) if self.drop(options[worst][i].accuracy) < current]
+            worst = max(rank, key=lambda l: (*cost(l, rank[l]), -options[l][rank[l]].saved))
+            current = cost(worst, rank[worst])
+            better = [i for i in range(rank[worst] + 1, len(options[worst])) if cost(worst, i) < current]
             if better:
                 rank[worst] = better[0]
             else:
@@ -454,7 +488,8 @@ class SpatialSearch:
         dropped (below the crossover), most time saved first."""
         if self.time_saved is None:
             raise InputError("cost 'measured' needs a layer timer")
-        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment))) for o in options]
+        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment)), o.risk)
+                 for o in options]  # fmt: skip
         kept = [o for o in timed if o.saved > 0]
         kept.sort(key=lambda o: (-o.saved, -o.accuracy))
         return kept

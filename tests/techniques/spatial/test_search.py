@@ -123,6 +123,41 @@ def test_first_order_estimates_are_exact_where_the_suffix_is_linear(mode):
     assert any(o.accuracy < ev.dense_accuracy for options in levels["exact"].values() for o in options)  # some move
 
 
+def test_an_options_risk_is_the_share_of_margins_it_uses_up_exactly_where_the_suffix_is_linear():
+    torch.manual_seed(0)
+    model = LinearHead().eval()
+    x = torch.randn(60, 1, 8, 8)
+    target = model(x).argmax(1) ^ (torch.arange(60) % 7 == 0)  # a few images wrong: they carry no risk
+    gm = insert_spatial_ops(capture(model, (1, 1, 8, 8)).graph_module).graph_module
+    ev = Evaluator(gm, x, target)
+    search = SpatialSearch(ev, SearchConfig(mode="uniform_filter", epsilon=0.5, granularity=2, top_m=3))
+    options = search._with_risk("conv", search._layer_options("conv"))
+    assert len(options) == 3
+    dense = ev.dense_margins()
+    for option in options:
+        changed = ev.evaluate_network({"conv": search._mask(option.assignment)})
+        with torch.no_grad():
+            logits = gm(x)
+        margins = logits.gather(1, target[:, None]) - logits.gather(1, 1 - target[:, None])
+        used = ((dense - margins.flatten()) / dense).clamp(0, 1)
+        assert option.risk == pytest.approx(float(used[dense > 0].sum()) / 60, abs=1e-6)
+        assert (option.accuracy, option.saved) == pytest.approx((changed.accuracy, changed.macs_saved))
+    assert len({round(o.risk, 6) for o in options}) == 3 and all(o.risk > 0 for o in options)
+
+
+def test_the_back_off_steps_the_riskiest_of_options_with_the_same_accuracy_to_a_milder_one(trained_lenet, digits28):
+    """On a sample no option changes an image of, risk orders the back-off: the layer whose
+    option uses up most margin moves to its next option with less risk before any is dropped."""
+    from sparsify_cnn.techniques.spatial.search import _Option
+
+    search = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=40), SearchConfig())
+    dense = search.ev.dense_accuracy
+    options = {"a": [_Option(None, dense, 30.0, 0.20), _Option(None, dense, 20.0, 0.30), _Option(None, dense, 10.0, 0.05)],
+               "b": [_Option(None, dense, 25.0, 0.10), _Option(None, dense, 5.0, 0.01)]}  # fmt: skip
+    states = search._back_off_states(options, list(options))
+    assert states == [{"a": 0, "b": 0}, {"a": 2, "b": 0}, {"a": 2, "b": 1}, {"b": 1}, {}]
+
+
 @pytest.mark.parametrize("mode", ["uniform_layer", "uniform_filter"])
 def test_a_first_order_first_level_keeps_epsilon_with_fewer_network_runs(mode, trained_lenet, digits28):
     exact = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib),

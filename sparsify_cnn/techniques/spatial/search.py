@@ -23,6 +23,7 @@ holds on every image.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Callable
@@ -382,7 +383,7 @@ class SpatialSearch:
         def meets(index: int, last_if_met: bool) -> bool:
             rank = states[index]
             if rank:
-                outcome = self._network(f"lq/{index}", self._masks(options, rank))
+                outcome = self._network(_state_key(rank), self._masks(options, rank))
             else:  # no layer transformed: the dense network, known without running it
                 outcome = Outcome(self.net.dense_accuracy, 0.0)
             outcomes[index] = outcome
@@ -515,6 +516,13 @@ class SpatialSearch:
     @staticmethod
     def _best(records: dict[str, list[_Option]]) -> float:
         return max((o.saved for options in records.values() for o in options), default=0.0)
+
+
+def _state_key(rank: dict[str, int]) -> str:
+    """The checkpoint key of a network state: what it transforms, not where the back-off
+    sequence has it (a resumed search whose sequence differs must not take another's record)."""
+    state = ",".join(f"{layer}={i}" for layer, i in sorted(rank.items()))
+    return "lq/" + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def _padded(t: torch.Tensor, p: int, hb: int, wb: int) -> torch.Tensor:

@@ -307,3 +307,13 @@ def test_measured_cost_keeps_only_options_that_save_time_and_prefers_the_most_sa
         SpatialSearch(ev, config).run()
     with pytest.raises(InputError, match="cost must be"):
         SearchConfig(cost="joules")
+
+
+def test_a_network_state_is_checkpointed_under_what_it_transforms():
+    """Not under its place in the back-off sequence: a resumed search whose sequence differs
+    (other code, other risks) finds only records of the states it runs."""
+    from sparsify_cnn.techniques.spatial.search import _state_key
+
+    assert _state_key({"a": 0, "b": 2}) == _state_key({"b": 2, "a": 0})
+    keys = {_state_key(rank) for rank in ({"a": 0, "b": 2}, {"a": 0, "b": 1}, {"a": 0}, {"b": 2}, {})}
+    assert len(keys) == 5

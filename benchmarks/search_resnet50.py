@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--search-images", type=int, help="score layer options on this many of the images")
     parser.add_argument("--first-level", default="exact", choices=["exact", "first_order"])
+    parser.add_argument("--max-risk", type=float, help="per-layer risk budget (SearchConfig.max_risk)")
     parser.add_argument("--checkpoint", help="search checkpoint (resumed when present)")
     parser.add_argument("--head", default="clusters", choices=["clusters", "seeded"],
                         help="the initialized ResNet-50's classifier: refit to clusters of its features, or as seeded")
@@ -146,7 +147,8 @@ def main() -> None:
     prepared = prepared_job(args)
     setup = time.perf_counter() - start
     config = SearchConfig(mode=args.mode, epsilon=args.epsilon, batch_size=args.batch_size,
-                          search_images=args.search_images, first_level=args.first_level)  # fmt: skip
+                          search_images=args.search_images, first_level=args.first_level,
+                          max_risk=args.max_risk)  # fmt: skip
     result = optimize_spatial(prepared, search=config, metric="agreement", checkpoint=args.checkpoint,
                               progress=progress, max_cache_bytes=parse_bytes(args.max_cache_memory))  # fmt: skip
     print(file=sys.stderr)
@@ -155,7 +157,7 @@ def main() -> None:
     search, cache = result.search, result.search.cache
     print(f"{prepared.loaded.source} at 224x224, {args.images} calibration images (layer options on "
           f"{search.search_images}), {args.mode}, {args.first_level} first level, epsilon "
-          f"{args.epsilon} agreement, {args.threads} threads; setup (images, BatchNorm statistics, capture) {setup:.0f} s")  # fmt: skip
+          f"{args.epsilon} agreement, max risk {args.max_risk}, {args.threads} threads; setup (images, BatchNorm statistics, capture) {setup:.0f} s")  # fmt: skip
     print(f"end to end {total:.0f} s ({total / 60:.1f} min) = {total / one_pass:.0f} full passes of "
           f"{one_pass:.1f} s; work counted {search.work:.1f} passes, {search.candidates:,} of the seed's "
           f"{search.options:,} options evaluated, {search.suffix_images:,} suffix images")  # fmt: skip

@@ -38,6 +38,10 @@ OPTIONS = (
     click.option("--search-images", type=Bounded(int, 1, 10**9), metavar="N",
                  help="[spatial] Score each layer's options on a seeded sample of N calibration images; combining "
                  "layers and the final check use every image, so epsilon holds on all. [default: every image]"),
+    click.option("--max-risk", type=Bounded(float, 0.0, 1.0, low_open=True), metavar="R",
+                 help="[spatial] Keep a layer option only if it uses up at most this share of the images' margins, "
+                 "to first order (an image it flips counts 1): a per-layer budget stricter than epsilon that a "
+                 "--search-images sample resolves below one image. [default: none]"),
     click.option("--max-cache-memory", type=MemorySize(), metavar="SIZE",
                  help="[spatial] Most memory the search's dense activations take at once, per rank (512MB, 4GiB). Beyond it "
                  "layers are recorded in groups by extra partial passes; the plan is the same. [default: half of this "
@@ -59,6 +63,7 @@ def run(prepared, options: dict, context):
         mode=options["mode"], epsilon=epsilon, epsilon_kind=options["epsilon_kind"], ones_range=options["ones_range"],
         granularity=options["granularity"], top_m=options["top_m"], batch_size=options["batch_size"], cost=options["cost"],
         search_images=options["search_images"], first_level=options["first_level"].replace("-", "_"),
+        max_risk=options["max_risk"],
     )  # fmt: skip
     measured = context.measured_timer(options["target"]) if options["cost"] == "measured" else None
     result = optimize_spatial(prepared, spatial, search, metric=options["metric"], checkpoint=context.checkpoint,

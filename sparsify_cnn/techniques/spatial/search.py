@@ -197,15 +197,17 @@ class SpatialSearch:
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
         masks = [tile(pattern, c, h, w, self.p) for pattern in self.patterns]
         self.options += len(masks) * len(targets)
-        pending = {name: [] for name in targets}  # target -> [(saved, j, images)]
+        pending = {name: [] for name in targets}  # target -> [(saved, j, images, risk)]
         for j, mask in enumerate(masks):
             pred = predicted_zero(dense, mask, self.p, op.edge, op.channel_group)
             per_slot = self.ev.world.sum(_per_slot(pred, self.p, hb, wb))  # predicted positions, every rank's images
             wrong_slot = _per_slot_any(pred & (dense > 0), self.p, hb, wb)  # this rank's images
+            risks = self._target_risks(layer, pred, targets) if self.config.max_risk is not None else {}
             for name, slots in targets.items():
                 saved = float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
                 if saved > 0:
-                    pending[name].append((saved, j, slots.of(wrong_slot).flatten(1).any(dim=1).nonzero().flatten()))
+                    images = slots.of(wrong_slot).flatten(1).any(dim=1).nonzero().flatten()
+                    pending[name].append((saved, j, images, risks.get(name, 0.0)))
             self._report(f"statistics, pattern {j + 1} of {len(masks)}", 0.0)
         for queue in pending.values():
             queue.sort(key=lambda item: (-item[0], item[1]))
@@ -219,26 +221,27 @@ class SpatialSearch:
                     del pending[name]
                     done_targets += 1
                     continue
-                saved, j, images = pending[name].pop(0)
+                saved, j, images, risk = pending[name].pop(0)
                 key = f"fl/{layer}/{name}/{j}"
                 record = self.checkpoint.get(key)
                 if record is not None:
-                    records[name].append(self._option(c, hb, wb, targets[name], j, *record))
+                    records[name].append(self._option(c, hb, wb, targets[name], j, *record, risk))
                     continue
                 best_case = self.ev.best_case_accuracy(images)
-                if not self.within_budget(best_case):  # over budget whatever the suffix says
+                if not self.within_budget(best_case) or not self._within_risk(risk):  # out whatever the suffix says
                     self.checkpoint.put(key, [best_case, saved])
-                    records[name].append(self._option(c, hb, wb, targets[name], j, best_case, saved))
+                    records[name].append(self._option(c, hb, wb, targets[name], j, best_case, saved, risk))
                     continue
                 box, mask_box = pixels[name]
                 crop, mask_crop = box.of(dense), mask_box.of(masks[j])
                 predicted = lambda imgs, crop=crop, mask=mask_crop: predicted_zero(
                     crop[imgs], mask, self.p, op.edge, op.channel_group
                 )
-                batch.append((name, j, key, Candidate(saved, images, predicted, box)))
-            for (name, j, key, _), outcome in zip(batch, self._evaluate(layer, [b[3] for b in batch])):
+                batch.append((name, j, key, Candidate(saved, images, predicted, box), risk))
+            for (name, j, key, _, risk), outcome in zip(batch, self._evaluate(layer, [b[3] for b in batch])):
                 self.checkpoint.put(key, [outcome.accuracy, outcome.macs_saved])
-                records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved))
+                records[name].append(self._option(c, hb, wb, targets[name], j, outcome.accuracy, outcome.macs_saved,
+                                                  risk))  # fmt: skip
             self._report(f"first level, {done_targets} of {len(targets)} targets settled", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
 
@@ -264,10 +267,12 @@ class SpatialSearch:
             saved = {name: float(slots.of(per_slot).sum()) / self.ev.count * op.macs_per_position
                      for name, slots in targets.items()}  # fmt: skip
             scored = [name for name in targets if saved[name] > 0]
-            right = torch.tensor([int((margins + targets[name].of(moved).sum(dim=(1, 2, 3)) > 0).sum())
-                                  for name in scored], dtype=torch.int64)  # fmt: skip
-            for name, count in zip(scored, self.ev.world.sum(right).tolist()):  # one collective per pattern
-                records[name].append(self._option(c, hb, wb, targets[name], j, count / self.ev.count, saved[name]))
+            by_image = [targets[name].of(moved).sum(dim=(1, 2, 3)) for name in scored]
+            totals = torch.tensor([[float((margins + m > 0).sum()), float(used_margins(m, margins).sum())]
+                                   for m in by_image], dtype=torch.float64).reshape(-1, 2)  # fmt: skip
+            for name, (count, used) in zip(scored, self.ev.world.sum(totals).tolist()):  # one collective per pattern
+                records[name].append(self._option(c, hb, wb, targets[name], j, count / self.ev.count, saved[name],
+                                                  used / self.ev.count))  # fmt: skip
             self._report(f"first-order estimates, pattern {j + 1} of {len(masks)}", self._best(records))
         return {name: self._ranked(options) for name, options in records.items()}
 
@@ -293,10 +298,22 @@ class SpatialSearch:
         for option in options:
             candidate = self.ev.candidate(layer, self._mask(option.assignment))
             moved = torch.where(candidate.predicted(every), candidate.box.of(moves), 0.0).flatten(1).sum(dim=1)
-            used = (-moved / margins.clamp(min=torch.finfo(margins.dtype).tiny)).clamp(0.0, 1.0)
-            shares.append(float(torch.where(margins > 0, used, 0.0).sum()))
+            shares.append(float(used_margins(moved, margins).sum()))
         totals = self.ev.world.sum(torch.tensor(shares, dtype=torch.float64)).tolist()
         return [_Option(o.assignment, o.accuracy, o.saved, total / self.ev.count) for o, total in zip(options, totals)]
+
+    def _target_risks(self, layer: str, pred: torch.Tensor, targets: dict[str, Box]) -> dict[str, float]:
+        """The risk (``_with_risk``) of predicting ``pred`` (this rank's images) in each target alone."""
+        c, h, w = pred.shape[1:]
+        hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
+        moved = _per_slot_total(torch.where(pred, self._margin_moves(layer), 0.0), self.p, hb, wb)
+        margins = self.ev.dense_margins()
+        used = torch.tensor([float(used_margins(slots.of(moved).sum(dim=(1, 2, 3)), margins).sum())
+                             for slots in targets.values()], dtype=torch.float64)  # fmt: skip
+        return {name: total / self.ev.count for name, total in zip(targets, self.ev.world.sum(used).tolist())}
+
+    def _within_risk(self, risk: float) -> bool:
+        return self.config.max_risk is None or risk <= self.config.max_risk
 
     def _rescored(self, layer: str, options: list[_Option]) -> list[_Option]:
         """A layer's estimated options scored on the network (its images), those within
@@ -308,7 +325,7 @@ class SpatialSearch:
         for i, outcome in zip(todo, outcomes):
             records[i] = [outcome.accuracy, outcome.macs_saved]
             self.checkpoint.put(keys[i], records[i])
-        return self._ranked([_Option(o.assignment, *record) for o, record in zip(options, records)])
+        return self._ranked([_Option(o.assignment, *record, o.risk) for o, record in zip(options, records)])
 
     def _settled(self, options: list[_Option], queue: list) -> bool:
         """True when no queued pattern can enter this target's top M within epsilon."""
@@ -318,10 +335,10 @@ class SpatialSearch:
         return len(kept) == self.config.top_m and queue[0][0] < kept[-1].saved
 
     @staticmethod
-    def _option(c, hb, wb, slots: Box, j, accuracy, saved) -> _Option:
+    def _option(c, hb, wb, slots: Box, j, accuracy, saved, risk=0.0) -> _Option:
         assignment = torch.full((c, hb, wb), NONE, dtype=torch.long)
         slots.of(assignment).fill_(j)
-        return _Option(assignment, accuracy, saved)
+        return _Option(assignment, accuracy, saved, risk)
 
     def _merge(self, layer: str, level: str, children: list[list[_Option]]) -> list[_Option]:
         """Options of the parent target: the i-th best option of every child, for i < M."""
@@ -351,7 +368,7 @@ class SpatialSearch:
             merged.append(_Option(assignment, *record))
             where = LEVELS[level[:2]] + (f", channel {level[4:]}" if "/" in level else "")
             self._report(f"{where}, option {i + 1} of {self.config.top_m}", max(o.saved for o in merged))
-        return self._ranked(merged)
+        return self._ranked(self._with_risk(layer, merged) if self.config.max_risk is not None else merged)
 
     # --- layer level: combine layers, back off until the network meets epsilon ------------------
 
@@ -497,7 +514,7 @@ class SpatialSearch:
 
     def _ranked(self, options: list[_Option]) -> list[_Option]:
         """Options within epsilon, most MACs saved first (ties: higher accuracy), top M."""
-        kept = [o for o in options if self.within_budget(o.accuracy) and o.saved > 0]
+        kept = [o for o in options if self.within_budget(o.accuracy) and self._within_risk(o.risk) and o.saved > 0]
         kept.sort(key=lambda o: (-o.saved, -o.accuracy))
         return kept[: self.config.top_m]
 
@@ -516,6 +533,13 @@ class SpatialSearch:
     @staticmethod
     def _best(records: dict[str, list[_Option]]) -> float:
         return max((o.saved for options in records.values() for o in options), default=0.0)
+
+
+def used_margins(moved: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """Per image, the share of its margin that moving it by ``moved`` uses up, in [0, 1] (1: it
+    flips); 0 for an image wrong already."""
+    used = (-moved / margins.clamp(min=torch.finfo(margins.dtype).tiny)).clamp(0.0, 1.0)
+    return torch.where(margins > 0, used, 0.0)
 
 
 def _state_key(rank: dict[str, int]) -> str:

@@ -37,6 +37,11 @@ class SearchConfig(Config):
         less the highest other) to first order, from one gradient pass per layer, with no
         network run per option. The levels after it (for uniform_layer: the kept options,
         scored again) and combining layers run the network.
+    max_risk: the most risk a layer option may have to be kept: the share of each image's margin
+        (its target logit less the highest other) the option uses up, to first order, averaged
+        over the per-layer images, an image estimated to flip counting 1. A per-layer budget
+        stricter than epsilon that a sample can resolve below one image (see --search-images).
+        None = no such budget.
     """
 
     mode: str = "uniform_filter"
@@ -50,6 +55,7 @@ class SearchConfig(Config):
     cost: str = "macs"
     search_images: int | None = None
     first_level: str = "exact"
+    max_risk: float | None = None
     version: int = 1
 
     def __post_init__(self):
@@ -62,6 +68,8 @@ class SearchConfig(Config):
             raise InputError("granularity must be >= 0, top-M and batch size >= 1")
         if self.first_level not in FIRST_LEVELS:
             raise InputError(f"first level must be one of {', '.join(FIRST_LEVELS)}, got '{self.first_level}'")
+        if self.max_risk is not None and not 0 < self.max_risk <= 1:
+            raise InputError(f"max risk must be in (0, 1], got {self.max_risk}")
         if self.search_images is not None and self.search_images < 1:
             raise InputError(f"search images must be >= 1, got {self.search_images}")
         if self.ones_range is not None:

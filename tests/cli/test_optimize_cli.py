@@ -59,13 +59,15 @@ def test_default_command_writes_plan_model_and_report(tmp_path, model_files):
 def test_layer_options_on_a_sample_with_a_first_order_first_level(tmp_path, model_files):
     out = tmp_path / "out"
     result = run(model_files["pt2"], "--mode", "uniform_layer", "--data", "digits", "--search-images", "60",
-                 "--first-level", "first-order", "--target", "none", "--out", out)  # fmt: skip
+                 "--first-level", "first-order", "--max-risk", "0.05", "--target", "none", "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["search_images"] == 60 and report["plan"]["search"]["search_images"] == 60
-    assert report["plan"]["search"]["first_level"] == "first_order"
+    assert report["plan"]["search"]["first_level"] == "first_order" and report["plan"]["search"]["max_risk"] == 0.05
     assert report["accuracy"]["calib"]["dense"] - report["accuracy"]["calib"]["sparse"] <= 0.01 + 1e-9
-    assert "scored on a seeded sample of 60 of the 359 calibration images" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "scored on a seeded sample of 60 of the 359 calibration images" in text
+    assert "use up at most 0.05 of the images' margins" in text
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,7 @@ def test_layer_options_on_a_sample_with_a_first_order_first_level(tmp_path, mode
         (("--max-cache-memory", "lots"), "'lots' is not a memory size"),
         (("--search-images", "0"), "'--search-images': must be in 1.."),
         (("--first-level", "taylor"), "Invalid value for '--first-level'"),
+        (("--max-risk", "0"), "'--max-risk': must be in (0, 1], got 0"),
     ],
 )
 def test_invalid_options_exit_2(tmp_path, model_files, args, fragment):

@@ -205,9 +205,13 @@ def _file_name(layer: str) -> str:
 
 
 def sample_sentence(search: dict, data: dict) -> str:
-    """Says when layer options were scored on a sample of the calibration images."""
+    """Says when layer options were scored on a sample of the calibration images, and under a
+    risk budget."""
     calib, sampled = data["budget"]["splits"]["calib"]["images"], search["search_images"]
+    max_risk = data["plan"]["search"].get("max_risk")
+    sentence = "" if max_risk is None else (f" Layer options were kept only where they use up at most {max_risk:g} "
+                                            "of the images' margins, to first order (--max-risk).")  # fmt: skip
     if not sampled or sampled >= calib:
-        return ""
+        return sentence
     return (f" Layer options were scored on a seeded sample of {sampled:,} of the {calib:,} calibration images; "
-            "layers were combined and the plan checked on all of them.")
+            f"layers were combined and the plan checked on all of them.{sentence}")

@@ -145,6 +145,29 @@ def test_an_options_risk_is_the_share_of_margins_it_uses_up_exactly_where_the_su
     assert len({round(o.risk, 6) for o in options}) == 3 and all(o.risk > 0 for o in options)
 
 
+@pytest.mark.parametrize("first_level", ["exact", "first_order"])
+def test_a_risk_budget_keeps_only_options_that_use_up_little_margin(first_level):
+    """Where the suffix is linear the two first levels keep the same options under the budget;
+    without it, bolder ones (risk 0.47 here) come first."""
+    torch.manual_seed(0)
+    model = LinearHead().eval()
+    x = torch.randn(60, 1, 8, 8)
+    target = model(x).argmax(1) ^ (torch.arange(60) % 7 == 0)
+    gm = insert_spatial_ops(capture(model, (1, 1, 8, 8)).graph_module).graph_module
+    ev = Evaluator(gm, x, target)
+    kept = {}
+    for max_risk in (None, 0.05):
+        config = SearchConfig(mode="uniform_filter", epsilon=0.2, granularity=2, top_m=3, first_level=first_level,
+                              max_risk=max_risk)  # fmt: skip
+        search = SpatialSearch(ev, config)
+        kept[max_risk] = search._with_risk("conv", search._layer_options("conv"))
+    assert kept[0.05] and all(o.risk <= 0.05 for o in kept[0.05])
+    assert max(o.risk for o in kept[None]) > 0.4 and max(o.saved for o in kept[None]) > 4 * max(o.saved for o in kept[0.05])
+    assert [round(o.saved) for o in kept[0.05]] == [147, 54]  # the same for both first levels
+    with pytest.raises(InputError, match=r"max risk must be in \(0, 1\]"):
+        SearchConfig(max_risk=0.0)
+
+
 def test_the_back_off_steps_the_riskiest_of_options_with_the_same_accuracy_to_a_milder_one(trained_lenet, digits28):
     """On a sample no option changes an image of, risk orders the back-off: the layer whose
     option uses up most margin moves to its next option with less risk before any is dropped."""

@@ -4,7 +4,9 @@ run through ``sparsify MODEL.pt2 --data x.npz --out DIR`` for each technique.
 
 A run passes when it ends in a compiled artifact that reproduces the rewritten ``model.pt2``
 on the data, or stops with exit 2 and one ``error:`` line under 300 characters (no traceback).
-Anything else (a traceback, another exit code, a mismatch, a time-out) is a failure.
+Anything else (a traceback, another exit code, a mismatch, a time-out) is a failure. Each run
+starts its search afresh (``--no-resume``): a checkpoint that an earlier run, perhaps of other
+code, left in ``--keep`` is not taken up.
 
     python benchmarks/zoo.py                                  # every model, three techniques
     python benchmarks/zoo.py --families --techniques spatial  # the smallest model of each family
@@ -114,7 +116,7 @@ def write_data(path: Path, size: int, images: int, seed: int = 0) -> Path:
 
 def run_one(model: Path, data: Path, technique: str, out: Path, target: str, timeout: float) -> dict:
     command = [sys.executable, "-m", "sparsify_cnn", str(model), "--data", str(data), "--out", str(out),
-               "--target", target, *TECHNIQUES[technique]]  # fmt: skip
+               "--target", target, "--no-resume", *TECHNIQUES[technique]]  # fmt: skip
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)

@@ -62,12 +62,15 @@ class CompiledModule:
         self.device = tvm.cpu(0) if spec["kind"] == "llvm" else tvm.cuda(0)
         if not self.device.exist:
             raise InputError(f"cannot time code for {target}: this machine has no {spec['kind']} device")
-        training = module.training
+        # Export puts every submodule in eval mode: each gets its own mode back. (``train(mode)``
+        # on ``module`` would set one mode on all of them, and a wrapper built for timing, in
+        # training mode, would put the batch norms it shares with the model in training mode.)
+        modes = [(submodule, submodule.training) for submodule in module.modules()]
         try:
             program = export_static(_as_graph(module, tuple(input_shape)), tuple(input_shape))
         finally:
-            if module.training != training:  # export put it in eval mode: give it back as it came
-                module.train(training)
+            for submodule, training in modes:
+                submodule.training = training
         with tvm.target.Target(spec):  # lowerings pick CPU or GPU kernels by the current target
             mod, params = import_program(program, custom_convert_map())
         executable = compile_module(mod, spec, tune_trials=tune_trials, records=records, progress=progress)

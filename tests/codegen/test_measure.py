@@ -33,6 +33,22 @@ def test_measure_ms_times_dense_and_perforated_convs():
         assert module.training  # a search may be fine-tuning the module it times
 
 
+def test_timing_a_wrapper_leaves_the_layers_it_shares_with_a_model_in_their_mode():
+    """The crossover times a layer's dense block, built on the model's own conv and batch norm;
+    the block starts in training mode. Timing it must not put the shared norm in training mode,
+    or the model's next passes use batch statistics and overwrite its running ones."""
+    conv, norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, norm, nn.ReLU()).eval()
+    block = nn.Sequential(conv, norm)
+    assert block.training
+    measure_ms(block, SHAPE, number=1, repeat=1)
+    assert block.training and not conv.training and not norm.training
+    statistics = norm.running_mean.clone()
+    with torch.no_grad():
+        model(torch.randn(SHAPE) + 1.0)
+    assert torch.equal(norm.running_mean, statistics)
+
+
 @pytest.mark.parametrize("method", ["fx", "export"])
 def test_measure_ms_times_a_captured_graph(method):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()

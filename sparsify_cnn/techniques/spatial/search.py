@@ -51,6 +51,7 @@ class _Option:
     accuracy: float
     saved: float
     risk: float = 0.0  # the share of the images' margins it uses up, to first order (see _with_risk)
+    moves: torch.Tensor | None = None  # per image of this rank: how far it moves the margin, to first order
 
 
 class SpatialSearch:
@@ -143,7 +144,9 @@ class SpatialSearch:
         for i, layer in enumerate(layers):
             self._at = (i, len(layers), layer)
             self._report("starting", 0.0)
-            options[layer] = self._with_risk(layer, self._layer_options(layer))
+            layer_options = self._layer_options(layer)
+            fresh = any(o.moves is None for o in layer_options)  # merged options under --max-risk have theirs
+            options[layer] = self._with_risk(layer, layer_options) if fresh else layer_options
         self._moves = None
         best = max((o.saved for layer_options in options.values() for o in layer_options), default=0.0)
         self.progress(LAYERS_PHASE, "every layer", len(layers), len(layers), unit="layers", best_saved=best)
@@ -294,23 +297,26 @@ class SpatialSearch:
             return options
         moves, margins = self._margin_moves(layer), self.ev.dense_margins()
         every = torch.arange(len(margins))
-        shares = []
+        per_image = []
         for option in options:
             candidate = self.ev.candidate(layer, self._mask(option.assignment))
-            moved = torch.where(candidate.predicted(every), candidate.box.of(moves), 0.0).flatten(1).sum(dim=1)
-            shares.append(float(used_margins(moved, margins).sum()))
-        totals = self.ev.world.sum(torch.tensor(shares, dtype=torch.float64)).tolist()
-        return [_Option(o.assignment, o.accuracy, o.saved, total / self.ev.count) for o, total in zip(options, totals)]
+            moved = torch.where(candidate.predicted(every), candidate.box.of(moves), 0.0)
+            per_image.append(moved.flatten(1).sum(dim=1))
+        risks = self._risks(per_image)
+        return [_Option(o.assignment, o.accuracy, o.saved, risk, m) for o, risk, m in zip(options, risks, per_image)]
+
+    def _risks(self, per_image: list[torch.Tensor]) -> list[float]:
+        """The risk of each margin move (per image of this rank), over every rank's images."""
+        margins = self.ev.dense_margins()
+        shares = torch.tensor([float(used_margins(moved, margins).sum()) for moved in per_image], dtype=torch.float64)
+        return [total / self.ev.count for total in self.ev.world.sum(shares).tolist()]
 
     def _target_risks(self, layer: str, pred: torch.Tensor, targets: dict[str, Box]) -> dict[str, float]:
         """The risk (``_with_risk``) of predicting ``pred`` (this rank's images) in each target alone."""
-        c, h, w = pred.shape[1:]
+        h, w = pred.shape[2:]
         hb, wb = padded_size(h, self.p) // self.p, padded_size(w, self.p) // self.p
         moved = _per_slot_total(torch.where(pred, self._margin_moves(layer), 0.0), self.p, hb, wb)
-        margins = self.ev.dense_margins()
-        used = torch.tensor([float(used_margins(slots.of(moved).sum(dim=(1, 2, 3)), margins).sum())
-                             for slots in targets.values()], dtype=torch.float64)  # fmt: skip
-        return {name: total / self.ev.count for name, total in zip(targets, self.ev.world.sum(used).tolist())}
+        return dict(zip(targets, self._risks([slots.of(moved).sum(dim=(1, 2, 3)) for slots in targets.values()])))
 
     def _within_risk(self, risk: float) -> bool:
         return self.config.max_risk is None or risk <= self.config.max_risk
@@ -427,23 +433,44 @@ class SpatialSearch:
         return self._masks(options, states[met]), points, outcomes[met]
 
     def _back_off_states(self, options, layers) -> list[dict[str, int]]:
-        """Every layer at its best option, then one layer backed off per step (the layer whose
-        option costs the most on its own, in accuracy on the per-layer images and then in risk,
-        moves to its next option that costs less, or is dropped), down to no layer transformed."""
+        """Every layer at its best option, then one layer backed off per step (it moves to its
+        next option that costs less on its own, in accuracy on the per-layer images and then in
+        risk, or is dropped), down to no layer transformed.
+
+        The layer stepped is one whose option loses the most on the per-layer images; among
+        those (every layer, where the sample tells no option apart), the one whose step takes
+        the most off the network's risk per MAC it gives up. The network's risk is the risk of
+        every transformed layer's margin moves added up (they add, to first order): layers that
+        use up the same images' margins count together, not each on its own."""
 
         def cost(layer: str, i: int) -> tuple[float, float]:
             return self.drop(options[layer][i].accuracy), options[layer][i].risk
 
+        def milder(layer: str, i: int) -> int | None:
+            return next((j for j in range(i + 1, len(options[layer])) if cost(layer, j) < cost(layer, i)), None)
+
+        nothing = torch.zeros(len(self.ev.dense_margins()))
+
+        def moves(layer: str, i: int | None) -> torch.Tensor:
+            return nothing if i is None or options[layer][i].moves is None else options[layer][i].moves
+
+        def saved(layer: str, i: int | None) -> float:
+            return 0.0 if i is None else options[layer][i].saved
+
         rank = {layer: 0 for layer in layers}
         states = [dict(rank)]
         while rank:
-            worst = max(rank, key=lambda l: (*cost(l, rank[l]), -options[l][rank[l]].saved))
-            current = cost(worst, rank[worst])
-            better = [i for i in range(rank[worst] + 1, len(options[worst])) if cost(worst, i) < current]
-            if better:
-                rank[worst] = better[0]
-            else:
+            loss = max(cost(layer, i)[0] for layer, i in rank.items())
+            steps = {layer: milder(layer, i) for layer, i in rank.items() if cost(layer, i)[0] == loss}
+            total = sum((moves(layer, i) for layer, i in rank.items()), nothing)
+            now, *risks = self._risks([total, *(total - moves(l, rank[l]) + moves(l, j) for l, j in steps.items())])
+            ranked = [((now - risk) / max(saved(l, rank[l]) - saved(l, j), 1e-12), options[l][rank[l]].risk,
+                       -options[l][rank[l]].saved, l, j) for (l, j), risk in zip(steps.items(), risks)]  # fmt: skip
+            *_, worst, step = max(ranked, key=lambda item: item[:3])
+            if step is None:
                 del rank[worst]
+            else:
+                rank[worst] = step
             states.append(dict(rank))
         return states
 
@@ -506,7 +533,7 @@ class SpatialSearch:
         dropped (below the crossover), most time saved first."""
         if self.time_saved is None:
             raise InputError("cost 'measured' needs a layer timer")
-        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment)), o.risk)
+        timed = [_Option(o.assignment, o.accuracy, self.time_saved(layer, self._mask(o.assignment)), o.risk, o.moves)
                  for o in options]  # fmt: skip
         kept = [o for o in timed if o.saved > 0]
         kept.sort(key=lambda o: (-o.saved, -o.accuracy))

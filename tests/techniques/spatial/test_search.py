@@ -181,6 +181,32 @@ def test_the_back_off_steps_the_riskiest_of_options_with_the_same_accuracy_to_a_
     assert states == [{"a": 0, "b": 0}, {"a": 2, "b": 0}, {"a": 2, "b": 1}, {"b": 1}, {}]
 
 
+def test_the_back_off_sheds_the_most_network_risk_per_mac_counting_layers_that_share_images_together(
+    trained_lenet, digits28
+):
+    """Layers a and b each use up 0.6 of one image's margin, c 0.5 of another's; each saves the
+    same. On their own a and b are the riskiest, but together they can flip their image only
+    once: dropping either takes 0.4 off the network's risk, dropping c 0.5. So c goes first."""
+    from sparsify_cnn.techniques.spatial.search import _Option
+
+    search = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib, images=40), SearchConfig())
+    dense, margins = search.ev.dense_accuracy, search.ev.dense_margins()
+    first, second = (margins > 0).nonzero().flatten()[:2].tolist()
+
+    def option(image: int, share: float) -> _Option:
+        moves = torch.zeros(len(margins))
+        moves[image] = -share * margins[image]
+        return _Option(None, dense, 10.0, share / 40, moves)
+
+    options = {"a": [option(first, 0.6)], "b": [option(first, 0.6)], "c": [option(second, 0.5)]}
+    assert search._risks([options["a"][0].moves + options["b"][0].moves]) == pytest.approx([1 / 40])
+    states = search._back_off_states(options, list(options))
+    assert states == [{"a": 0, "b": 0, "c": 0}, {"a": 0, "b": 0}, {"b": 0}, {}]
+    for layer_options in options.values():  # without moves each layer counts on its own: a goes first
+        layer_options[0].moves = None
+    assert search._back_off_states(options, list(options))[1] == {"b": 0, "c": 0}
+
+
 @pytest.mark.parametrize("mode", ["uniform_layer", "uniform_filter"])
 def test_a_first_order_first_level_keeps_epsilon_with_fewer_network_runs(mode, trained_lenet, digits28):
     exact = SpatialSearch(_evaluator(trained_lenet, (1, 28, 28), digits28.calib),

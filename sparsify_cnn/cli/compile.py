@@ -64,7 +64,8 @@ def compile_command(
     else:
         click.echo(
             f"compiled for {result.manifest['target'].get('mcpu', target)}; matches torch on {check['images']} "
-            f"images: max |diff| {result.max_abs_diff:.2e} ({result.relative_diff:.2e} of the output scale)"
+            f"images: max |diff| {result.max_abs_diff:.2e} ({result.relative_diff:.2e} of the output scale"
+            f"{result.threshold_note})"
         )
     click.echo(f"wrote {', '.join(result.manifest['files'])}, manifest.json to {out}")
     click.echo(f"manifest sha256 {result.manifest_sha256} (pin it with sparsify run --expect-sha256)")

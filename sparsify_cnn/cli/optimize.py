@@ -138,7 +138,8 @@ def optimize_command(**options):
                 progress=progress, times=times,
                 extra_files={name: out_dir / name for name in ("report.md", "report.json")},  # what it was chosen for
             )  # fmt: skip
-        check = "not run here" if compiled.max_abs_diff is None else f"max |diff| vs torch {compiled.max_abs_diff:.2e}"
+        check = "not run here" if compiled.max_abs_diff is None else \
+            f"max |diff| vs torch {compiled.max_abs_diff:.2e}{compiled.threshold_note}"  # fmt: skip
         click.echo(f"compiled for {target} into {out_dir / 'artifact'} ({check}); manifest sha256 "
                    f"{compiled.manifest_sha256} (pin it with sparsify run --expect-sha256)")  # fmt: skip
     click.echo(f"time by phase: {times.line()} (phases.json)")

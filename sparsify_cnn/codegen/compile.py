@@ -25,7 +25,7 @@ from .target import target_spec
 
 TOLERANCE = 1e-4  # largest difference allowed, relative to the output's scale
 NUDGE = 1e-7  # of the input's scale: about one float32 rounding (see OutputComparison)
-MAX_BOUNDARY_SHARE = 0.1  # of the checked images, the most that may be left out as on a threshold
+MAX_THRESHOLD_SHARE = 0.1  # of the checked images, the most that may be left out as on a threshold
 STEPS = ("export", "import", "build", "check", "write")  # what progress reports, in phase "compile"
 
 
@@ -150,13 +150,13 @@ class OutputComparison:
     the compiled and the torch model may decide apart, and the output jumps: neither is wrong.
     Such a batch shows in the torch model alone: moved by ``NUDGE`` of its input's scale (seeded
     draws, each both ways), its own output moves at least half as far as the compiled one is
-    off. It is left out of the difference and counted. More than ``MAX_BOUNDARY_SHARE`` of the
+    off. It is left out of the difference and counted. More than ``MAX_THRESHOLD_SHARE`` of the
     images left out (or more than one, of fewer than ten), or every image, fails the check.
     NaN or infinity on either side fails it too: NaN compares false, so a max over differences
     would report 0."""
 
-    def __init__(self, gm: fx.GraphModule, draws: int = 4):
-        self.gm, self.draws = gm, draws
+    def __init__(self, gm: fx.GraphModule, directions: int = 2):
+        self.gm, self.directions = gm, directions  # seeded nudge directions, each tried both ways
         self.worst = self.scale = 0.0
         self.images = self.at_threshold = 0
 
@@ -175,7 +175,7 @@ class OutputComparison:
             self.worst = max(self.worst, diff)
 
     def result(self) -> tuple[float, float, int]:
-        allowed = max(1.0, MAX_BOUNDARY_SHARE * self.images)
+        allowed = max(1.0, MAX_THRESHOLD_SHARE * self.images)
         if self.at_threshold > allowed or self.at_threshold == self.images > 0:
             raise CompiledMismatchError(
                 f"the compiled model differs from the torch model on {self.at_threshold} of {self.images} check "
@@ -189,7 +189,7 @@ class OutputComparison:
         generator = torch.Generator().manual_seed(0)
         step = NUDGE * float(x.abs().max())
         moved = 0.0
-        for _ in range(self.draws // 2):
+        for _ in range(self.directions):
             direction = step * torch.randn(x.shape, generator=generator)
             for nudged in (x + direction, x - direction):  # both ways: a value at 0 crosses it one way
                 moved = max(moved, float(np.abs(self._run(nudged) - expected).max()))

@@ -31,25 +31,28 @@ def main() -> None:
                         help="how the first level scores options, one row each")
     parser.add_argument("--search-images", nargs="*", default=["all"],
                         help="calibration images each layer's options are scored on, one row each ('all': exact)")
+    parser.add_argument("--max-risk", type=float,
+                        help="per-layer risk budget (SearchConfig.max_risk; default: none)")
     args = parser.parse_args()
     prepared, seconds = trained_zoo_model(args.model, args.epochs, threads=args.threads)
     print(f"{args.model} trained on digits {prepared.data.input_shape} in {seconds:.1f} s; "
           f"epsilon {args.epsilon} absolute, granularity {args.granularity}, top-M {args.top_m}, "
           f"{args.threads} threads")  # fmt: skip
-    print("| mode | first level | layer images | MACs saved (test) | calib loss (pts) | test loss (pts) | search s "
+    print("| mode | first level | layer images | max risk | MACs saved (test) | calib loss (pts) | test loss (pts) | search s "
           "| options (seed's Omega) | evaluated | suffix images | work (passes) | work / (Omega x F) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         for first_level, images in itertools.product(args.first_levels, args.search_images):
             sample = None if images == "all" else int(images)
             config = SearchConfig(mode=mode, epsilon=args.epsilon, granularity=args.granularity, top_m=args.top_m,
-                                  search_images=sample, first_level=first_level)  # fmt: skip
+                                  search_images=sample, first_level=first_level, max_risk=args.max_risk)  # fmt: skip
             result = optimize_spatial(prepared, search=config)
             saved = 1 - result.sparse.total_performed_macs / result.dense.total_macs
             loss = {s: 100 * (result.scores[s]["dense"].value - result.scores[s]["sparse"].value)
                     for s in ("calib", "test")}  # fmt: skip
             found = result.search
-            print(f"| {mode} | {first_level} | {found.search_images} | {100 * saved:.1f}% | {loss['calib']:.2f} | {loss['test']:.2f} | "
+            max_risk = result.plan.search.get("max_risk")
+            print(f"| {mode} | {first_level} | {found.search_images} | {max_risk or '-'} | {100 * saved:.1f}% | {loss['calib']:.2f} | {loss['test']:.2f} | "
                   f"{found.seconds:.1f} | {found.options:,} | {found.candidates:,} | {found.suffix_images:,} | "
                   f"{found.work:.1f} | {found.work_ratio:.3f} |", flush=True)  # fmt: skip
 

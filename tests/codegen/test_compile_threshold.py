@@ -49,6 +49,25 @@ def test_an_image_at_the_threshold_is_left_out_and_a_wrong_output_is_not(predict
     assert (worst, left_out) == (pytest.approx(0.5), 1) and relative > 0.1
 
 
+def test_a_value_within_rounding_of_zero_is_at_the_threshold_and_one_past_it_is_not(predicting_model):
+    """Another thread count rounds the computed value to the other side of 0: the torch model
+    computes it as a few 1e-7 above, the compiled one decided below and predicted the patch
+    zero. A value 1e-3 above 0 predicted zero is a wrong kernel."""
+    clear = _image(-1.0)
+    with torch.no_grad():
+        expected_clear = predicting_model(clear).numpy()
+    for top_left, left_out in ((3e-7, 1), (-3e-7, 1), (1e-3, 0)):
+        x = _image(top_left)
+        decided_apart = torch.relu(x).numpy()
+        decided_apart[..., :2, :2] = 0 if top_left > 0 else 1  # the compiled side took the other sign
+        comparison = OutputComparison(predicting_model)
+        comparison.add(x, decided_apart, "image 0")
+        for i in range(9):
+            comparison.add(clear, expected_clear, f"image {i + 1}")
+        worst, _, at_threshold = comparison.result()
+        assert at_threshold == left_out and worst == (0.0 if left_out else pytest.approx(1.0)), top_left
+
+
 def test_too_many_images_at_the_threshold_fail_the_check(predicting_model):
     comparison = OutputComparison(predicting_model)
     x = _image(0.0)

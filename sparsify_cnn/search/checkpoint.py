@@ -43,6 +43,17 @@ def checkpoint_schema(record: dict) -> dict:
     }
 
 
+def same_identity(stored, current) -> bool:
+    """Whether a checkpoint written for ``stored`` belongs to the search ``current``: equal, but
+    for options ``stored`` lacks that ``current`` leaves off (None): options added since it was
+    written, whose default is the search it ran."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        return all(key in stored or current[key] is None for key in current) and all(
+            key in current and same_identity(value, current[key]) for key, value in stored.items()
+        )
+    return stored == current
+
+
 class Checkpoint:
     """A key -> record store flushed to ``path`` at most every ``interval`` seconds (and on
     ``flush``). ``identity`` says which search wrote it: a checkpoint of another search (other
@@ -71,7 +82,7 @@ class Checkpoint:
             data = read_json(self.path, schema, "checkpoint")
         except InputError as error:
             raise InputError(f"{error}; remove it or pass --no-resume to start over") from None
-        if data["identity"] != self.identity:
+        if not same_identity(data["identity"], self.identity):
             raise InputError(
                 f"checkpoint '{self.path}' was written by another search (other model, data or "
                 "options); remove it or pass --no-resume"

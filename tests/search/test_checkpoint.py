@@ -53,3 +53,14 @@ def test_checkpoint_of_another_search_or_unreadable_is_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON.*remove it or pass --no-resume"):
         Checkpoint(path, {"model": "a"})
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_only_with_that_option_off(tmp_path):
+    path = tmp_path / "ckpt.json"
+    Checkpoint(path, {"search": {"mode": "uniform_filter"}}, interval=0).put("k", [1.0, 2.0])
+    resumed = Checkpoint(path, {"search": {"mode": "uniform_filter", "max_risk": None}})
+    assert resumed.records == {"k": [1.0, 2.0]}
+    for other in ({"search": {"mode": "uniform_filter", "max_risk": 0.01}}, {"search": {"mode": "uniform_patch"}},
+                  {"search": {}}, {"search": {"mode": "uniform_filter"}, "metric": None, "data": "x"}):  # fmt: skip
+        with pytest.raises(InputError, match="written by another search"):
+            Checkpoint(path, other)

@@ -23,7 +23,9 @@ fails leaves the function as it was (correct, slow), never a broken one. In the 
 - ``Elementwise``: functions of spatial blocks only: outer loops parallel, the innermost
   vectorised.
 
-The build applies them to every CPU kernel not hand-written (the Spatial op's) or tuned."""
+The build applies them to every CPU kernel not hand-written (the Spatial op's) or tuned. Tuning
+searches from them: ``tunable_space`` is the register-tiled rules' schedules with their tile
+sizes sampled."""
 
 from __future__ import annotations
 
@@ -42,6 +44,24 @@ def default_cpu_schedule():
     return dlight.ApplyDefaultSchedule(*convs, *products, dlight.cpu.Reduction(), Window(), Elementwise())
 
 
+def tunable_space(target):
+    """A MetaSchedule design space (a ``ScheduleFn`` function) from the register-tiled rules: a
+    kernel one of them takes gets that rule's schedule with its tile sizes sampled, starting at
+    the rule's own; other kernels get none here."""
+
+    def space(sch):
+        for rule in (BlockedConv2D(), Conv2D(), Matmul(), BlockedMatmul()):
+            attempt = sch.copy()
+            try:
+                if rule.schedule(attempt, target, tunable=True):
+                    return [attempt]
+            except Exception:  # noqa: BLE001 - tvm's ScheduleError: not this rule's kernel
+                continue
+        return []
+
+    return space
+
+
 class _Rule:
     """A dlight schedule rule that never raises: a failed schedule means "not mine"."""
 
@@ -52,11 +72,13 @@ class _Rule:
             return None
         try:
             sch = s_tir.Schedule(func)
-            return sch if self.schedule(sch, target) else None
+            return sch if self.schedule(sch, target, tunable) else None
         except Exception:  # noqa: BLE001 - tvm's ScheduleError and friends: leave the function as it is
             return None
 
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
+        """Schedule ``sch`` in place; False when it is not this rule's kind. ``tunable``: the
+        register tile's sizes are sampled (``_tile``), for MetaSchedule to search from."""
         raise NotImplementedError
 
 
@@ -74,6 +96,18 @@ def conv_tile(channels: int, columns: int) -> tuple[int, int]:
     most = max(1, min(8, REGISTERS // vectors))
     block = max(d for d in range(1, most + 1) if channels % d == 0)
     return lanes, block
+
+
+def _tile(sch, loop, inner: int, most: int, tunable: bool):
+    """``loop`` split into (blocks, a tile of ``inner``). ``tunable``: the tile is a sampled
+    divisor of at most ``most`` (a perfect tile MetaSchedule mutates), the rule's ``inner`` its
+    first decision."""
+    if not tunable:
+        return sch.split(loop, [None, inner])
+    extent = _extent(sch, loop)
+    factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(most, inner),
+                                      decision=[extent // inner, inner])  # fmt: skip
+    return sch.split(loop, factors)
 
 
 def _extent(sch, loop) -> int:
@@ -103,7 +137,7 @@ def _parallel_vectorize(sch, block) -> None:
 
 
 class Conv2D(_Rule):
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         found = _conv_block(sch)
         if found is None:
             return False
@@ -116,7 +150,7 @@ class Conv2D(_Rule):
             _destride_columns(sch, before[0], conv)
         batch, channels, rows, columns, *reduce = sch.get_loops(conv)
         lanes, block = conv_tile(_extent(sch, channels), _extent(sch, columns))
-        channel_blocks, channel = sch.split(channels, [None, block])
+        channel_blocks, channel = _tile(sch, channels, block, 8, tunable)
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(batch, channel_blocks, rows, column_blocks, *reduce, channel, column)
         _register_tile(sch, conv, at=column_blocks, parallel=[batch, channel_blocks, rows], unrolled=[channel],
@@ -157,7 +191,7 @@ class BlockedConv2D(_Rule):
     whole reduction with the input channels' block innermost: each step broadcasts one input
     value per column and loads one contiguous vector of weights per channel block."""
 
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         found = _conv_block(sch)
         if found is None:
             return False
@@ -187,8 +221,8 @@ class BlockedConv2D(_Rule):
             before = []
         registers = accumulator_registers(target)
         chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
-        chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
-        column_blocks, column = sch.split(columns, [None, column_tile])
+        chunk_blocks, chunk = _tile(sch, chunks, chunk_tile, 2, tunable)
+        column_blocks, column = _tile(sch, columns, column_tile, registers, tunable)
         sch.reorder(batch, chunk_blocks, rows, column_blocks, *reduce_outer, *reduce_inner, column, chunk, lanes)
         _register_tile(sch, conv, at=column_blocks, parallel=[batch, chunk_blocks, rows], unrolled=[column, chunk],
                        lanes=lanes, reduce=reduce_outer[0], others=before, epilogue=_last(after))  # fmt: skip
@@ -203,7 +237,7 @@ def _register_tile(sch, block, at, parallel, unrolled, lanes, reduce, others, ep
     split off the initialisation at loop ``reduce``; and schedule the ``others`` blocks (padding;
     an epilogue that cannot be inlined) parallel and vectorised on their own."""
     tile = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(tile, at)
+    sch.reverse_compute_at(tile, at, preserve_unit_loops=True)  # as many loops whatever the tile (a replayed trace)
     write_back = sch.get_loops(tile)[-1]
     if epilogue is not None:
         try:
@@ -306,7 +340,7 @@ def matmul_tile(rows: int, width: int, registers: int = REGISTERS) -> tuple[int,
 
 
 class Matmul(_Rule):
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         found = _one_reduction(sch)
         if found is None:
             return False
@@ -318,8 +352,9 @@ class Matmul(_Rule):
             return False
         _epilogue(sch, after)
         *outer, rows, columns, reduce = sch.get_loops(product)
-        row_tile, lanes = matmul_tile(_extent(sch, rows), _extent(sch, columns), accumulator_registers(target))
-        row_blocks, row = sch.split(rows, [None, row_tile])
+        registers = accumulator_registers(target)
+        row_tile, lanes = matmul_tile(_extent(sch, rows), _extent(sch, columns), registers)
+        row_blocks, row = _tile(sch, rows, row_tile, registers, tunable)
         column_blocks, column = sch.split(columns, [None, lanes])
         sch.reorder(*outer, row_blocks, column_blocks, reduce, row, column)
         _register_tile(sch, product, at=column_blocks, parallel=[*outer, row_blocks, column_blocks], unrolled=[row],
@@ -334,7 +369,7 @@ class BlockedMatmul(_Rule):
     blocks by a few columns (``blocked_tile``), a vector of weights times a broadcast value of the
     column per step."""
 
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         found = _loop_nest(sch)
         if found is None:
             return False
@@ -345,8 +380,8 @@ class BlockedMatmul(_Rule):
         *outer, chunks, columns, lanes = spatial
         registers = accumulator_registers(target)
         chunk_tile, column_tile = blocked_tile(_extent(sch, chunks), _extent(sch, columns), registers)
-        chunk_blocks, chunk = sch.split(chunks, [None, chunk_tile])
-        column_blocks, column = sch.split(columns, [None, column_tile])
+        chunk_blocks, chunk = _tile(sch, chunks, chunk_tile, 2, tunable)
+        column_blocks, column = _tile(sch, columns, column_tile, registers, tunable)
         sch.reorder(*outer, chunk_blocks, column_blocks, *reduce, column, chunk, lanes)
         parallel = [*outer, chunk_blocks, column_blocks]
         _register_tile(sch, product, at=column_blocks, parallel=parallel, unrolled=[column, chunk], lanes=lanes,
@@ -355,7 +390,7 @@ class BlockedMatmul(_Rule):
 
 
 class Window(_Rule):
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         found = _loop_nest(sch)
         if found is None:
             return False
@@ -376,7 +411,7 @@ class Window(_Rule):
 
 
 class Elementwise(_Rule):
-    def schedule(self, sch, target) -> bool:
+    def schedule(self, sch, target, tunable: bool = False) -> bool:
         blocks = _blocks(sch)
         if not blocks or any(set(_iter_kinds(sch, b)) != {"S"} for b in blocks):
             return False

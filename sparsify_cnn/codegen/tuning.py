@@ -1,5 +1,7 @@
-"""MetaSchedule tuning with a records directory that later compiles reuse. A record is used only
-where it runs faster than the default CPU schedule (``keep_faster``).
+"""MetaSchedule tuning with a records directory that later compiles reuse. On CPU a kernel that a
+register-tiled default rule takes is searched in that rule's space, its tile sizes sampled
+(``_by_space``); a record is used only where it runs faster than the default CPU schedule
+(``keep_faster``).
 
 Two traps of TVM 0.27 on small machines are handled here: the default builder imports
 ``tvm.s_tir.tensor_intrin`` (about 26 s) inside its 30 s job timeout, so most builds time out
@@ -85,9 +87,12 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         setup = f"search spaces of {len(tasks)} tasks"
         progress("tuning setup", setup, 0, 1, eta=False)
         with _unnamed_handlers_detached(logging.getLogger(LOGGER)):
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                tasks, str(records), strategy=strategy, seed=seed
-            )
+            contexts, weights = [], []
+            for space, group in _by_space(tasks, target):
+                made = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    group, str(records), space=space, strategy=strategy, seed=seed
+                )
+                contexts, weights = contexts + made[0], weights + made[1]
         progress("tuning setup", setup, 1, 1, eta=False)
         counter = TrialCounter(progress, [context.task_name for context in contexts], trials)
         ms.tune.tune_tasks(
@@ -118,6 +123,25 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         (progress or silent)("tuning check", f"{len(slower)} kernels faster with the default schedule: "
                              f"{', '.join(sorted(slower))}", 1, 1, eta=False)  # fmt: skip
     return _with_originals(tuned, mod, slower)
+
+
+def _by_space(tasks, target) -> list:
+    """(design space, tasks) pairs: on CPU, the kernels a register-tiled default rule takes are
+    searched in that rule's space, its tile sizes sampled from the rule's own choice
+    (``cpu_schedules.tunable_space``); the others, and every GPU kernel, in MetaSchedule's
+    generic one (multi-level tiling)."""
+    if target.kind.name != "llvm":
+        return [("post-order-apply", tasks)]
+    from tvm import s_tir
+
+    from .cpu_schedules import tunable_space
+
+    space = tunable_space(target)
+    ruled = [task for task in tasks if space(s_tir.Schedule(task.dispatched[0]))]
+    others = [task for task in tasks if task not in ruled]
+    rules = ms.space_generator.ScheduleFn(space, sch_rules=[], postprocs=[],
+                                          mutator_probs={ms.mutator.MutateTileSize(): 1.0})  # fmt: skip
+    return [(space_, group) for space_, group in ((rules, ruled), ("post-order-apply", others)) if group]
 
 
 def keep_faster(original, tuned, target, seconds=None, verdicts: dict | None = None) -> set[str]:

@@ -17,6 +17,17 @@ def _records(path):
     return [line for line in text.splitlines() if line.strip()]
 
 
+def _tile_decisions(line: str) -> list | None:
+    """The tile sizes a record's schedule sampled, when it is a default rule's (every sampled
+    tile two loops: a register tile and its blocks; MetaSchedule's multi-level tiling splits
+    spatial loops in four); else None."""
+    trace = json.loads(line)[1][0]
+    tiles = [inst for inst in trace[0] if inst[0] == "SamplePerfectTile"]
+    if not tiles or any(inst[2][0] != 2 for inst in tiles):
+        return None
+    return [decision for _, decision in trace[1]]
+
+
 def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU()).eval()
@@ -27,6 +38,9 @@ def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
     assert first.relative_diff <= TOLERANCE
     tuned = _records(records)
     assert tuned  # measured schedules were stored
+    # the conv's trial is the default rule's schedule, its tile sampled; no multi-level tiling
+    (tiles,) = [_tile_decisions(line) for line in tuned if "SamplePerfectTile" in line]
+    assert tiles and all(len(factors) == 2 for factors in tiles)  # (blocks, tile), sampled: not always the same
     second = compile_graph(gm, (1, 4, 8, 8), tmp_path / "b", check_inputs=x, tune_trials=2, records=records)
     assert _records(records) == tuned  # nothing tuned again: same shapes cost nothing
     assert second.manifest["tuning"] == {"trials": 2, "records": str(records), "measured_on": None}

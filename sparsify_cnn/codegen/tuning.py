@@ -74,7 +74,6 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
     ]
     gpu = target.kind.name == "cuda"
     if tasks and trials > 0:
-        logging.getLogger(LOGGER).setLevel(logging.WARNING)  # no per-trial tables
         # The default population (2048 schedules mutated per round) dwarfs a small budget. On a
         # GPU few random schedules of a wide conv on a small map fit in shared memory: sample
         # longer before giving up on the initial population.
@@ -89,6 +88,8 @@ def tune(mod, target, records: str | Path, trials: int, seed: int = 0, progress:
         with _unnamed_handlers_detached(logging.getLogger(LOGGER)):
             contexts, weights = [], []
             for space, group in _by_space(tasks, target):
+                # no per-trial tables: each call sets MetaSchedule's console to the level it finds
+                logging.getLogger(LOGGER).setLevel(logging.WARNING)
                 made = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     group, str(records), space=space, strategy=strategy, seed=seed
                 )

@@ -28,7 +28,7 @@ def _tile_decisions(line: str) -> list | None:
     return [decision for _, decision in trace[1]]
 
 
-def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
+def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path, capfd):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU()).eval()
     gm = capture(model, (1, 4, 8, 8)).graph_module
@@ -39,6 +39,7 @@ def test_tuning_writes_records_that_a_second_compile_reuses(tmp_path):
     tuned = _records(records)
     assert tuned  # measured schedules were stored
     # the conv's trial is the default rule's schedule, its tile sampled; no multi-level tiling
+    assert "[INFO]" not in capfd.readouterr().out  # two design spaces, MetaSchedule's tables still silent
     (tiles,) = [_tile_decisions(line) for line in tuned if "SamplePerfectTile" in line]
     assert tiles and all(len(factors) == 2 for factors in tiles)  # (blocks, tile), sampled: not always the same
     second = compile_graph(gm, (1, 4, 8, 8), tmp_path / "b", check_inputs=x, tune_trials=2, records=records)
